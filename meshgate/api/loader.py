@@ -1,0 +1,631 @@
+"""Read configuration files into documents that remember the file and line of every field.
+
+Which files are read
+--------------------
+Each path given is a file or a folder. A folder is searched recursively for ``*.yaml`` and
+``*.yml`` files, which are read in sorted order; names starting with a dot are skipped (editor
+files, ``.git``, and the ``..data`` links of a mounted Kubernetes ConfigMap). A file may hold
+several documents separated by ``---``; empty documents are ignored, and every other document
+must be a mapping (``apiVersion``, ``kind``, ``metadata``, ``spec``).
+
+Environment variables
+---------------------
+Values (never keys) may refer to environment variables:
+
+- ``${NAME}`` is replaced by the value of NAME; it is an error if NAME is not set.
+- ``${NAME:-default}`` is replaced by ``default`` when NAME is not set or is empty.
+- ``$${`` is a literal ``${``.
+
+A value may hold several references: ``url: http://${HOST}:${PORT:-80}/``. A variable's value is
+used as it is; it is not searched for further references.
+
+An unquoted value is typed after substitution, the way YAML would have typed the text written
+there: with ``PORT=8080``, ``port: ${PORT}`` is the number 8080, and with ``TLS=true``,
+``enabled: ${TLS}`` is the boolean true. A quoted value (``port: "${PORT}"``) or a block
+value (``|``, ``>``) stays a string.
+
+Environment overlays
+--------------------
+A file ``NAME.ENV.yaml`` next to ``NAME.yaml`` (or ``NAME.yml``) is an *overlay* of that file
+for the environment ENV, for example ``gateway.yaml`` with ``gateway.prod.yaml`` and
+``gateway.staging.yaml``. Overlays are never read on their own. When loading for environment
+ENV (``--env ENV``), the documents of ``NAME.ENV.yaml`` are merged over those of ``NAME.yaml``:
+
+- an overlay document applies to the base document with the same ``apiVersion``, ``kind``,
+  ``metadata.namespace`` (``default`` when absent) and ``metadata.name``;
+- mappings merge key by key, at any depth;
+- a list or a single value replaces the base value entirely (to change one rule of a route,
+  repeat the route's whole ``rules`` list);
+- a key whose value is null (``key: null``, ``key: ~`` or just ``key:``) removes that key;
+- an overlay document that matches no base document is added as a new document.
+
+This is JSON Merge Patch (RFC 7386) applied per document. Overlays get the same variable
+substitution, and a problem in a field set by an overlay is reported at the overlay's line.
+
+YAML anchors, aliases and merge keys (``<<: *defaults``) work as in YAML 1.1. Mapping keys are
+always taken as strings (``on:`` is the key "on", not a boolean).
+
+Errors
+------
+Loading does not stop at the first problem: every file is read and every problem is returned as
+a `ConfigError` with its file and line. A document with a problem is left out of the result,
+so callers must treat any error as failure.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from meshgate.api.errors import ConfigError, format_field_path
+
+__all__ = ["SourceDocument", "discover_files", "load_documents"]
+
+FieldPath = tuple[str | int, ...]
+Position = tuple[str, int]
+
+_YAML_SUFFIXES = (".yaml", ".yml")
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+_NULL_TAG = "tag:yaml.org,2002:null"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+_NOT_A_MAPPING = "a document must be a mapping (apiVersion, kind, metadata, spec)"
+
+# Aliases can make a small file expand into a huge tree ("billion laughs"); stop well before that.
+_MAX_NODES_PER_DOCUMENT = 1_000_000
+
+
+@dataclass
+class SourceDocument:
+    """One YAML document, with the file and line of each of its fields."""
+
+    file: str
+    """File the document comes from (the base file when an overlay was merged into it)."""
+    line: int
+    """1-based line where the document's content starts."""
+    data: dict[str, Any]
+    """The parsed mapping, after ``${VAR}`` substitution and overlay merge."""
+    positions: dict[FieldPath, Position] = field(default_factory=dict, repr=False)
+    """(file, line) of every key and list item, by field path; read it through `locate`."""
+
+    def locate(self, path: FieldPath) -> Position:
+        """
+        (file, line) of the deepest node on `path` that exists: the line of the key for a
+        mapping entry, of the item for a list item. A path that does not exist (a missing
+        required field) falls back to its nearest existing parent. Fields set by an overlay
+        point into the overlay file.
+        """
+        for end in range(len(path), 0, -1):
+            position = self.positions.get(path[:end])
+            if position is not None:
+                return position
+        return (self.file, self.line)
+
+    def error(self, path: FieldPath, message: str) -> ConfigError:
+        """A `ConfigError` about the field at `path`, located with `locate`."""
+        file, line = self.locate(path)
+        return ConfigError(file, line, format_field_path(path), message)
+
+
+def discover_files(
+    paths: Sequence[str], env: str | None
+) -> tuple[list[str], list[str], list[ConfigError]]:
+    """
+    The files to read for `paths`: (base files, overlay files that apply for `env`, errors).
+
+    Base files come in the order of `paths`, a folder's files in sorted order; each overlay
+    comes after the overlays of earlier base files. A file reached twice is read once.
+    """
+    bases, overlays, errors = _discover(paths, env)
+    return bases, [o for base in bases for o in overlays.get(base, [])], errors
+
+
+def load_documents(
+    paths: Sequence[str],
+    env: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[list[SourceDocument], list[ConfigError]]:
+    """
+    Read every document under `paths`, with the overlays for `env` merged in and ``${VAR}``
+    taken from `environ` (default: ``os.environ``).
+
+    Never raises for a problem in the files: returns the documents that loaded cleanly, in
+    order of files then position in the file, and every problem found, sorted by file, line
+    and field.
+    """
+    if environ is None:
+        environ = os.environ
+    bases, overlays, errors = _discover(paths, env)
+    documents: list[SourceDocument] = []
+    for base in bases:
+        base_file = _read_file(base, environ)
+        errors.extend(base_file.errors)
+        loaded = base_file.documents
+        for overlay in overlays.get(base, []):
+            overlay_file = _read_file(overlay, environ)
+            errors.extend(overlay_file.errors)
+            # When the base file could not be read to its end, an unmatched overlay document
+            # may belong to a base document we never saw: adding it would only add noise.
+            loaded = _apply_overlay(loaded, overlay_file.documents, add_new=base_file.complete)
+        documents.extend(document for document, ok in loaded if ok)
+    errors.sort(key=lambda e: (e.file, e.line, e.field))
+    return documents, errors
+
+
+# --- finding files ---------------------------------------------------------------------------
+
+
+def _discover(
+    paths: Sequence[str], env: str | None
+) -> tuple[list[str], dict[str, list[str]], list[ConfigError]]:
+    """Like `discover_files`, with the overlays grouped by their base file."""
+    errors: list[ConfigError] = []
+    candidates: list[tuple[str, bool]] = []  # (file, named by the user rather than found)
+    seen: set[str] = set()
+
+    def add(file: str, explicit: bool) -> None:
+        real = os.path.realpath(file)
+        if real not in seen:
+            seen.add(real)
+            candidates.append((file, explicit))
+
+    for path in paths:
+        if os.path.isdir(path):
+            for file in _yaml_files_under(path, errors):
+                add(file, explicit=False)
+        elif os.path.exists(path):
+            add(path, explicit=True)
+        else:
+            errors.append(ConfigError(path, 0, "", "no such file or directory"))
+
+    bases = [file for file, _ in candidates if _overlay_target(file) is None]
+    base_by_real = {os.path.realpath(base): base for base in bases}
+
+    # Overlays that were named or found but cannot apply: say so rather than ignore a file the
+    # user pointed at, or an overlay for the requested environment.
+    for file, explicit in candidates:
+        target = _overlay_target(file)
+        if target is None or os.path.realpath(target[0]) in base_by_real:
+            continue
+        base, overlay_env = target
+        if _overlay_target(base) is not None:
+            if overlay_env == env or explicit:
+                message = f"{base} is itself an overlay, and overlays do not apply to overlays"
+                errors.append(ConfigError(file, 0, "", message))
+        elif explicit:
+            message = (
+                f"this is the overlay of {base} for environment {overlay_env!r}; "
+                f"load {base} (or its folder) to use it"
+            )
+            errors.append(ConfigError(file, 0, "", message))
+
+    # The overlays of each base file are looked up beside it, so `validate gateway.yaml --env
+    # prod` uses gateway.prod.yaml just as loading the whole folder would.
+    overlays: dict[str, list[str]] = {}
+    if env:
+        for base in bases:
+            stem = os.path.splitext(base)[0]
+            for suffix in _YAML_SUFFIXES:
+                overlay = f"{stem}.{env}{suffix}"
+                target = _overlay_target(overlay) if os.path.isfile(overlay) else None
+                if target and os.path.realpath(target[0]) == os.path.realpath(base):
+                    overlays.setdefault(base, []).append(overlay)
+    return bases, overlays, errors
+
+
+def _yaml_files_under(folder: str, errors: list[ConfigError]) -> list[str]:
+    """The YAML files under `folder`, recursively, sorted folder by folder."""
+
+    def unreadable(exc: OSError) -> None:
+        name = exc.filename or folder
+        errors.append(ConfigError(name, 0, "", f"cannot read: {exc.strerror or exc}"))
+
+    found: list[str] = []
+    walked: set[str] = set()  # real paths, so symlinked folders cannot loop
+    for root, dirs, files in os.walk(folder, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(root)
+        if real in walked:
+            dirs[:] = []
+            continue
+        walked.add(real)
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if not name.startswith(".") and name.endswith(_YAML_SUFFIXES):
+                found.append(os.path.normpath(os.path.join(root, name)))
+    # Sort by path components so a folder's files stay together: "a/x.yaml" next to "a.yaml".
+    return sorted(found, key=lambda p: p.split(os.sep))
+
+
+def _overlay_target(file: str) -> tuple[str, str] | None:
+    """(base file, environment) when `file` is an overlay, else None."""
+    folder, name = os.path.split(file)
+    stem, suffix = os.path.splitext(name)
+    if suffix not in _YAML_SUFFIXES:
+        return None
+    base_name, dot, env = stem.rpartition(".")
+    if not dot or not base_name or not env:
+        return None
+    # The base with the overlay's own suffix wins when both gateway.yaml and gateway.yml exist.
+    for base_suffix in (suffix, *(s for s in _YAML_SUFFIXES if s != suffix)):
+        base = os.path.join(folder, base_name + base_suffix)
+        if os.path.isfile(base):
+            return base, env
+    return None
+
+
+# --- reading one file ------------------------------------------------------------------------
+
+
+@dataclass
+class _FileResult:
+    documents: list[tuple[SourceDocument, bool]]  # (document, loaded without errors)
+    errors: list[ConfigError]
+    complete: bool  # False when reading stopped early (unreadable file, YAML syntax error)
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that remembers which scalars carry an explicit tag (``!!str 80``)."""
+
+    def compose_scalar_node(self, anchor: str | None) -> ScalarNode:
+        tag = self.peek_event().tag
+        node = super().compose_scalar_node(anchor)
+        # Only scalars typed implicitly are re-typed after substitution; `!!str ${PORT}` stays
+        # a string, as its author asked.
+        node.meshgate_explicit_tag = tag not in (None, "!")  # type: ignore[attr-defined]
+        return node
+
+
+def _read_file(file: str, environ: Mapping[str, str]) -> _FileResult:
+    try:
+        with open(file, "rb") as stream:
+            raw = stream.read()
+    except OSError as exc:
+        error = ConfigError(file, 0, "", f"cannot read: {exc.strerror or exc}")
+        return _FileResult([], [error], False)
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        bad_line = raw[: exc.start].count(b"\n") + 1
+        message = f"cannot read: not UTF-8 (byte 0x{raw[exc.start]:02x} on line {bad_line})"
+        return _FileResult([], [ConfigError(file, 0, "", message)], False)
+
+    result = _FileResult([], [], True)
+    try:
+        loader = _Loader(text)
+    except yaml.YAMLError as exc:  # the reader rejects control characters up front
+        result.errors.append(_syntax_error(file, text, exc))
+        result.complete = False
+        return result
+    try:
+        while True:
+            try:
+                if not loader.check_node():
+                    break
+                root = loader.get_node()
+            except yaml.YAMLError as exc:
+                # The rest of the file cannot be parsed; documents before the error are kept.
+                result.errors.append(_syntax_error(file, text, exc))
+                result.complete = False
+                break
+            if isinstance(root, ScalarNode) and root.tag == _NULL_TAG:
+                continue  # an empty document, such as a trailing "---"
+            builder = _DocumentBuilder(file, loader, environ)
+            document = builder.build(root)
+            result.errors.extend(builder.errors)
+            if document is not None:
+                result.documents.append((document, not builder.errors))
+    finally:
+        loader.dispose()
+    return result
+
+
+def _syntax_error(file: str, text: str, exc: yaml.YAMLError) -> ConfigError:
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else 0
+        return ConfigError(file, line, "", exc.problem or exc.context or "invalid YAML")
+    if isinstance(exc, yaml.reader.ReaderError):
+        line = text.count("\n", 0, exc.position) + 1
+        message = f"unacceptable character #x{exc.character:04x}: {exc.reason}"
+        return ConfigError(file, line, "", message)
+    return ConfigError(file, 0, "", str(exc))
+
+
+class _TooManyNodes(Exception):
+    pass
+
+
+class _DocumentBuilder:
+    """
+    Turns one composed YAML document into plain Python data, recording the line of every key
+    and list item, substituting ``${VAR}`` in values, and collecting errors instead of raising.
+    """
+
+    def __init__(self, file: str, loader: _Loader, environ: Mapping[str, str]) -> None:
+        self.file = file
+        self.loader = loader
+        self.environ = environ
+        self.errors: list[ConfigError] = []
+        self.positions: dict[FieldPath, Position] = {}
+        self._nodes = 0
+        self._active: set[int] = set()  # collections being built, to catch recursive aliases
+        self._reported: set[int] = set()  # an aliased node is reported once, not per use
+
+    def build(self, root: Node) -> SourceDocument | None:
+        line = root.start_mark.line + 1
+        if not isinstance(root, MappingNode):
+            self.errors.append(ConfigError(self.file, line, "", _NOT_A_MAPPING))
+            return None
+        try:
+            data = self._value(root, ())
+        except _TooManyNodes:
+            message = (
+                f"document too large: more than {_MAX_NODES_PER_DOCUMENT} values "
+                "once aliases are expanded"
+            )
+            self.errors.append(ConfigError(self.file, line, "", message))
+            return None
+        if not isinstance(data, dict):  # a mapping with an unsupported tag
+            return None
+        return SourceDocument(self.file, line, data, self.positions)
+
+    def _error(self, node: Node, path: FieldPath, message: str) -> None:
+        if id(node) in self._reported:
+            return
+        self._reported.add(id(node))
+        line = node.start_mark.line + 1
+        self.errors.append(ConfigError(self.file, line, format_field_path(path), message))
+
+    def _value(
+        self, node: Node, path: FieldPath, positions: dict[FieldPath, Position] | None = None
+    ) -> Any:
+        self._nodes += 1
+        if self._nodes > _MAX_NODES_PER_DOCUMENT:
+            raise _TooManyNodes
+        if positions is None:
+            positions = self.positions
+        if isinstance(node, ScalarNode):
+            return self._scalar(node, path)
+        if id(node) in self._active:
+            self._error(node, path, "an alias refers to a value that contains it")
+            return None
+        self._active.add(id(node))
+        try:
+            if isinstance(node, SequenceNode):
+                if node.tag != _SEQ_TAG:
+                    self._error(node, path, f"unsupported tag {node.tag!r} on a list")
+                    return None
+                items = []
+                for index, item in enumerate(node.value):
+                    item_path = (*path, index)
+                    positions[item_path] = (self.file, item.start_mark.line + 1)
+                    items.append(self._value(item, item_path, positions))
+                return items
+            if node.tag != _MAP_TAG:
+                self._error(node, path, f"unsupported tag {node.tag!r} on a mapping")
+                return None
+            return self._mapping(node, path, positions)
+        finally:
+            self._active.discard(id(node))
+
+    def _mapping(
+        self, node: MappingNode, path: FieldPath, positions: dict[FieldPath, Position]
+    ) -> dict[str, Any]:
+        own: list[tuple[str, ScalarNode, Node]] = []
+        own_lines: dict[str, int] = {}
+        merges: list[Node] = []
+        for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                merges.append(value_node)
+                continue
+            if not isinstance(key_node, ScalarNode):
+                message = "a mapping key must be a plain value, not a list or mapping"
+                self._error(key_node, path, message)
+                continue
+            key = key_node.value
+            if key in own_lines:
+                self._error(key_node, (*path, key), "duplicate key")
+                continue
+            own_lines[key] = key_node.start_mark.line + 1
+            own.append((key, key_node, value_node))
+
+        result: dict[str, Any] = {}
+        # YAML merge keys: the mapping's own keys win, then earlier merged mappings win over
+        # later ones. Merged values keep the lines where they were written (the anchor).
+        for merge in merges:
+            sources = merge.value if isinstance(merge, SequenceNode) else [merge]
+            for source in sources:
+                if not isinstance(source, MappingNode):
+                    message = "a merge key (<<) takes a mapping or a list of mappings"
+                    self._error(source, path, message)
+                    continue
+                merged_positions: dict[FieldPath, Position] = {}
+                merged = self._value(source, path, merged_positions)
+                for key, value in (merged or {}).items():
+                    if key in own_lines or key in result:
+                        continue
+                    result[key] = value
+                    _copy_positions(positions, merged_positions, (*path, key))
+
+        for key, key_node, value_node in own:
+            key_path = (*path, key)
+            positions[key_path] = (self.file, own_lines[key])
+            result[key] = self._value(value_node, key_path, positions)
+        return result
+
+    def _scalar(self, node: ScalarNode, path: FieldPath) -> Any:
+        if "$" in node.value:
+            try:
+                text = _substitute(node.value, self.environ)
+            except _SubstitutionError as exc:
+                self._error(node, path, str(exc))
+                return node.value
+            if text != node.value:
+                tag = node.tag
+                if node.style is None and not getattr(node, "meshgate_explicit_tag", False):
+                    tag = self.loader.resolve(ScalarNode, text, (True, False))
+                node = ScalarNode(tag, text, node.start_mark, node.end_mark, style=node.style)
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except yaml.MarkedYAMLError as exc:
+            self._error(node, path, exc.problem or str(exc))
+        except Exception:  # noqa: BLE001 - PyYAML's constructors raise ValueError and others
+            kind = node.tag.rsplit(":", 1)[-1]
+            self._error(node, path, f"{node.value!r} is not a valid {kind}")
+        finally:
+            # A failed construction leaves the node marked "in progress"; clear it so an alias
+            # to the same node reports the real problem instead of a recursion error.
+            self.loader.recursive_objects.clear()
+        return node.value
+
+
+# --- ${VAR} substitution ---------------------------------------------------------------------
+
+
+class _SubstitutionError(Exception):
+    pass
+
+
+_REFERENCE = re.compile(r"\$?\$\{")
+_VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _substitute(text: str, environ: Mapping[str, str]) -> str:
+    """`text` with ``${NAME}``, ``${NAME:-default}`` and ``$${`` replaced (see module docstring)."""
+    out: list[str] = []
+    pos = 0
+    while (match := _REFERENCE.search(text, pos)) is not None:
+        out.append(text[pos : match.start()])
+        if match.group() == "$${":
+            out.append("${")
+            pos = match.end()
+            continue
+        end = text.find("}", match.end())
+        if end < 0:
+            raise _SubstitutionError("unclosed ${ (write $${ for a literal ${)")
+        expression = text[match.end() : end]
+        name, has_default, default = expression.partition(":-")
+        if not _VARIABLE_NAME.fullmatch(name):
+            raise _SubstitutionError(
+                f"invalid variable reference ${{{expression}}}: "
+                "expected ${NAME} or ${NAME:-default}"
+            )
+        if "${" in default:
+            message = f"a default cannot refer to another variable: ${{{expression}}}"
+            raise _SubstitutionError(message)
+        value = environ.get(name)
+        if has_default and not value:
+            value = default
+        elif value is None:
+            raise _SubstitutionError(
+                f"environment variable {name} is not set (use ${{{name}:-default}} for a default)"
+            )
+        out.append(value)
+        pos = end + 1
+    out.append(text[pos:])
+    return "".join(out)
+
+
+# --- overlays --------------------------------------------------------------------------------
+
+
+def _identity(data: dict[str, Any]) -> tuple[str, str, str, str] | None:
+    """(apiVersion, kind, namespace, name) of a document, or None when incomplete."""
+    metadata = data.get("metadata")
+    if not isinstance(metadata, dict):
+        return None
+    api_version, kind, name = data.get("apiVersion"), data.get("kind"), metadata.get("name")
+    namespace = metadata.get("namespace") or "default"
+    if not all(isinstance(v, str) for v in (api_version, kind, name, namespace)):
+        return None
+    return api_version, kind, namespace, name
+
+
+def _apply_overlay(
+    base: list[tuple[SourceDocument, bool]],
+    overlay: list[tuple[SourceDocument, bool]],
+    add_new: bool,
+) -> list[tuple[SourceDocument, bool]]:
+    documents = list(base)
+    by_identity: dict[tuple[str, str, str, str], list[int]] = {}
+    for index, (document, _) in enumerate(documents):
+        identity = _identity(document.data)
+        if identity is not None:
+            by_identity.setdefault(identity, []).append(index)
+
+    for patch, patch_ok in overlay:
+        identity = _identity(patch.data)
+        targets = by_identity.get(identity, []) if identity is not None else []
+        # Two base documents with one identity are a problem validation reports; patch both
+        # so that report is about the merged documents.
+        for index in targets:
+            target, target_ok = documents[index]
+            data = _merge_patch(
+                target.data, copy.deepcopy(patch.data), (), target.positions, patch.positions
+            )
+            merged = SourceDocument(target.file, target.line, data, target.positions)
+            documents[index] = (merged, target_ok and patch_ok)
+        if not targets and add_new:
+            if identity is not None:
+                by_identity.setdefault(identity, []).append(len(documents))
+            documents.append((patch, patch_ok))
+    return documents
+
+
+_ABSENT = object()
+
+
+def _merge_patch(
+    target: Any,
+    patch: Any,
+    path: FieldPath,
+    positions: dict[FieldPath, Position],
+    patch_positions: dict[FieldPath, Position],
+) -> Any:
+    """
+    RFC 7386 JSON Merge Patch of `patch` onto `target` at `path`, moving the recorded
+    positions along: a value taken from the patch takes the patch's lines.
+    """
+    if not isinstance(patch, dict):
+        _drop_positions(positions, path)
+        _copy_positions(positions, patch_positions, path)
+        return patch
+    if not isinstance(target, dict):
+        # A mapping replaces a list or a value: it starts empty and takes the patch's line.
+        _drop_positions(positions, path)
+        if path in patch_positions:
+            positions[path] = patch_positions[path]
+        target = {}
+    for key, value in patch.items():
+        key_path = (*path, key)
+        if value is None:
+            target.pop(key, None)
+            _drop_positions(positions, key_path)
+        else:
+            target[key] = _merge_patch(
+                target.get(key, _ABSENT), value, key_path, positions, patch_positions
+            )
+    return target
+
+
+def _drop_positions(positions: dict[FieldPath, Position], path: FieldPath) -> None:
+    """Forget `path` and everything under it."""
+    size = len(path)
+    for key in [k for k in positions if k[:size] == path]:
+        del positions[key]
+
+
+def _copy_positions(
+    into: dict[FieldPath, Position], source: dict[FieldPath, Position], path: FieldPath
+) -> None:
+    """Copy the positions of `path` and everything under it."""
+    size = len(path)
+    into.update((k, v) for k, v in source.items() if k[:size] == path)

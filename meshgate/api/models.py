@@ -1,0 +1,643 @@
+"""The resource model: typed schemas for every kind meshgate reads.
+
+Routes use the shape of Kubernetes Gateway API v1 (https://gateway-api.sigs.k8s.io/reference/spec/)
+so that existing manifests parse unchanged; field names are camelCase in YAML, snake_case in
+Python. What Gateway API lacks lives in meshgate's own group `meshgate.io/v1alpha1`:
+
+- `Backend`: upstreams outside Kubernetes (static endpoints), load balancing, protocol.
+- `HTTPRoute` (meshgate.io/v1alpha1): the Gateway API HTTPRoute plus path templates
+  (`/users/{id}`, `/static/**`) and rewrites that reuse the captured parameters.
+
+Every model forbids unknown fields, so a typo is an error with its file and line, never ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+GATEWAY_API_V1 = "gateway.networking.k8s.io/v1"
+MESHGATE_V1ALPHA1 = "meshgate.io/v1alpha1"
+
+# Gateway API's Duration: "1h", "30s", "500ms", "1m30s" (GEP-2257).
+DURATION_RE = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$"
+_DURATION_PART = re.compile(r"([0-9]{1,5})(h|m|s|ms)")
+# DNS-1123 subdomain-ish names, as Kubernetes requires for metadata.name.
+NAME_RE = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
+HOSTNAME_RE = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+HEADER_NAME_RE = r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$"
+
+
+def duration_seconds(value: str) -> float:
+    """Seconds in a Gateway API duration string ("1m30s" -> 90.0)."""
+    unit = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    return sum(int(n) * unit[u] for n, u in _DURATION_PART.findall(value))
+
+
+Duration = Annotated[str, Field(pattern=DURATION_RE, examples=["10s", "500ms", "1m30s"])]
+Hostname = Annotated[str, Field(pattern=HOSTNAME_RE, max_length=253)]
+ObjectName = Annotated[str, Field(pattern=NAME_RE, max_length=253)]
+HeaderName = Annotated[str, Field(pattern=HEADER_NAME_RE, max_length=256)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Model(BaseModel):
+    """Base of every schema: camelCase aliases, unknown fields rejected, immutable."""
+
+    model_config = ConfigDict(
+        extra="forbid", populate_by_name=True, alias_generator=to_camel, frozen=True
+    )
+
+
+class ObjectMeta(Model):
+    """Kubernetes object metadata. Fields a cluster adds (uid, resourceVersion...) are ignored."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True, alias_generator=to_camel, frozen=True)
+    name: ObjectName
+    namespace: ObjectName = "default"
+    labels: dict[str, str] = {}
+    annotations: dict[str, str] = {}
+
+
+class Resource(Model):
+    """A top-level document: apiVersion, kind, metadata, spec (status from a cluster is ignored)."""
+
+    api_version: str
+    kind: str
+    metadata: ObjectMeta
+    status: Any = Field(default=None, exclude=True, json_schema_extra={"description": "ignored"})
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.kind, self.metadata.namespace, self.metadata.name)
+
+    @property
+    def ref(self) -> str:
+        """How errors and logs name this object: Kind namespace/name."""
+        return f"{self.kind} {self.metadata.namespace}/{self.metadata.name}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Gateway
+
+
+class SecretObjectReference(Model):
+    group: str = ""
+    kind: Literal["Secret"] = "Secret"
+    name: ObjectName
+    namespace: ObjectName | None = None
+
+
+# tls.options keys with which a listener names certificate and key files directly (file mode).
+CERT_FILE_OPTION = "meshgate.io/certificate-file"
+KEY_FILE_OPTION = "meshgate.io/private-key-file"
+
+
+class GatewayTLSConfig(Model):
+    mode: Literal["Terminate"] = "Terminate"
+    certificate_refs: list[SecretObjectReference] = Field(default=[], max_length=64)
+    options: dict[str, str] = Field(
+        default={},
+        description=f"Implementation options. `{CERT_FILE_OPTION}` and `{KEY_FILE_OPTION}` name PEM "
+        "files (relative to the config file) instead of a Secret.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> GatewayTLSConfig:
+        has_files = CERT_FILE_OPTION in self.options or KEY_FILE_OPTION in self.options
+        if has_files and not (CERT_FILE_OPTION in self.options and KEY_FILE_OPTION in self.options):
+            raise ValueError(f"options need both {CERT_FILE_OPTION} and {KEY_FILE_OPTION}")
+        if not has_files and not self.certificate_refs:
+            raise ValueError(
+                f"a TLS listener needs certificateRefs or options {CERT_FILE_OPTION} + {KEY_FILE_OPTION}"
+            )
+        return self
+
+
+class RouteNamespaces(Model):
+    from_: Literal["Same", "All"] = Field("Same", alias="from")
+
+
+class AllowedRoutes(Model):
+    namespaces: RouteNamespaces = RouteNamespaces()
+
+
+class Listener(Model):
+    name: ObjectName
+    hostname: Hostname | None = None
+    port: Port
+    protocol: Literal["HTTP", "HTTPS"]
+    tls: GatewayTLSConfig | None = None
+    allowed_routes: AllowedRoutes = AllowedRoutes()
+
+    @model_validator(mode="after")
+    def _tls_matches_protocol(self) -> Listener:
+        if self.protocol == "HTTPS" and self.tls is None:
+            raise ValueError("protocol HTTPS needs tls")
+        if self.protocol == "HTTP" and self.tls is not None:
+            raise ValueError("tls is only allowed with protocol HTTPS")
+        return self
+
+
+class GatewaySpec(Model):
+    gateway_class_name: str = "meshgate"
+    listeners: list[Listener] = Field(min_length=1, max_length=64)
+
+    @field_validator("listeners")
+    @classmethod
+    def _unique_names(cls, v: list[Listener]) -> list[Listener]:
+        seen: set[str] = set()
+        for listener in v:
+            if listener.name in seen:
+                raise ValueError(f"duplicate listener name {listener.name!r}")
+            seen.add(listener.name)
+        return v
+
+
+class Gateway(Resource):
+    """gateway.networking.k8s.io/v1 Gateway: the ports Envoy listens on."""
+
+    api_version: Literal["gateway.networking.k8s.io/v1"]
+    kind: Literal["Gateway"]
+    spec: GatewaySpec
+
+
+# ---------------------------------------------------------------------------------------------
+# Routes (shared parts)
+
+
+class ParentReference(Model):
+    group: str = "gateway.networking.k8s.io"
+    kind: Literal["Gateway"] = "Gateway"
+    namespace: ObjectName | None = None
+    name: ObjectName
+    section_name: ObjectName | None = None
+    port: Port | None = None
+
+
+class BackendRef(Model):
+    """Where a rule sends traffic. In file mode the target is a meshgate.io Backend."""
+
+    group: str = ""
+    kind: str = "Service"
+    name: ObjectName
+    namespace: ObjectName | None = None
+    port: Port | None = None
+    weight: int = Field(1, ge=0, le=1_000_000)
+
+
+class HTTPHeader(Model):
+    name: HeaderName
+    value: str = Field(max_length=4096)
+
+
+class HTTPHeaderFilter(Model):
+    set: list[HTTPHeader] = Field(default=[], max_length=16)
+    add: list[HTTPHeader] = Field(default=[], max_length=16)
+    remove: list[HeaderName] = Field(default=[], max_length=16)
+
+
+class HTTPHeaderMatch(Model):
+    type: Literal["Exact", "RegularExpression"] = "Exact"
+    name: HeaderName
+    value: str = Field(max_length=4096)
+
+
+class HTTPQueryParamMatch(Model):
+    type: Literal["Exact", "RegularExpression"] = "Exact"
+    name: str = Field(min_length=1, max_length=256)
+    value: str = Field(max_length=1024)
+
+
+class HTTPRouteTimeouts(Model):
+    request: Duration | None = None
+    backend_request: Duration | None = None
+
+
+class ReplacePath(Model):
+    """HTTPPathModifier: replace the whole path or the matched prefix."""
+
+    type: Literal["ReplaceFullPath", "ReplacePrefixMatch"]
+    replace_full_path: str | None = None
+    replace_prefix_match: str | None = None
+
+    @model_validator(mode="after")
+    def _value_for_type(self) -> ReplacePath:
+        want = "replace_full_path" if self.type == "ReplaceFullPath" else "replace_prefix_match"
+        other = "replace_prefix_match" if want == "replace_full_path" else "replace_full_path"
+        if getattr(self, want) is None:
+            raise ValueError(f"type {self.type} needs {to_camel(want)}")
+        if getattr(self, other) is not None:
+            raise ValueError(f"{to_camel(other)} is not allowed with type {self.type}")
+        return self
+
+
+class HTTPURLRewriteFilter(Model):
+    hostname: Hostname | None = None
+    path: ReplacePath | None = None
+
+
+class HTTPRequestRedirectFilter(Model):
+    scheme: Literal["http", "https"] | None = None
+    hostname: Hostname | None = None
+    path: ReplacePath | None = None
+    port: Port | None = None
+    status_code: Literal[301, 302, 303, 307, 308] = 302
+
+
+class HTTPRouteFilter(Model):
+    type: Literal["RequestHeaderModifier", "ResponseHeaderModifier", "URLRewrite", "RequestRedirect"]
+    request_header_modifier: HTTPHeaderFilter | None = None
+    response_header_modifier: HTTPHeaderFilter | None = None
+    url_rewrite: HTTPURLRewriteFilter | None = None
+    request_redirect: HTTPRequestRedirectFilter | None = None
+
+    @model_validator(mode="after")
+    def _config_for_type(self) -> HTTPRouteFilter:
+        want = self.type[0].lower() + self.type[1:]
+        if self.type == "URLRewrite":
+            want = "urlRewrite"
+        fields = {
+            "requestHeaderModifier": self.request_header_modifier,
+            "responseHeaderModifier": self.response_header_modifier,
+            "urlRewrite": self.url_rewrite,
+            "requestRedirect": self.request_redirect,
+        }
+        if fields[want] is None:
+            raise ValueError(f"filter type {self.type} needs field {want}")
+        extra = [k for k, v in fields.items() if v is not None and k != want]
+        if extra:
+            raise ValueError(f"field {extra[0]} does not belong to filter type {self.type}")
+        return self
+
+
+def _check_filters(filters: list[HTTPRouteFilter], backend_refs: list[BackendRef]) -> None:
+    kinds = [f.type for f in filters]
+    for kind in ("RequestHeaderModifier", "ResponseHeaderModifier", "URLRewrite", "RequestRedirect"):
+        if kinds.count(kind) > 1:
+            raise ValueError(f"filter {kind} may appear only once per rule")
+    if "RequestRedirect" in kinds and "URLRewrite" in kinds:
+        raise ValueError("RequestRedirect and URLRewrite can't be combined in one rule")
+    if "RequestRedirect" in kinds and backend_refs:
+        raise ValueError("a rule with RequestRedirect can't have backendRefs")
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTPRoute (Gateway API) and its meshgate extension
+
+
+class HTTPPathMatch(Model):
+    type: Literal["Exact", "PathPrefix", "RegularExpression"] = "PathPrefix"
+    value: str = Field("/", max_length=1024)
+
+    @model_validator(mode="after")
+    def _valid_value(self) -> HTTPPathMatch:
+        if self.type in ("Exact", "PathPrefix") and not self.value.startswith("/"):
+            raise ValueError("value must start with '/'")
+        if self.type == "RegularExpression":
+            _check_regex(self.value)
+        return self
+
+
+def _check_regex(value: str) -> None:
+    # Envoy uses RE2; Python's re is close enough to catch typos at validate time.
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"invalid regular expression: {exc}") from None
+
+
+TEMPLATE_VAR_RE = re.compile(r"^\{([A-Za-z][A-Za-z0-9_]*)(?:=(\*\*?))?\}$")
+
+
+def template_variables(template: str) -> list[str]:
+    """Names of the {variables} in a path template, in order."""
+    return [m.group(1) for seg in template.split("/") if (m := TEMPLATE_VAR_RE.match(seg))]
+
+
+def check_path_template(template: str) -> None:
+    """Validate a path template the way Envoy's uri_template matcher will.
+
+    Segments are literals, `*` (one segment), `**` (the rest, last only), `{name}`, `{name=*}`
+    or `{name=**}`; at most 5 variables.
+    """
+    if not template.startswith("/"):
+        raise ValueError("a path template must start with '/'")
+    segments = template[1:].split("/")
+    names: list[str] = []
+    for i, seg in enumerate(segments):
+        last = i == len(segments) - 1
+        m = TEMPLATE_VAR_RE.match(seg)
+        if m:
+            if m.group(1) in names:
+                raise ValueError(f"variable {{{m.group(1)}}} appears twice")
+            names.append(m.group(1))
+            if m.group(2) == "**" and not last:
+                raise ValueError("'**' may only be the last segment")
+        elif seg == "**":
+            if not last:
+                raise ValueError("'**' may only be the last segment")
+        elif seg == "*":
+            pass
+        elif seg == "" and not last:
+            raise ValueError("empty path segment")
+        elif re.search(r"[{}*]", seg):
+            raise ValueError(f"bad segment {seg!r}: use a whole segment '{{name}}', '*' or '**'")
+        elif not re.fullmatch(r"[A-Za-z0-9\-._~%!$&'()+,;:=@]*", seg):
+            raise ValueError(f"bad character in segment {seg!r}")
+    if len(names) > 5:
+        raise ValueError("at most 5 variables per template")
+
+
+class MeshgatePathMatch(Model):
+    """Like HTTPPathMatch, plus `Template`: `/users/{id}/orders/{order}`, `/static/**`."""
+
+    type: Literal["Exact", "PathPrefix", "RegularExpression", "Template"] = "PathPrefix"
+    value: str = Field("/", max_length=1024)
+
+    @model_validator(mode="after")
+    def _valid_value(self) -> MeshgatePathMatch:
+        if self.type == "Template":
+            check_path_template(self.value)
+        else:
+            HTTPPathMatch(type=self.type, value=self.value)  # same rules as Gateway API
+        return self
+
+
+Method = Literal["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"]
+
+
+class HTTPRouteMatch(Model):
+    path: HTTPPathMatch = HTTPPathMatch()
+    headers: list[HTTPHeaderMatch] = Field(default=[], max_length=16)
+    query_params: list[HTTPQueryParamMatch] = Field(default=[], max_length=16)
+    method: Method | None = None
+
+    @model_validator(mode="after")
+    def _regexes(self) -> HTTPRouteMatch:
+        for m in (*self.headers, *self.query_params):
+            if m.type == "RegularExpression":
+                _check_regex(m.value)
+        return self
+
+
+class MeshgateRouteMatch(HTTPRouteMatch):
+    path: MeshgatePathMatch = MeshgatePathMatch()  # type: ignore[assignment]
+
+
+class HTTPRouteRule(Model):
+    name: ObjectName | None = None
+    matches: list[HTTPRouteMatch] = Field(default=[HTTPRouteMatch()], max_length=64)
+    filters: list[HTTPRouteFilter] = Field(default=[], max_length=16)
+    backend_refs: list[BackendRef] = Field(default=[], max_length=16)
+    timeouts: HTTPRouteTimeouts | None = None
+
+    @model_validator(mode="after")
+    def _filters(self) -> HTTPRouteRule:
+        _check_filters(self.filters, self.backend_refs)
+        if not self.backend_refs and not any(f.type == "RequestRedirect" for f in self.filters):
+            raise ValueError("a rule needs backendRefs or a RequestRedirect filter")
+        for f in self.filters:
+            path = (f.url_rewrite and f.url_rewrite.path) or (f.request_redirect and f.request_redirect.path)
+            if path and path.type == "ReplacePrefixMatch":
+                if any(m.path.type != "PathPrefix" for m in self.matches):
+                    raise ValueError("ReplacePrefixMatch needs every match of the rule to be a PathPrefix")
+        return self
+
+
+class MeshgateRouteRule(HTTPRouteRule):
+    matches: list[MeshgateRouteMatch] = Field(default=[MeshgateRouteMatch()], max_length=64)  # type: ignore[assignment]
+
+    @model_validator(mode="after")
+    def _template_rewrite(self) -> MeshgateRouteRule:
+        for f in self.filters:
+            path = f.url_rewrite.path if f.url_rewrite else None
+            if not (path and path.type == "ReplaceFullPath" and "{" in (path.replace_full_path or "")):
+                continue
+            # A rewrite that reuses {variables} works only when every match captured them.
+            wanted = set(re.findall(r"\{([A-Za-z][A-Za-z0-9_]*)\}", path.replace_full_path or ""))
+            for m in self.matches:
+                if m.path.type != "Template":
+                    raise ValueError("a rewrite with {variables} needs every match to be a Template")
+                missing = wanted - set(template_variables(m.path.value))
+                if missing:
+                    raise ValueError(
+                        f"rewrite uses {{{sorted(missing)[0]}}} which template {m.path.value!r} does not capture"
+                    )
+        return self
+
+
+class HTTPRouteSpec(Model):
+    parent_refs: list[ParentReference] = Field(min_length=1, max_length=32)
+    hostnames: list[Hostname] = Field(default=[], max_length=16)
+    rules: list[HTTPRouteRule] = Field(min_length=1, max_length=64)
+
+
+class MeshgateHTTPRouteSpec(HTTPRouteSpec):
+    rules: list[MeshgateRouteRule] = Field(min_length=1, max_length=64)  # type: ignore[assignment]
+
+
+class HTTPRoute(Resource):
+    """gateway.networking.k8s.io/v1 HTTPRoute: HTTP routing rules attached to Gateway listeners."""
+
+    api_version: Literal["gateway.networking.k8s.io/v1"]
+    kind: Literal["HTTPRoute"]
+    spec: HTTPRouteSpec
+
+
+class MeshgateHTTPRoute(Resource):
+    """meshgate.io/v1alpha1 HTTPRoute: HTTPRoute plus path templates and template rewrites."""
+
+    api_version: Literal["meshgate.io/v1alpha1"]
+    kind: Literal["HTTPRoute"]
+    spec: MeshgateHTTPRouteSpec
+
+
+# ---------------------------------------------------------------------------------------------
+# GRPCRoute
+
+
+class GRPCMethodMatch(Model):
+    type: Literal["Exact", "RegularExpression"] = "Exact"
+    service: str | None = Field(None, max_length=1024)
+    method: str | None = Field(None, max_length=1024)
+
+    @model_validator(mode="after")
+    def _one_of(self) -> GRPCMethodMatch:
+        if self.service is None and self.method is None:
+            raise ValueError("a method match needs service, method or both")
+        if self.type == "Exact":
+            if self.service is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", self.service):
+                raise ValueError("service must be a fully qualified name like pkg.Service")
+            if self.method is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.method):
+                raise ValueError("method must be a name like GetUser")
+        else:
+            for v in (self.service, self.method):
+                if v is not None:
+                    _check_regex(v)
+        return self
+
+
+class GRPCHeaderMatch(HTTPHeaderMatch):
+    pass
+
+
+class GRPCRouteMatch(Model):
+    method: GRPCMethodMatch | None = None
+    headers: list[GRPCHeaderMatch] = Field(default=[], max_length=16)
+
+
+class GRPCRouteFilter(Model):
+    type: Literal["RequestHeaderModifier", "ResponseHeaderModifier"]
+    request_header_modifier: HTTPHeaderFilter | None = None
+    response_header_modifier: HTTPHeaderFilter | None = None
+
+    @model_validator(mode="after")
+    def _config_for_type(self) -> GRPCRouteFilter:
+        HTTPRouteFilter(**{k: v for k, v in self if v is not None})
+        return self
+
+
+class GRPCRouteRule(Model):
+    name: ObjectName | None = None
+    matches: list[GRPCRouteMatch] = Field(default=[GRPCRouteMatch()], max_length=64)
+    filters: list[GRPCRouteFilter] = Field(default=[], max_length=16)
+    backend_refs: list[BackendRef] = Field(min_length=1, max_length=16)
+
+
+class GRPCRouteSpec(Model):
+    parent_refs: list[ParentReference] = Field(min_length=1, max_length=32)
+    hostnames: list[Hostname] = Field(default=[], max_length=16)
+    rules: list[GRPCRouteRule] = Field(min_length=1, max_length=64)
+
+
+class GRPCRoute(Resource):
+    """gateway.networking.k8s.io/v1 GRPCRoute: routing of gRPC calls by service and method."""
+
+    api_version: Literal["gateway.networking.k8s.io/v1"]
+    kind: Literal["GRPCRoute"]
+    spec: GRPCRouteSpec
+
+
+# ---------------------------------------------------------------------------------------------
+# Backend
+
+
+class BackendEndpoint(Model):
+    address: str = Field(
+        min_length=1, max_length=253, description="IP address or DNS name (a name makes Envoy resolve it)"
+    )
+    port: Port
+    weight: int = Field(1, ge=1, le=128, description="relative share of this endpoint within the Backend")
+
+
+class CookieHashKey(Model):
+    name: str = Field(min_length=1)
+    ttl: Duration | None = None
+
+
+class HashKey(Model):
+    """What RingHash / Maglev hash on; the first one set is used."""
+
+    header: HeaderName | None = None
+    cookie: CookieHashKey | None = None
+    query_param: str | None = None
+    source_ip: bool | None = Field(None, alias="sourceIP")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> HashKey:
+        set_ = [k for k in ("header", "cookie", "query_param", "source_ip") if getattr(self, k)]
+        if len(set_) != 1:
+            raise ValueError("set exactly one of header, cookie, queryParam, sourceIP")
+        return self
+
+
+class LoadBalancer(Model):
+    type: Literal["RoundRobin", "LeastRequest", "Random", "RingHash", "Maglev"] = "RoundRobin"
+    hash_key: HashKey | None = None
+
+    @model_validator(mode="after")
+    def _hash_key(self) -> LoadBalancer:
+        hashing = self.type in ("RingHash", "Maglev")
+        if hashing and self.hash_key is None:
+            raise ValueError(f"type {self.type} needs hashKey")
+        if not hashing and self.hash_key is not None:
+            raise ValueError("hashKey is only used by RingHash and Maglev")
+        return self
+
+
+class BackendSpec(Model):
+    endpoints: list[BackendEndpoint] = Field(min_length=1, max_length=1024)
+    protocol: Literal["HTTP1", "HTTP2", "GRPC"] = Field(
+        "HTTP1", description="how Envoy talks to the endpoints: HTTP/1.1, HTTP/2 (h2c or h2 over TLS), or gRPC (HTTP/2)"
+    )
+    load_balancer: LoadBalancer = LoadBalancer()
+    connect_timeout: Duration = "5s"
+
+
+class Backend(Resource):
+    """meshgate.io/v1alpha1 Backend: a set of upstream endpoints and how to balance over them."""
+
+    api_version: Literal["meshgate.io/v1alpha1"]
+    kind: Literal["Backend"]
+    spec: BackendSpec
+
+
+# ---------------------------------------------------------------------------------------------
+# Secret (core v1), for TLS certificates given inline
+
+
+class Secret(Resource):
+    """v1 Secret of type kubernetes.io/tls: `tls.crt` and `tls.key`, as data (base64) or stringData."""
+
+    api_version: Literal["v1"]
+    kind: Literal["Secret"]
+    type: Literal["kubernetes.io/tls"] = "kubernetes.io/tls"
+    data: dict[str, str] = {}
+    string_data: dict[str, str] = {}
+
+
+# ---------------------------------------------------------------------------------------------
+# ReferenceGrant: lets objects of one namespace reference objects of another (tenancy boundary)
+
+
+class ReferenceGrantFrom(Model):
+    group: str
+    kind: str
+    namespace: ObjectName
+
+
+class ReferenceGrantTo(Model):
+    group: str
+    kind: str
+    name: ObjectName | None = None
+
+
+class ReferenceGrantSpec(Model):
+    from_: list[ReferenceGrantFrom] = Field(alias="from", min_length=1, max_length=16)
+    to: list[ReferenceGrantTo] = Field(min_length=1, max_length=16)
+
+
+class ReferenceGrant(Resource):
+    """gateway.networking.k8s.io/v1beta1 ReferenceGrant: admits references into its namespace."""
+
+    api_version: Literal["gateway.networking.k8s.io/v1beta1"]
+    kind: Literal["ReferenceGrant"]
+    spec: ReferenceGrantSpec
+
+
+ANY_KIND = Union[Gateway, HTTPRoute, MeshgateHTTPRoute, GRPCRoute, Backend, Secret, ReferenceGrant]
+
+# (apiVersion, kind) -> model; the loader dispatches on these two fields.
+KINDS: dict[tuple[str, str], type[Resource]] = {
+    (GATEWAY_API_V1, "Gateway"): Gateway,
+    (GATEWAY_API_V1, "HTTPRoute"): HTTPRoute,
+    (GATEWAY_API_V1, "GRPCRoute"): GRPCRoute,
+    (MESHGATE_V1ALPHA1, "HTTPRoute"): MeshgateHTTPRoute,
+    (MESHGATE_V1ALPHA1, "Backend"): Backend,
+    ("v1", "Secret"): Secret,
+    ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant"): ReferenceGrant,
+}

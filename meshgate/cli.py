@@ -1,0 +1,189 @@
+"""`meshgate` command line: thin — parse flags, build objects, run.
+
+  meshgate validate PATH...           check config files; one `FILE:LINE: field: problem` line each
+  meshgate translate PATH...          print the Envoy resources the config becomes
+  meshgate run PATH...                control plane + local Envoy + sample upstreams, hot reload
+  meshgate xds PATH...                the control plane alone (ADS + status servers)
+  meshgate bootstrap                  print an Envoy bootstrap that connects to `meshgate xds`
+  meshgate schema [KIND]              JSON Schema of every kind
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from meshgate import __version__
+from meshgate.api.errors import ConfigErrors
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="meshgate", description="API gateway: a Python control plane around real Envoy.")
+    p.add_argument("--version", action="version", version=f"meshgate {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def config_args(cmd: argparse.ArgumentParser) -> None:
+        cmd.add_argument("paths", nargs="+", metavar="PATH", help="YAML files or folders (multi-document)")
+        cmd.add_argument("--env", help="merge overlay files NAME.ENV.yaml over NAME.yaml")
+
+    v = sub.add_parser("validate", help="check config files and report every problem")
+    config_args(v)
+
+    t = sub.add_parser("translate", help="print the Envoy listeners, routes, clusters and endpoints")
+    config_args(t)
+    t.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
+    t.add_argument("--bind", default="0.0.0.0", help="address the listeners bind to (default 0.0.0.0)")
+
+    def server_args(cmd: argparse.ArgumentParser, bind: str) -> None:
+        config_args(cmd)
+        cmd.add_argument("--xds-address", default=f"{bind}:18000", help="ADS gRPC server address (host:port)")
+        cmd.add_argument("--status-address", default=f"{bind}:19000", help="status/metrics HTTP address (host:port)")
+        cmd.add_argument("--group", default="edge", help="node group (Envoy node.cluster) to serve")
+        cmd.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    r = sub.add_parser("run", help="run control plane, a local Envoy and sample upstreams; reload on edit")
+    server_args(r, "127.0.0.1")
+    r.add_argument("--bind", default="127.0.0.1", help="address Gateway listeners bind to (default 127.0.0.1)")
+    r.add_argument("--admin-port", type=int, default=19901, help="Envoy admin port on 127.0.0.1 (0 = any free)")
+    r.add_argument("--state-dir", type=Path, default=Path(".meshgate"), help="Envoy bootstrap, logs, access log")
+    r.add_argument("--concurrency", type=int, default=1, help="Envoy worker threads")
+    r.add_argument("--delta", action="store_true", help="use delta (incremental) xDS instead of state of the world")
+    r.add_argument("--no-sample-upstreams", action="store_true", help="don't start echo servers for annotated Backends")
+    r.add_argument("--envoy-log-level", default="warning")
+
+    x = sub.add_parser("xds", help="run the control plane alone (ADS + status servers), reload on edit")
+    server_args(x, "0.0.0.0")
+
+    b = sub.add_parser("bootstrap", help="print an Envoy bootstrap (JSON) that connects to meshgate xds")
+    b.add_argument("--xds-address", default="127.0.0.1:18000")
+    b.add_argument("--group", default="edge")
+    b.add_argument("--node-id", default="edge-1")
+    b.add_argument("--admin-port", type=int, default=19901)
+    b.add_argument("--delta", action="store_true")
+
+    s = sub.add_parser("schema", help="print the JSON Schema of every kind (or one)")
+    s.add_argument("kind", nargs="?", help="e.g. HTTPRoute, Backend, gateway.networking.k8s.io/v1/Gateway")
+    return p
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host or "127.0.0.1", int(port)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from meshgate.api.config import load_config
+
+    try:
+        config = load_config(args.paths, env=args.env)
+    except ConfigErrors as exc:
+        for error in exc.errors:
+            print(error, file=sys.stderr)
+        print(f"{len(exc.errors)} problem(s) found", file=sys.stderr)
+        return 1
+    s = config.summary()
+    print(f"valid: {s['gateways']} gateways, {s['listeners']} listeners, {s['routes']} routes, {s['backends']} backends")
+    return 0
+
+
+def cmd_translate(args: argparse.Namespace) -> int:
+    from meshgate.api.config import load_config
+    from meshgate.xds.controlplane import compile_config
+    from meshgate.xds.render import resources_to_dict
+    from meshgate.xds.translate import TranslateOptions
+
+    try:
+        config = load_config(args.paths, env=args.env)
+    except ConfigErrors as exc:
+        for error in exc.errors:
+            print(error, file=sys.stderr)
+        return 1
+    out = resources_to_dict(compile_config(config, TranslateOptions(bind_address=args.bind)))
+    if args.output == "json":
+        print(json.dumps(out, indent=2))
+    else:
+        import yaml
+
+        print(yaml.safe_dump(out, sort_keys=False, width=120), end="")
+    return 0
+
+
+def _run_options(args: argparse.Namespace):
+    from meshgate.runner import RunOptions
+
+    xds_host, xds_port = _split(args.xds_address)
+    status_host, status_port = _split(args.status_address)
+    opts = RunOptions(paths=args.paths, env=args.env, group=args.group, xds_host=xds_host, xds_port=xds_port,
+                      status_host=status_host, status_port=status_port, log_level=args.log_level)
+    return opts
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from meshgate.logs import setup_logging
+    from meshgate.runner import run_local
+
+    setup_logging(args.log_level)
+    opts = _run_options(args)
+    opts.bind_address = args.bind
+    opts.admin_port = args.admin_port
+    opts.state_dir = args.state_dir
+    opts.concurrency = args.concurrency
+    opts.delta = args.delta
+    opts.sample_upstreams = not args.no_sample_upstreams
+    opts.envoy_log_level = args.envoy_log_level
+    return asyncio.run(run_local(opts))
+
+
+def cmd_xds(args: argparse.Namespace) -> int:
+    from meshgate.logs import setup_logging
+    from meshgate.runner import serve_xds
+
+    setup_logging(args.log_level)
+    opts = _run_options(args)
+    opts.bind_address = "0.0.0.0"
+    return asyncio.run(serve_xds(opts))
+
+
+def cmd_bootstrap(args: argparse.Namespace) -> int:
+    from meshgate.xds.bootstrap import BootstrapOptions, render_bootstrap
+
+    host, port = _split(args.xds_address)
+    print(json.dumps(render_bootstrap(BootstrapOptions(
+        xds_host=host, xds_port=port, node_id=args.node_id, node_cluster=args.group,
+        admin_port=args.admin_port, delta=args.delta)), indent=2))
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from meshgate.api.schema import json_schemas
+
+    schemas = json_schemas()
+    if args.kind:
+        wanted = {k: v for k, v in schemas.items() if k == args.kind or k.rsplit("/", 1)[-1] == args.kind}
+        if not wanted:
+            print(f"unknown kind {args.kind!r}; known: {', '.join(schemas)}", file=sys.stderr)
+            return 1
+        schemas = wanted
+    print(json.dumps(schemas, indent=2))
+    return 0
+
+
+COMMANDS = {
+    "validate": cmd_validate,
+    "translate": cmd_translate,
+    "run": cmd_run,
+    "xds": cmd_xds,
+    "bootstrap": cmd_bootstrap,
+    "schema": cmd_schema,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,205 @@
+"""Wiring for `meshgate xds` (control plane alone) and `meshgate run` (control plane + a local
+Envoy + sample upstreams, in one process). The CLI only parses flags and calls these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from meshgate.api.config import Config
+from meshgate.api.models import Backend
+from meshgate.xds.bootstrap import BootstrapOptions, render_bootstrap
+from meshgate.xds.controlplane import ControlPlane, ControlPlaneStatus
+from meshgate.xds.envoy_process import EnvoyProcess
+from meshgate.xds.server import start_xds_server
+from meshgate.xds.snapshot import SnapshotCache
+from meshgate.xds.status import start_status_server
+from meshgate.xds.translate import TranslateOptions
+
+log = logging.getLogger("meshgate.run")
+
+# A Backend with this annotation gets sample echo servers on its loopback endpoints in `meshgate run`.
+SAMPLE_UPSTREAM_ANNOTATION = "meshgate.io/sample-upstream"
+
+
+@dataclass
+class RunOptions:
+    paths: Sequence[str]
+    env: str | None = None
+    group: str = "edge"  # node group (node.cluster) the snapshot is published for
+    xds_host: str = "127.0.0.1"
+    xds_port: int = 18000
+    status_host: str = "127.0.0.1"
+    status_port: int = 19000
+    bind_address: str = "127.0.0.1"  # where Gateway listeners bind in `meshgate run`
+    admin_port: int = 19901
+    state_dir: Path = Path(".meshgate")
+    concurrency: int = 1
+    delta: bool = False
+    sample_upstreams: bool = True
+    log_level: str = "info"
+    envoy_log_level: str = "info"
+    # where errors of a rejected config are printed, in the same format as `meshgate validate`
+    print_errors: Callable[[list[str]], None] = field(
+        default=lambda lines: print("\n".join(lines), file=sys.stderr, flush=True)
+    )
+
+
+class SampleUpstreams:
+    """Starts echo servers for Backends annotated `meshgate.io/sample-upstream: echo`."""
+
+    def __init__(self) -> None:
+        self.servers: dict[tuple[str, int], object] = {}
+        self.pending: list[asyncio.Task] = []
+
+    def sync(self, config: Config) -> None:
+        for (namespace, name), backend in config.backends.items():
+            if backend.metadata.annotations.get(SAMPLE_UPSTREAM_ANNOTATION) != "echo":
+                continue
+            for i, endpoint in enumerate(backend.spec.endpoints):
+                key = (endpoint.address, endpoint.port)
+                if key in self.servers or not _is_loopback(endpoint.address):
+                    continue
+                self.servers[key] = server = self._server(backend, f"{name}-{i + 1}", endpoint.address, endpoint.port)
+                self.pending.append(asyncio.get_running_loop().create_task(self._start(server)))
+
+    @staticmethod
+    def _server(backend: Backend, name: str, host: str, port: int):
+        if backend.spec.protocol == "GRPC":
+            from meshgate.devtools.grpc_echo import GrpcEchoServer
+
+            return GrpcEchoServer(name, host, port)
+        from meshgate.devtools.upstreams import EchoServer
+
+        return EchoServer(name, host, port)
+
+    @staticmethod
+    async def _start(server) -> None:
+        try:
+            await server.start()
+            log.info("sample upstream started", extra={"upstream": server.name, "port": server.port})
+        except OSError as exc:
+            log.error("sample upstream could not start", extra={"upstream": server.name, "error": str(exc)})
+
+    async def settle(self) -> None:
+        if self.pending:
+            await asyncio.gather(*self.pending, return_exceptions=True)
+            self.pending.clear()
+
+    async def stop(self) -> None:
+        await self.settle()
+        for server in self.servers.values():
+            with contextlib.suppress(Exception):
+                await server.stop()
+
+
+def _is_loopback(address: str) -> bool:
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def serve_xds(opts: RunOptions) -> int:
+    """`meshgate xds`: ADS server + status server + file watcher, until SIGINT/SIGTERM."""
+    cache = SnapshotCache()
+    status = ControlPlaneStatus()
+    plane = ControlPlane(opts.paths, cache, group=opts.group, env=opts.env, status=status,
+                         options=TranslateOptions(bind_address=opts.bind_address), on_rejected=opts.print_errors)
+    plane.reload()
+    xds, xds_port = await start_xds_server(cache, status, f"{opts.xds_host}:{opts.xds_port}")
+    runner, status_port = await start_status_server(status, opts.status_host, opts.status_port)
+    log.info("control plane serving", extra={"xds": f"{opts.xds_host}:{xds_port}", "status": f"http://{opts.status_host}:{status_port}"})
+    watcher = asyncio.create_task(plane.watch())
+    try:
+        await _until_signalled()
+    finally:
+        watcher.cancel()
+        await xds.stop(grace=1)
+        await runner.cleanup()
+    return 0
+
+
+async def run_local(opts: RunOptions) -> int:
+    """`meshgate run`: everything `serve_xds` does, plus a supervised Envoy and sample upstreams."""
+    state = opts.state_dir.resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    access_log = state / "access.log"
+    upstreams = SampleUpstreams()
+    cache = SnapshotCache()
+    status = ControlPlaneStatus()
+    plane = ControlPlane(
+        opts.paths, cache, group=opts.group, env=opts.env, status=status,
+        options=TranslateOptions(bind_address=opts.bind_address, access_log_path=str(access_log)),
+        on_config=upstreams.sync if opts.sample_upstreams else None,
+        on_rejected=opts.print_errors,
+    )
+    if not plane.reload():
+        return 1  # errors already printed; nothing started
+    xds, xds_port = await start_xds_server(cache, status, f"{opts.xds_host}:{opts.xds_port}")
+    runner, status_port = await start_status_server(status, opts.status_host, opts.status_port)
+    bootstrap = render_bootstrap(BootstrapOptions(
+        xds_host=opts.xds_host, xds_port=xds_port, node_cluster=opts.group,
+        node_id=f"{opts.group}-local", admin_port=opts.admin_port, delta=opts.delta,
+    ))
+    envoy = EnvoyProcess(bootstrap, state, concurrency=opts.concurrency, log_level=opts.envoy_log_level)
+    watcher: asyncio.Task | None = None
+    try:
+        await upstreams.settle()
+        await envoy.start(wait_ready=True)
+        status.extra["envoy"] = {"pid": envoy.pid, "admin": envoy.admin_url, "log": str(envoy.log_path), "access_log": str(access_log)}
+        status.extra["status_url"] = f"http://{opts.status_host}:{status_port}"
+        print(_summary(plane, opts, status_port, envoy, access_log), flush=True)
+        watcher = asyncio.create_task(plane.watch())
+        await _until_signalled()
+        log.info("stopping")
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        await envoy.stop()
+        await upstreams.stop()
+        await xds.stop(grace=1)
+        await runner.cleanup()
+    return 0
+
+
+def _summary(plane: ControlPlane, opts: RunOptions, status_port: int, envoy: EnvoyProcess, access_log: Path) -> str:
+    from meshgate.xds.snapshot import LISTENER, ROUTE
+
+    snap = plane.snapshot
+    lines = [f"meshgate is running: config version {snap.version}"]
+    host = opts.bind_address if opts.bind_address not in ("0.0.0.0", "::") else "localhost"
+    for name, listener in sorted(snap.resources[LISTENER].items()):
+        port = listener.address.socket_address.port_value
+        scheme = "https" if listener.filter_chains and listener.filter_chains[0].HasField("transport_socket") else "http"
+        routes = sum(len(vh.routes) for vh in snap.resources[ROUTE][name].virtual_hosts)
+        lines.append(f"  listener {name}: {scheme}://{host}:{port}/  ({routes} routes)")
+    summary = plane.status.summary
+    lines.append(f"  {summary.get('routes', 0)} route objects, {summary.get('backends', 0)} backends")
+    lines.append(f"  status:     http://{opts.status_host}:{status_port}/status  (also /healthz /readyz /metrics)")
+    lines.append(f"  Envoy:      pid {envoy.pid}, admin {envoy.admin_url}")
+    lines.append(f"  logs:       {envoy.log_path}  (Envoy), {access_log}  (access log, JSON lines)")
+    lines.append("  Edit the config files to reload; Ctrl-C stops everything.")
+    return "\n".join(lines)

@@ -1,0 +1,122 @@
+"""The Envoy bootstrap: the one static file Envoy reads at start-up.
+
+Everything meshgate configures at run time (listeners, routes, clusters, endpoints) arrives
+later over ADS, the aggregated xDS gRPC stream to the meshgate control plane. The bootstrap
+only has to tell Envoy who it is (node), where its admin interface listens, and how to reach
+the control plane (one static cluster plus the ADS settings).
+
+Envoy docs: https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/bootstrap/v3/bootstrap.proto
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+# Name of the static cluster that points at the meshgate xDS server. Dynamic clusters sent over
+# ADS must never use this name, or they would replace the control-plane connection.
+XDS_CLUSTER_NAME = "meshgate_xds"
+
+
+@dataclass
+class BootstrapOptions:
+    """What varies between Envoy instances driven by meshgate."""
+
+    xds_port: int
+    xds_host: str = "127.0.0.1"
+    node_id: str = "meshgate-local"
+    # meshgate keys snapshots by node.cluster (the "node group"): every Envoy with the same
+    # node_cluster receives the same configuration.
+    node_cluster: str = "edge"
+    # The admin interface can change and dump config; keep it on loopback.
+    admin_host: str = "127.0.0.1"
+    # 0 = ephemeral; EnvoyProcess then reads the bound port from --admin-address-path.
+    admin_port: int = 19901
+    # Incremental (delta) xDS instead of state-of-the-world.
+    delta: bool = False
+
+
+def render_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
+    """Return an Envoy v3 bootstrap as a JSON-able dict (Envoy accepts it as .json or .yaml)."""
+    # GRPC = state-of-the-world: every response carries all resources of a type.
+    # DELTA_GRPC = incremental: responses carry only added/changed/removed resources.
+    api_type = "DELTA_GRPC" if opts.delta else "GRPC"
+    return {
+        # node identifies this Envoy to the control plane; it is sent on the xDS stream.
+        "node": {"id": opts.node_id, "cluster": opts.node_cluster},
+        # The admin interface serves /ready, /stats, /config_dump. Its own access log is
+        # discarded: health checks poll it often and would only add noise.
+        "admin": {
+            "address": _socket_address(opts.admin_host, opts.admin_port),
+            "access_log": [
+                {
+                    "name": "envoy.access_loggers.file",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/"
+                        "envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                        "path": "/dev/null",
+                    },
+                }
+            ],
+        },
+        "dynamic_resources": {
+            # ADS: one gRPC stream carries every resource type, so Envoy gets them in an order
+            # the control plane controls (clusters before the listeners that use them).
+            "ads_config": {
+                "api_type": api_type,
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER_NAME}}],
+                # The node is sent once per stream, not on every request: less traffic.
+                "set_node_on_first_message_only": True,
+            },
+            # CDS (clusters) and LDS (listeners) come over ADS. Routes and endpoints are
+            # referenced from them and also fetched over ADS.
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+            "lds_config": {"ads": {}, "resource_api_version": "V3"},
+        },
+        "static_resources": {
+            "clusters": [_xds_cluster(opts.xds_host, opts.xds_port)],
+        },
+    }
+
+
+def _socket_address(host: str, port: int) -> dict[str, Any]:
+    return {"socket_address": {"address": host, "port_value": port}}
+
+
+def _xds_cluster(host: str, port: int) -> dict[str, Any]:
+    """The static cluster Envoy uses to reach the meshgate xDS server (gRPC needs HTTP/2)."""
+    return {
+        "name": XDS_CLUSTER_NAME,
+        # STATIC: the endpoint is a literal IP. A host name needs STRICT_DNS (Envoy resolves it).
+        "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/"
+                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                # Speak HTTP/2 (h2c) to the control plane; HTTP/2 PINGs every 30 s detect a dead
+                # control plane (or a silently dropped connection) within 5 s of a missed reply.
+                "explicit_http_config": {
+                    "http2_protocol_options": {
+                        "connection_keepalive": {"interval": "30s", "timeout": "5s"},
+                    }
+                },
+            }
+        },
+        "load_assignment": {
+            "cluster_name": XDS_CLUSTER_NAME,
+            "endpoints": [
+                {"lb_endpoints": [{"endpoint": {"address": _socket_address(host, port)}}]}
+            ],
+        },
+    }
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

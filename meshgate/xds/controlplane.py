@@ -1,0 +1,264 @@
+"""The control plane loop: config files → validated Config → IR → Envoy resources → snapshot.
+
+`ControlPlane.reload()` runs the pure pipeline once and publishes the result to the
+`SnapshotCache` only if it is valid and different; a bad edit is logged with the same
+`FILE:LINE: field: message` lines as `meshgate validate` and the last good snapshot keeps serving.
+`ControlPlane.watch()` polls the config files and reloads on change. `ControlPlaneStatus` records
+what the ADS server sees (nodes, ACKs, NACKs) for `/status`, `/readyz` and `/metrics`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from meshgate.api.config import Config, load_config
+from meshgate.api.errors import ConfigErrors, MeshgateError
+from meshgate.xds.ir import build_ir
+from meshgate.xds.snapshot import InconsistentSnapshot, Snapshot, SnapshotCache
+from meshgate.xds.translate import Resources, TranslateOptions, translate
+
+log = logging.getLogger("meshgate.xds.controlplane")
+
+
+def compile_config(config: Config, options: TranslateOptions) -> Resources:
+    """The pure part of the pipeline, shared by `meshgate translate` and the control plane."""
+    return translate(build_ir(config), options)
+
+
+class Metrics:
+    """Prometheus metrics of one control plane (own registry, so tests don't collide)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.pushes = Counter("meshgate_xds_pushes", "xDS responses sent, by type", ["type"], registry=r)
+        self.acks = Counter("meshgate_xds_acks", "xDS ACKs received, by type", ["type"], registry=r)
+        self.nacks = Counter("meshgate_xds_nacks", "xDS NACKs (config rejected by Envoy), by type", ["type"], registry=r)
+        self.connected = Gauge("meshgate_xds_connected_streams", "Open ADS streams", registry=r)
+        self.nodes = Gauge("meshgate_xds_connected_nodes", "Distinct nodes with an open ADS stream", registry=r)
+        self.translation = Histogram(
+            "meshgate_translation_seconds", "Time to load, validate and translate the config", registry=r,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.reloads = Counter("meshgate_config_reloads", "Config reloads, by result", ["result"], registry=r)
+        self.config_errors = Gauge("meshgate_config_errors", "Problems in the current config files (0 = valid)", registry=r)
+        self.snapshot_resources = Gauge("meshgate_snapshot_resources", "Resources in the published snapshot", ["type"], registry=r)
+
+
+def _short_type(type_url: str) -> str:
+    return type_url.rsplit(".", 1)[-1]
+
+
+@dataclass
+class NodeStatus:
+    node_id: str
+    group: str
+    streams: int = 0
+    acked: dict[str, str] = field(default_factory=dict)  # type -> version
+    nacked: dict[str, dict[str, str]] = field(default_factory=dict)  # type -> {version, error}
+    connected_at: float = field(default_factory=time.time)
+
+
+class ControlPlaneStatus:
+    """What the control plane knows: config version and errors, nodes and what they ACKed.
+
+    Implements the ADS server's observer interface (`meshgate.xds.server.XdsObserver`).
+    """
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self.metrics = metrics or Metrics()
+        self.nodes: dict[str, NodeStatus] = {}
+        self.version: str | None = None
+        self.last_error: list[str] = []
+        self.last_reload: float | None = None
+        self.summary: dict[str, int] = {}
+        self.extra: dict[str, Any] = {}  # e.g. the supervised Envoy (pid, admin, logs) in `meshgate run`
+        self.ever_acked = False
+
+    # -- observer interface -------------------------------------------------------------------
+    def on_stream_open(self, node_id: str, group: str, stream_kind: str) -> None:
+        node = self.nodes.setdefault(node_id, NodeStatus(node_id, group))
+        node.streams += 1
+        self.metrics.connected.inc()
+        self.metrics.nodes.set(len(self.nodes))
+        log.info("node connected", extra={"node": node_id, "group": group, "stream": stream_kind})
+
+    def on_stream_close(self, node_id: str, group: str, stream_kind: str) -> None:
+        self.metrics.connected.dec()
+        node = self.nodes.get(node_id)
+        if node is not None:
+            node.streams -= 1
+            if node.streams <= 0:
+                del self.nodes[node_id]
+        self.metrics.nodes.set(len(self.nodes))
+        log.info("node disconnected", extra={"node": node_id, "group": group, "stream": stream_kind})
+
+    def on_push(self, node_id: str, type_url: str, version: str, count: int) -> None:
+        self.metrics.pushes.labels(_short_type(type_url)).inc()
+
+    def on_ack(self, node_id: str, type_url: str, version: str) -> None:
+        self.metrics.acks.labels(_short_type(type_url)).inc()
+        node = self.nodes.get(node_id)
+        if node is not None:
+            node.acked[_short_type(type_url)] = version
+            node.nacked.pop(_short_type(type_url), None)
+        self.ever_acked = True
+
+    def on_nack(self, node_id: str, type_url: str, version: str, error: str) -> None:
+        self.metrics.nacks.labels(_short_type(type_url)).inc()
+        node = self.nodes.get(node_id)
+        if node is not None:
+            node.nacked[_short_type(type_url)] = {"version": version, "error": error}
+        log.warning("Envoy rejected config", extra={"node": node_id, "type": _short_type(type_url), "version": version, "error": error})
+
+    # -- views ---------------------------------------------------------------------------------
+    def ready(self) -> bool:
+        return self.version is not None and self.ever_acked
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "config_version": self.version,
+            "config": self.summary,
+            "last_reload": self.last_reload,
+            "last_error": self.last_error,
+            "ready": self.ready(),
+            "nodes": {
+                n.node_id: {"group": n.group, "streams": n.streams, "acked": n.acked, "nacked": n.nacked}
+                for n in self.nodes.values()
+            },
+            **self.extra,
+        }
+
+
+class ControlPlane:
+    """Watches config files and publishes a snapshot for one node group."""
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        cache: SnapshotCache,
+        *,
+        group: str = "edge",
+        env: str | None = None,
+        options: TranslateOptions = TranslateOptions(),
+        status: ControlPlaneStatus | None = None,
+        environ: Mapping[str, str] | None = None,
+        on_config: Callable[[Config], None] | None = None,
+        on_rejected: Callable[[list[str]], None] | None = None,
+    ) -> None:
+        self.paths = list(paths)
+        self.cache = cache
+        self.group = group
+        self.env = env
+        self.options = options
+        self.status = status or ControlPlaneStatus()
+        self.environ = environ
+        self.on_config = on_config  # called with every config that was published
+        self.on_rejected = on_rejected  # called with the error lines of a rejected config
+        self.snapshot: Snapshot | None = None
+        self._stamp: tuple | None = None
+
+    def reload(self) -> bool:
+        """Run the pipeline once. Returns True when a new snapshot was published."""
+        metrics = self.status.metrics
+        started = time.perf_counter()
+        try:
+            config = load_config(self.paths, env=self.env, environ=self.environ)
+            snapshot = Snapshot.build(compile_config(config, self.options))
+            published = self.cache.set_snapshot(self.group, snapshot)
+        except ConfigErrors as exc:
+            self._reject([str(e) for e in exc.errors], "invalid")
+            metrics.config_errors.set(len(exc.errors))
+            return False
+        except InconsistentSnapshot as exc:
+            self._reject([f"internal error, snapshot refused: {exc}"], "inconsistent")
+            return False
+        except MeshgateError as exc:
+            self._reject([str(exc)], "error")
+            return False
+        finally:
+            metrics.translation.observe(time.perf_counter() - started)
+        metrics.config_errors.set(0)
+        self.status.last_error = []
+        self.status.summary = config.summary()
+        self.status.last_reload = time.time()
+        if not published:
+            metrics.reloads.labels("unchanged").inc()
+            log.info("config unchanged", extra={"version": snapshot.version})
+            return False
+        self._log_changes(self.snapshot, snapshot)
+        self.snapshot = snapshot
+        self.status.version = snapshot.version
+        for type_url, resources in snapshot.resources.items():
+            metrics.snapshot_resources.labels(_short_type(type_url)).set(len(resources))
+        metrics.reloads.labels("published").inc()
+        if self.on_config is not None:
+            self.on_config(config)
+        return True
+
+    def _reject(self, lines: list[str], result: str) -> None:
+        self.status.last_error = lines
+        self.status.metrics.reloads.labels(result).inc()
+        kept = f"; still serving version {self.snapshot.version}" if self.snapshot else ""
+        log.error("config rejected%s", kept, extra={"errors": lines})
+        if self.on_rejected is not None:
+            self.on_rejected(lines)
+
+    @staticmethod
+    def _log_changes(old: Snapshot | None, new: Snapshot) -> None:
+        """Log which resources were added, changed and removed, per type."""
+        changes: dict[str, dict[str, list[str]]] = {}
+        for type_url, resources in new.resources.items():
+            before = old.resources.get(type_url, {}) if old else {}
+            diff = {
+                "added": sorted(n for n in resources if n not in before),
+                "changed": sorted(
+                    n for n in resources if n in before and old.resource_version(type_url, n) != new.resource_version(type_url, n)
+                ),
+                "removed": sorted(n for n in before if n not in resources),
+            }
+            diff = {k: v for k, v in diff.items() if v}
+            if diff:
+                changes[_short_type(type_url)] = diff
+        log.info("config published", extra={"version": new.version, "previous": old.version if old else None, "changes": changes})
+
+    # -- watching ------------------------------------------------------------------------------
+    def _files_stamp(self) -> tuple:
+        """(path, mtime, size) of every file under the configured paths; changes on any edit."""
+        stamp = []
+        for path in self.paths:
+            if os.path.isdir(path):
+                for root, dirs, files in os.walk(path):
+                    dirs.sort()
+                    for name in sorted(files):
+                        stamp.append(_stat(os.path.join(root, name)))
+            else:
+                stamp.append(_stat(path))
+        return tuple(stamp)
+
+    async def watch(self, interval: float = 0.1) -> None:
+        """Reload whenever a config file changes (polling: works on every filesystem)."""
+        self._stamp = self._files_stamp()
+        while True:
+            await asyncio.sleep(interval)
+            stamp = self._files_stamp()
+            if stamp != self._stamp:
+                self._stamp = stamp
+                log.info("config files changed, reloading")
+                self.reload()
+
+
+def _stat(path: str) -> tuple:
+    try:
+        st = os.stat(path)
+        return (path, st.st_mtime_ns, st.st_size)
+    except OSError:
+        return (path, None, None)

@@ -1,0 +1,575 @@
+"""meshgate's ADS server: delivers snapshots to Envoy over gRPC, state-of-the-world and delta.
+
+Envoy opens one long-lived bidirectional stream (ADS, the Aggregated Discovery Service) and
+multiplexes every resource type over it, told apart by ``type_url``. It asks with
+DiscoveryRequests and we answer with DiscoveryResponses; each response carries a ``nonce`` that
+Envoy echoes in its next request for that type, with ``error_detail`` set if it rejected the
+response (a NACK) and unset if it applied it (an ACK).
+
+Two wire variants exist and both are served here:
+
+- state of the world (SotW, ``StreamAggregatedResources``): every response for a type carries the
+  full set of resources the client wants of that type;
+- delta (incremental, ``DeltaAggregatedResources``): responses carry only resources that changed,
+  plus the names of removed ones, and the client subscribes/unsubscribes names explicitly.
+
+The rules implemented here (when to answer, when to stay silent) are those of
+https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol and Istio's ``ShouldRespond``.
+
+Each stream runs a reader task that records requests into per-type state, and a writer loop that
+wakes on a request or a snapshot change, works out what each type owes the client, and writes it
+in make-before-break order (CDS, EDS, LDS, RDS). The server only delivers: it never builds config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+
+from meshgate.xds.snapshot import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    TYPE_ORDER,
+    Snapshot,
+    SnapshotCache,
+    combine_versions,
+)
+
+__all__ = ["AdsServer", "NullObserver", "XdsObserver", "start_xds_server", "SERVER_OPTIONS"]
+
+log = logging.getLogger("meshgate.xds.server")
+
+WILDCARD = "*"
+
+# Listener and Cluster responses are "full state": a resource missing from a SotW response is
+# deleted by Envoy. For other types a response only adds/updates; deletions follow the parent.
+_FULL_STATE_TYPES = frozenset({LISTENER, CLUSTER})
+
+_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+SERVER_OPTIONS = [
+    # Envoy sends HTTP/2 keepalive pings on its control-plane connection (cluster
+    # upstream_connection_options.tcp_keepalive / http2 connection_keepalive). Without these,
+    # gRPC counts the pings as abuse and closes the connection with GOAWAY "too_many_pings".
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_ping_strikes", 0),
+    # Our own pings find Envoys that vanished without closing the TCP connection.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    # A RouteConfiguration with 10,000 routes is several MiB in one response.
+    ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+]
+
+
+class XdsObserver(Protocol):
+    """Receives what happens on ADS streams (for status APIs and metrics)."""
+
+    def on_stream_open(self, node_id: str, group: str, stream_kind: str) -> None: ...
+    def on_stream_close(self, node_id: str, group: str, stream_kind: str) -> None: ...
+    def on_push(self, node_id: str, type_url: str, version: str, count: int) -> None: ...
+    def on_ack(self, node_id: str, type_url: str, version: str) -> None: ...
+    def on_nack(self, node_id: str, type_url: str, version: str, error: str) -> None: ...
+
+
+class NullObserver:
+    """An XdsObserver that records nothing."""
+
+    def on_stream_open(self, node_id: str, group: str, stream_kind: str) -> None:
+        pass
+
+    def on_stream_close(self, node_id: str, group: str, stream_kind: str) -> None:
+        pass
+
+    def on_push(self, node_id: str, type_url: str, version: str, count: int) -> None:
+        pass
+
+    def on_ack(self, node_id: str, type_url: str, version: str) -> None:
+        pass
+
+    def on_nack(self, node_id: str, type_url: str, version: str, error: str) -> None:
+        pass
+
+
+def _ordered(type_urls: Iterator[str] | list[str]) -> list[str]:
+    """Type URLs in make-before-break order; types meshgate doesn't order come last, sorted."""
+    present = set(type_urls)
+    return [t for t in TYPE_ORDER if t in present] + sorted(present - set(TYPE_ORDER))
+
+
+def _response_version(snapshot: Snapshot, type_url: str) -> str:
+    """The version_info / system_version_info we put on a response of this type.
+
+    EDS also folds in the cluster version: a changed cluster needs a fresh EDS response to
+    finish warming (envoy#13009), and that response should look new even if endpoints are not.
+    """
+    if type_url == ENDPOINT:
+        return combine_versions(snapshot.type_version(ENDPOINT), snapshot.type_version(CLUSTER))
+    return snapshot.type_version(type_url)
+
+
+def _short(type_url: str) -> str:
+    return type_url.rsplit(".", 1)[-1]
+
+
+class _Stream:
+    """What SotW and delta streams share: node, nonces, reader task, writer loop, observer."""
+
+    kind = ""
+
+    def __init__(self, server: AdsServer, context: grpc.aio.ServicerContext) -> None:
+        self.server = server
+        self.cache = server.cache
+        self.context = context
+        self.node = base_pb2.Node()
+        self.group = ""
+        self._nonces = itertools.count(1)
+        self._wake = asyncio.Event()
+        self._closed = False
+
+    @property
+    def node_id(self) -> str:
+        return self.node.id
+
+    def next_nonce(self) -> str:
+        # A nonce only has to be unique within the stream: a counter is enough and readable.
+        return str(next(self._nonces))
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+
+    def _notify(self, method: str, *args: object) -> None:
+        """Call the observer; a broken observer must not break the stream."""
+        try:
+            getattr(self.server.observer, method)(*args)
+        except Exception:
+            log.exception("xDS observer %s failed", method)
+
+    async def run(self) -> None:
+        first = await self.context.read()
+        if first is grpc.aio.EOF:
+            return
+        # Envoy (with set_node_on_first_message_only) only sends `node` on the first request of
+        # a stream; without node.id we can't tell who this is or which snapshot applies.
+        if not first.node.id:
+            log.warning("rejecting %s xDS stream from %s: first request has no node.id",
+                        self.kind, self.context.peer())
+            await self.context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "first request on the stream must carry node.id"
+            )
+        self.node.CopyFrom(first.node)
+        self.group = self.cache.group_of(self.node)
+        unwatch = self.cache.watch(self.group, self._wake.set)
+        self.server._streams.add(self)
+        log.info("xDS %s stream opened: node=%s group=%s peer=%s",
+                 self.kind, self.node_id, self.group, self.context.peer())
+        self._notify("on_stream_open", self.node_id, self.group, self.kind)
+        reader: asyncio.Task[None] | None = None
+        try:
+            self.handle_request(first)
+            reader = asyncio.create_task(self._read_requests())
+            await self._write_responses()
+        finally:
+            unwatch()
+            self.server._streams.discard(self)
+            if reader is not None:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await reader
+            log.info("xDS %s stream closed: node=%s group=%s", self.kind, self.node_id, self.group)
+            self._notify("on_stream_close", self.node_id, self.group, self.kind)
+
+    async def _read_requests(self) -> None:
+        try:
+            while True:
+                request = await self.context.read()
+                if request is grpc.aio.EOF:
+                    break
+                self.handle_request(request)
+                self._wake.set()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the client went away mid-read, or a request broke us
+            log.debug("xDS stream of %s: read ended: %r", self.node_id, exc)
+        finally:
+            self.close()
+
+    async def _write_responses(self) -> None:
+        while not self._closed:
+            # Clear before looking, so a request or snapshot arriving while we write wakes us.
+            self._wake.clear()
+            snapshot = self.cache.get_snapshot(self.group)
+            if snapshot is not None:
+                for response in self.responses(snapshot):
+                    if self._closed:
+                        return
+                    try:
+                        await self.context.write(response)
+                    except Exception as exc:
+                        log.debug("xDS stream of %s: write failed: %r", self.node_id, exc)
+                        return
+            await self._wake.wait()
+
+    def handle_request(self, request) -> None:  # noqa: ANN001 - SotW or delta request
+        raise NotImplementedError
+
+    def responses(self, snapshot: Snapshot) -> Iterator:
+        """Yield the responses owed now, updating per-type state as each one is produced."""
+        raise NotImplementedError
+
+    def record_nack(self, type_url: str, version: str, error: str) -> None:
+        log.warning("NACK from node=%s group=%s type=%s version=%s: %s",
+                    self.node_id, self.group, _short(type_url), version, error)
+        self._notify("on_nack", self.node_id, type_url, version, error)
+
+
+# ---- state of the world ------------------------------------------------------------------------
+
+
+@dataclass
+class _SotwType:
+    """What one SotW stream knows about one resource type."""
+
+    # Names the client asked for; {"*"} is a wildcard subscription (everything of the type).
+    subscribed: set[str] = field(default_factory=set)
+    # Legacy wildcard: a client that never named a resource wants all of them.
+    ever_named: bool = False
+    # name -> resource version of what we last sent (sent, not necessarily ACKed: a NACKed
+    # version must not be resent, only a newer one).
+    sent: dict[str, str] = field(default_factory=dict)
+    nonce: str = ""  # nonce of the latest response of this type; older nonces are stale
+    version: str = ""  # version_info of that response
+    respond: bool = False  # answer at the next chance even if nothing changed
+
+
+class _SotwStream(_Stream):
+    kind = "sotw"
+
+    def __init__(self, server: AdsServer, context: grpc.aio.ServicerContext) -> None:
+        super().__init__(server, context)
+        self.types: dict[str, _SotwType] = {}
+
+    def handle_request(self, request: discovery_pb2.DiscoveryRequest) -> None:
+        type_url = request.type_url
+        if not type_url:
+            log.warning("node=%s sent a request without type_url; ignored", self.node_id)
+            return
+        st = self.types.setdefault(type_url, _SotwType())
+        nonce = request.response_nonce
+        if nonce and not st.nonce:
+            # A nonce on the first request for a type comes from an earlier stream (Envoy
+            # reconnected, maybe to another replica): treat it as an initial request.
+            nonce = ""
+        if nonce and nonce != st.nonce:
+            # Stale: the client answers a response we've since superseded; it will answer the
+            # newer one too. Responding here could go back in time (xds_protocol "stale nonce").
+            log.debug("node=%s %s: stale nonce %s (latest %s) ignored",
+                      self.node_id, _short(type_url), nonce, st.nonce)
+            return
+        if nonce and request.HasField("error_detail"):
+            # NACK: Envoy keeps its last good config. Record it, send nothing: resending the same
+            # content would be rejected again (go-control-plane#962). The next different content
+            # is sent when a new snapshot brings it.
+            self.record_nack(type_url, st.version, request.error_detail.message)
+            return
+        if nonce:
+            self._notify("on_ack", self.node_id, type_url, request.version_info)
+        else:
+            # Empty nonce: first request for this type on the stream (new Envoy or reconnect).
+            # Always answer, even if the client claims to have a version already.
+            st.respond = True
+        self._update_names(st, request.resource_names)
+
+    @staticmethod
+    def _update_names(st: _SotwType, resource_names) -> None:  # noqa: ANN001
+        names = set(resource_names)
+        if names:
+            st.ever_named = True
+            subscribed = names
+        elif st.ever_named:
+            subscribed = set()  # the client unsubscribed from everything
+        else:
+            subscribed = {WILDCARD}
+        st.subscribed = subscribed
+        if WILDCARD not in subscribed:
+            # Forget what we sent for names no longer wanted: if they are asked for again, they
+            # must be sent again even if unchanged (Envoy may have dropped them).
+            st.sent = {n: v for n, v in st.sent.items() if n in subscribed}
+
+    def responses(self, snapshot: Snapshot) -> Iterator[discovery_pb2.DiscoveryResponse]:
+        for type_url in _ordered(list(self.types)):
+            response = self._response_for(snapshot, type_url, self.types[type_url])
+            if response is not None:
+                yield response
+
+    def _response_for(
+        self, snapshot: Snapshot, type_url: str, st: _SotwType
+    ) -> discovery_pb2.DiscoveryResponse | None:
+        available = snapshot.names(type_url)
+        if WILDCARD in st.subscribed:
+            wanted = list(available)
+        else:
+            wanted = sorted(n for n in st.subscribed if n in available)
+        desired = {n: snapshot.resource_version(type_url, n) for n in wanted}
+
+        if type_url in _FULL_STATE_TYPES:
+            # Full state: additions, changes and removals all need a response, and an empty
+            # response is meaningful ("you have no listeners").
+            changed = desired != st.sent
+            send = changed or st.respond
+        else:
+            # RDS/EDS: only new or changed resources need a response; removals follow the parent
+            # (an empty response means nothing to Envoy), and if none of the requested names
+            # exist yet we wait until one appears.
+            changed = any(st.sent.get(n) != v for n, v in desired.items())
+            send = bool(desired) and (changed or st.respond)
+        st.respond = False
+        if not send:
+            return None
+
+        previous = st.sent
+        st.sent = desired
+        st.nonce = self.next_nonce()
+        st.version = _response_version(snapshot, type_url)
+        if type_url == CLUSTER:
+            self._mark_endpoints_stale(snapshot, previous, desired)
+        self._notify("on_push", self.node_id, type_url, st.version, len(desired))
+        log.debug("push node=%s %s version=%s nonce=%s count=%d",
+                  self.node_id, _short(type_url), st.version, st.nonce, len(desired))
+        return discovery_pb2.DiscoveryResponse(
+            version_info=st.version,
+            resources=[snapshot.packed(type_url, n) for n in desired],
+            type_url=type_url,
+            nonce=st.nonce,
+        )
+
+    def _mark_endpoints_stale(
+        self, snapshot: Snapshot, previous: dict[str, str], current: dict[str, str]
+    ) -> None:
+        """After sending new or changed clusters, their EDS resources must be sent again.
+
+        Envoy warms an updated cluster until it receives a ClusterLoadAssignment for it, even
+        when the endpoints did not change (envoy#13009), so forgetting we sent them makes the
+        EDS pass right after this one resend them.
+        """
+        eds = self.types.get(ENDPOINT)
+        if eds is None:
+            return
+        for cluster, version in current.items():
+            if previous.get(cluster) != version:
+                eds_name = snapshot.eds_name_of_cluster(cluster)
+                if eds_name is not None:
+                    eds.sent.pop(eds_name, None)
+
+
+# ---- delta -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _DeltaType:
+    """What one delta stream knows about one resource type."""
+
+    # Explicitly subscribed names; "*" is the wildcard subscription.
+    subscribed: set[str] = field(default_factory=set)
+    # name -> version the client has; None means we told it the resource does not exist.
+    known: dict[str, str | None] = field(default_factory=dict)
+    # Names that need an answer (resource or removal) even if the client state seems current.
+    must_answer: set[str] = field(default_factory=set)
+    # Nonces sent and not yet ACKed/NACKed -> system_version_info they carried.
+    pending: dict[str, str] = field(default_factory=dict)
+    initial: bool = True  # no response sent yet for this type
+
+
+class _DeltaStream(_Stream):
+    kind = "delta"
+
+    def __init__(self, server: AdsServer, context: grpc.aio.ServicerContext) -> None:
+        super().__init__(server, context)
+        self.types: dict[str, _DeltaType] = {}
+
+    def handle_request(self, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
+        type_url = request.type_url
+        if not type_url:
+            log.warning("node=%s sent a delta request without type_url; ignored", self.node_id)
+            return
+        st = self.types.get(type_url)
+        first = st is None
+        if st is None:
+            st = self.types[type_url] = _DeltaType()
+            # Legacy wildcard: a first request naming nothing subscribes to everything.
+            if not request.resource_names_subscribe and not request.resource_names_unsubscribe:
+                st.subscribed.add(WILDCARD)
+
+        # Subscription changes apply even when the nonce is stale (unlike SotW): delta requests
+        # are edits, and dropping one would lose it for good.
+        for name in request.resource_names_subscribe:
+            if name == WILDCARD:
+                st.subscribed.add(WILDCARD)
+                continue
+            st.subscribed.add(name)
+            # A (re)subscribed name must be sent even if we believe the client has it: it may
+            # have forgotten it.
+            st.known.pop(name, None)
+        for name in request.resource_names_unsubscribe:
+            if name == WILDCARD:
+                st.subscribed.discard(WILDCARD)
+                # The client drops what it only had through the wildcard.
+                st.known = {n: v for n, v in st.known.items() if n in st.subscribed}
+                continue
+            st.subscribed.discard(name)
+            st.known.pop(name, None)
+            if WILDCARD in st.subscribed:
+                # The client can't tell whether the wildcard still covers this name, so it must
+                # be told: resent if it exists, removed otherwise (xds_protocol "Unsubscribing").
+                st.must_answer.add(name)
+
+        if first:
+            # Reconnect: the client says which versions it already has; send only what differs.
+            for name, version in request.initial_resource_versions.items():
+                st.known[name] = version
+
+        nonce = request.response_nonce
+        if not nonce:
+            return
+        version = st.pending.get(nonce)
+        if version is None:
+            log.debug("node=%s %s: stale delta nonce %s", self.node_id, _short(type_url), nonce)
+            return
+        # This ACK/NACK settles this response and every older one of this type.
+        st.pending = {n: v for n, v in st.pending.items() if int(n) > int(nonce)}
+        if request.HasField("error_detail"):
+            # NACK: the client keeps its previous resources. `known` already holds what we sent,
+            # so the rejected versions are not resent; a newer version will be.
+            self.record_nack(type_url, version, request.error_detail.message)
+        else:
+            self._notify("on_ack", self.node_id, type_url, version)
+
+    def responses(self, snapshot: Snapshot) -> Iterator[discovery_pb2.DeltaDiscoveryResponse]:
+        for type_url in _ordered(list(self.types)):
+            response = self._response_for(snapshot, type_url, self.types[type_url])
+            if response is not None:
+                yield response
+
+    def _response_for(
+        self, snapshot: Snapshot, type_url: str, st: _DeltaType
+    ) -> discovery_pb2.DeltaDiscoveryResponse | None:
+        available = snapshot.names(type_url)
+        wildcard = WILDCARD in st.subscribed
+        explicit = st.subscribed - {WILDCARD}
+        candidates = explicit | st.must_answer
+        if wildcard:
+            candidates |= set(available) | set(st.known)
+
+        resources: list[discovery_pb2.Resource] = []
+        removed: list[str] = []
+        for name in sorted(candidates):
+            if name in available:
+                version = snapshot.resource_version(type_url, name)
+                if st.known.get(name) != version:
+                    resources.append(discovery_pb2.Resource(
+                        name=name, version=version, resource=snapshot.packed(type_url, name)))
+                    st.known[name] = version
+            else:
+                # The client has it and it's gone, or it asked for a name that doesn't exist
+                # and hasn't been told yet: say so in removed_resources.
+                has_it = st.known.get(name) is not None
+                never_told = name not in st.known and (name in explicit or name in st.must_answer)
+                if has_it or never_told:
+                    removed.append(name)
+                st.known[name] = None
+        st.must_answer.clear()
+
+        # The first response for a wildcard type is owed even if empty: Envoy waits for it to
+        # finish initializing (e.g. "no clusters" is an answer).
+        owe_initial = st.initial and wildcard
+        st.initial = False
+        if not resources and not removed and not owe_initial:
+            return None
+
+        nonce = self.next_nonce()
+        version = _response_version(snapshot, type_url)
+        st.pending[nonce] = version
+        if type_url == CLUSTER:
+            self._mark_endpoints_stale(snapshot, [r.name for r in resources])
+        self._notify("on_push", self.node_id, type_url, version, len(resources))
+        log.debug("delta push node=%s %s version=%s nonce=%s +%d -%d",
+                  self.node_id, _short(type_url), version, nonce, len(resources), len(removed))
+        return discovery_pb2.DeltaDiscoveryResponse(
+            system_version_info=version,
+            resources=resources,
+            type_url=type_url,
+            removed_resources=removed,
+            nonce=nonce,
+        )
+
+    def _mark_endpoints_stale(self, snapshot: Snapshot, clusters: list[str]) -> None:
+        """Resend EDS for clusters just sent: an updated cluster warms until it gets a
+        ClusterLoadAssignment, even an unchanged one (envoy#13009)."""
+        eds = self.types.get(ENDPOINT)
+        if eds is None:
+            return
+        for cluster in clusters:
+            eds_name = snapshot.eds_name_of_cluster(cluster)
+            if eds_name is not None and eds.known.get(eds_name) is not None:
+                del eds.known[eds_name]
+
+
+# ---- the gRPC service --------------------------------------------------------------------------
+
+
+class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
+    """The Aggregated Discovery Service: serves snapshots from a SnapshotCache to Envoys."""
+
+    def __init__(self, cache: SnapshotCache, observer: XdsObserver | None = None) -> None:
+        self.cache = cache
+        self.observer: XdsObserver = observer if observer is not None else NullObserver()
+        self._streams: set[_Stream] = set()
+
+    @property
+    def stream_count(self) -> int:
+        """Number of open ADS streams (both variants)."""
+        return len(self._streams)
+
+    def close_streams(self) -> None:
+        """End every open stream with status OK (e.g. before a graceful server stop)."""
+        for stream in list(self._streams):
+            stream.close()
+
+    async def StreamAggregatedResources(self, request_iterator, context):  # noqa: N802, ANN001
+        # We read with context.read() in our own reader task, not with request_iterator.
+        await _SotwStream(self, context).run()
+
+    async def DeltaAggregatedResources(self, request_iterator, context):  # noqa: N802, ANN001
+        await _DeltaStream(self, context).run()
+
+
+async def start_xds_server(
+    cache: SnapshotCache,
+    observer: XdsObserver | None = None,
+    address: str = "127.0.0.1:18000",
+) -> tuple[grpc.aio.Server, int]:
+    """Start a gRPC server with the ADS service on ``address``; returns (server, bound port).
+
+    ``address`` may use port 0 to pick a free port. Stop it with ``await server.stop(grace)``.
+    """
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    servicer = AdsServer(cache, observer)
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port(address)
+    if port == 0:
+        raise OSError(f"could not bind xDS server to {address}")
+    await server.start()
+    log.info("xDS server listening on %s (port %d)", address, port)
+    return server, port

@@ -1,0 +1,371 @@
+"""Versioned, internally consistent sets of Envoy resources, and the cache that holds them.
+
+A :class:`Snapshot` is what the ADS server delivers to one group of Envoys: every Listener,
+RouteConfiguration, Cluster and ClusterLoadAssignment they should run, keyed by type URL and
+resource name. It is an immutable value with content hashes, so "did anything change?" is a string
+comparison, and identical content gives identical versions in every process.
+
+:class:`SnapshotCache` keeps the current snapshot per node group and tells the ADS streams of that
+group when it changes. It refuses inconsistent snapshots (a cluster whose endpoints are missing, a
+listener whose routes are missing), because Envoy may apply the types in any order and would
+otherwise wait forever for a resource that never comes.
+
+Protocol background: https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2,
+)
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+
+__all__ = [
+    "CLUSTER",
+    "ENDPOINT",
+    "LISTENER",
+    "ROUTE",
+    "TYPE_ORDER",
+    "InconsistentSnapshot",
+    "Snapshot",
+    "SnapshotCache",
+    "default_group_of",
+]
+
+log = logging.getLogger("meshgate.xds.snapshot")
+
+_TYPE_PREFIX = "type.googleapis.com/"
+LISTENER = _TYPE_PREFIX + "envoy.config.listener.v3.Listener"
+ROUTE = _TYPE_PREFIX + "envoy.config.route.v3.RouteConfiguration"
+CLUSTER = _TYPE_PREFIX + "envoy.config.cluster.v3.Cluster"
+ENDPOINT = _TYPE_PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
+
+# Make-before-break: a cluster must exist (CDS) and have endpoints (EDS) before a listener (LDS)
+# or route (RDS) sends traffic to it. See "Eventual consistency considerations" in the xDS doc.
+TYPE_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+
+_HCM_FULL_NAME = hcm_pb2.HttpConnectionManager.DESCRIPTOR.full_name
+
+# Which field of each resource carries its name. Envoy matches resources by this field, so it must
+# equal the key the snapshot stores the resource under.
+_NAME_FIELD = {LISTENER: "name", ROUTE: "name", CLUSTER: "name", ENDPOINT: "cluster_name"}
+
+_RESOURCE_VERSION_HEX = 16
+_SNAPSHOT_VERSION_HEX = 12
+
+
+class InconsistentSnapshot(Exception):
+    """Raised when a snapshot references resources it does not contain (message lists them)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("inconsistent snapshot: " + "; ".join(self.problems))
+
+
+def _digest(parts: Iterator[bytes]) -> str:
+    """sha256 over length-prefixed parts, so ("ab", "c") and ("a", "bc") differ."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(len(part).to_bytes(8, "big"))
+        h.update(part)
+    return h.hexdigest()
+
+
+def combine_versions(*versions: str) -> str:
+    """A version derived from other versions (stable, short hex)."""
+    return _digest(v.encode() for v in versions)[:_RESOURCE_VERSION_HEX]
+
+
+@dataclass(frozen=True, eq=False)
+class Snapshot:
+    """An immutable, versioned set of resources for one node group.
+
+    ``resources`` maps type URL -> resource name -> protobuf message. The messages must not be
+    mutated after the snapshot is built: versions and the serialized form are computed once, here.
+    Two snapshots are equal when their content is equal (same :attr:`version`).
+    """
+
+    resources: Mapping[str, Mapping[str, Message]]
+    # Computed in __post_init__; not part of the constructor.
+    _serialized: Mapping[str, Mapping[str, bytes]] = field(init=False, repr=False)
+    _resource_versions: Mapping[str, Mapping[str, str]] = field(init=False, repr=False)
+    _type_versions: Mapping[str, str] = field(init=False, repr=False)
+    _digest: str = field(init=False, repr=False)
+    _eds_name_of_cluster: Mapping[str, str] = field(init=False, repr=False)
+
+    @classmethod
+    def build(cls, resources: Mapping[str, Mapping[str, Message]]) -> Snapshot:
+        """Build a snapshot from type URL -> name -> message (same as the constructor)."""
+        return cls(resources)
+
+    def __post_init__(self) -> None:
+        frozen: dict[str, Mapping[str, Message]] = {}
+        serialized: dict[str, Mapping[str, bytes]] = {}
+        resource_versions: dict[str, Mapping[str, str]] = {}
+        type_versions: dict[str, str] = {}
+        for type_url in sorted(self.resources):
+            by_name = self.resources[type_url]
+            if not by_name:
+                continue  # an empty type is the same as an absent one
+            expected = type_url.rsplit("/", 1)[-1]
+            ser: dict[str, bytes] = {}
+            vers: dict[str, str] = {}
+            for name in sorted(by_name):
+                msg = by_name[name]
+                if msg.DESCRIPTOR.full_name != expected:
+                    raise TypeError(
+                        f"resource {name!r} under {type_url} is a {msg.DESCRIPTOR.full_name}"
+                    )
+                # Deterministic serialization orders map entries, so equal messages give equal
+                # bytes (and equal versions) in every process.
+                data = msg.SerializeToString(deterministic=True)
+                ser[name] = data
+                vers[name] = hashlib.sha256(data).hexdigest()[:_RESOURCE_VERSION_HEX]
+            frozen[type_url] = MappingProxyType(dict(sorted(by_name.items())))
+            serialized[type_url] = MappingProxyType(ser)
+            resource_versions[type_url] = MappingProxyType(vers)
+            type_versions[type_url] = _digest(
+                part for name in ser for part in (name.encode(), ser[name])
+            )[:_RESOURCE_VERSION_HEX]
+
+        eds_names: dict[str, str] = {}
+        for name, cluster in frozen.get(CLUSTER, {}).items():
+            if cluster.type == cluster_pb2.Cluster.EDS:
+                eds_names[name] = cluster.eds_cluster_config.service_name or name
+
+        object.__setattr__(self, "resources", MappingProxyType(frozen))
+        object.__setattr__(self, "_serialized", MappingProxyType(serialized))
+        object.__setattr__(self, "_resource_versions", MappingProxyType(resource_versions))
+        object.__setattr__(self, "_type_versions", MappingProxyType(type_versions))
+        object.__setattr__(self, "_eds_name_of_cluster", MappingProxyType(eds_names))
+        object.__setattr__(
+            self,
+            "_digest",
+            _digest(
+                part for t, v in type_versions.items() for part in (t.encode(), v.encode())
+            ),
+        )
+
+    # -- versions -------------------------------------------------------------------------------
+
+    def type_version(self, type_url: str) -> str:
+        """Hash of every (name, serialized resource) of this type; "" when the type is empty."""
+        return self._type_versions.get(type_url, "")
+
+    def resource_version(self, type_url: str, name: str) -> str:
+        """Hash of one resource's deterministic serialization (short hex).
+
+        Raises KeyError when the snapshot has no such resource.
+        """
+        return self._resource_versions[type_url][name]
+
+    @property
+    def version(self) -> str:
+        """Hash over all type versions: the human-visible config version."""
+        return self._digest[:_SNAPSHOT_VERSION_HEX]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Snapshot):
+            return NotImplemented
+        return self._digest == other._digest
+
+    def __hash__(self) -> int:
+        return hash(self._digest)
+
+    def __repr__(self) -> str:
+        counts = ", ".join(
+            f"{t.rsplit('.', 1)[-1]}={len(r)}" for t, r in self.resources.items()
+        )
+        return f"Snapshot(version={self.version!r}, {counts})"
+
+    # -- helpers for the ADS server -------------------------------------------------------------
+
+    def names(self, type_url: str) -> Mapping[str, Message]:
+        """The resources of one type by name (empty mapping when none)."""
+        return self.resources.get(type_url, MappingProxyType({}))
+
+    def packed(self, type_url: str, name: str) -> any_pb2.Any:
+        """The resource wrapped in ``google.protobuf.Any``, as xDS responses carry it."""
+        return any_pb2.Any(type_url=type_url, value=self._serialized[type_url][name])
+
+    def eds_name_of_cluster(self, cluster_name: str) -> str | None:
+        """The ClusterLoadAssignment name an EDS cluster asks for, or None for other clusters."""
+        return self._eds_name_of_cluster.get(cluster_name)
+
+    # -- consistency ----------------------------------------------------------------------------
+
+    def check_consistent(self) -> None:
+        """Raise InconsistentSnapshot unless every reference resolves and nothing is orphaned.
+
+        Envoy fetches EDS names from clusters and RDS names from listeners, so a missing child
+        leaves the parent warming forever; an orphaned child is a translator bug.
+        """
+        problems: list[str] = []
+        for type_url, field_name in _NAME_FIELD.items():
+            for name, msg in self.names(type_url).items():
+                actual = getattr(msg, field_name)
+                if actual != name:
+                    short = type_url.rsplit(".", 1)[-1]
+                    problems.append(f"{short} stored as {name!r} has {field_name}={actual!r}")
+
+        endpoints = self.names(ENDPOINT)
+        wanted_eds: dict[str, list[str]] = {}
+        for cluster, eds_name in self._eds_name_of_cluster.items():
+            wanted_eds.setdefault(eds_name, []).append(cluster)
+        for eds_name, clusters in sorted(wanted_eds.items()):
+            if eds_name not in endpoints:
+                problems.append(
+                    f"cluster(s) {', '.join(sorted(clusters))} need ClusterLoadAssignment "
+                    f"{eds_name!r}, which is missing"
+                )
+        for name in endpoints:
+            if name not in wanted_eds:
+                problems.append(f"ClusterLoadAssignment {name!r} is used by no EDS cluster")
+
+        routes = self.names(ROUTE)
+        wanted_rds: dict[str, list[str]] = {}
+        for listener_name, listener in self.names(LISTENER).items():
+            for route_name in _rds_names(listener):
+                wanted_rds.setdefault(route_name, []).append(listener_name)
+        for route_name, listeners in sorted(wanted_rds.items()):
+            if route_name not in routes:
+                problems.append(
+                    f"listener(s) {', '.join(sorted(set(listeners)))} need RouteConfiguration "
+                    f"{route_name!r}, which is missing"
+                )
+        for name in routes:
+            if name not in wanted_rds:
+                problems.append(f"RouteConfiguration {name!r} is used by no listener")
+
+        if problems:
+            raise InconsistentSnapshot(problems)
+
+
+def _rds_names(listener: Message) -> Iterator[str]:
+    """RDS route_config_names a Listener's HttpConnectionManagers ask for."""
+    chains = list(listener.filter_chains)
+    if listener.HasField("default_filter_chain"):
+        chains.append(listener.default_filter_chain)
+    configs = [f.typed_config for chain in chains for f in chain.filters if f.HasField("typed_config")]
+    if listener.HasField("api_listener"):
+        configs.append(listener.api_listener.api_listener)
+    for typed in configs:
+        if typed.type_url.rsplit("/", 1)[-1] != _HCM_FULL_NAME:
+            continue
+        hcm = hcm_pb2.HttpConnectionManager()
+        typed.Unpack(hcm)
+        # rds: Envoy fetches the route table by name over RDS instead of inline route_config.
+        if hcm.HasField("rds"):
+            yield hcm.rds.route_config_name
+
+
+def default_group_of(node: base_pb2.Node) -> str:
+    """Group Envoys by ``node.cluster`` (the Envoy --service-cluster), or "default"."""
+    return node.cluster or "default"
+
+
+class _Watch:
+    """One subscriber to a group's changes: a callback run in the subscriber's event loop."""
+
+    __slots__ = ("callback", "loop")
+
+    def __init__(self, callback: Callable[[], None], loop: asyncio.AbstractEventLoop) -> None:
+        self.callback = callback
+        self.loop = loop
+
+    def notify(self) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.callback)
+        except RuntimeError:  # the subscriber's loop is closed; it is going away
+            pass
+
+
+class SnapshotCache:
+    """Holds the current snapshot per node group and wakes ADS streams when it changes.
+
+    ``set_snapshot`` may be called from any thread; watchers are called in their own event loop.
+    """
+
+    def __init__(self, group_of: Callable[[base_pb2.Node], str] = default_group_of) -> None:
+        self._group_of = group_of
+        self._snapshots: dict[str, Snapshot] = {}
+        self._watches: dict[str, set[_Watch]] = {}
+        self._lock = threading.Lock()
+
+    def group_of(self, node: base_pb2.Node) -> str:
+        """The group whose snapshot this Envoy node receives."""
+        return self._group_of(node)
+
+    def get_snapshot(self, group: str) -> Snapshot | None:
+        with self._lock:
+            return self._snapshots.get(group)
+
+    def set_snapshot(self, group: str, snapshot: Snapshot) -> bool:
+        """Publish a snapshot for a group; returns False (and wakes nobody) if content is unchanged.
+
+        Raises InconsistentSnapshot and keeps the previous snapshot if this one is inconsistent.
+        """
+        snapshot.check_consistent()
+        with self._lock:
+            old = self._snapshots.get(group)
+            if old is not None and old == snapshot:
+                return False
+            self._snapshots[group] = snapshot
+            watches = list(self._watches.get(group, ()))
+        log.info("snapshot for group %r is now version %s", group, snapshot.version)
+        for w in watches:
+            w.notify()
+        return True
+
+    def clear_snapshot(self, group: str) -> None:
+        """Forget a group's snapshot. Connected Envoys keep their last config; nothing is pushed."""
+        with self._lock:
+            self._snapshots.pop(group, None)
+
+    def groups(self) -> list[str]:
+        with self._lock:
+            return sorted(self._snapshots)
+
+    def watch(self, group: str, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback`` (in the caller's running event loop) after each change of ``group``.
+
+        Returns a function that cancels the watch. Must be called from a running event loop.
+        """
+        w = _Watch(callback, asyncio.get_running_loop())
+        with self._lock:
+            self._watches.setdefault(group, set()).add(w)
+
+        def cancel() -> None:
+            with self._lock:
+                watches = self._watches.get(group)
+                if watches is not None:
+                    watches.discard(w)
+                    if not watches:
+                        del self._watches[group]
+
+        return cancel
+
+    async def wait_for_change(self, group: str, known_version: str | None) -> Snapshot:
+        """Return the group's snapshot as soon as its version differs from ``known_version``."""
+        changed = asyncio.Event()
+        cancel = self.watch(group, changed.set)
+        try:
+            while True:
+                changed.clear()
+                snapshot = self.get_snapshot(group)
+                if snapshot is not None and snapshot.version != known_version:
+                    return snapshot
+                await changed.wait()
+        finally:
+            cancel()

@@ -1,0 +1,55 @@
+"""The control plane's own HTTP server: health, readiness, Prometheus metrics and status.
+
+- `/healthz`: 200 while the process runs (Kubernetes liveness probe).
+- `/readyz`: 200 once a snapshot exists and an Envoy has ACKed config (readiness probe).
+- `/metrics`: Prometheus text format.
+- `/status`: JSON: config version, last error, nodes and what each has ACKed or NACKed.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from meshgate.xds.controlplane import ControlPlaneStatus
+
+
+def status_app(status: ControlPlaneStatus) -> web.Application:
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        if status.ready():
+            return web.Response(text="ready\n")
+        reason = "no valid config yet" if status.version is None else "no Envoy has ACKed the config yet"
+        return web.Response(status=503, text=f"not ready: {reason}\n")
+
+    async def metrics(_: web.Request) -> web.Response:
+        body = generate_latest(status.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def status_json(_: web.Request) -> web.Response:
+        return web.json_response(status.as_json(), dumps=_dumps)
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/status", status_json)
+    return app
+
+
+def _dumps(obj: object) -> str:
+    import json
+
+    return json.dumps(obj, indent=2, sort_keys=True)
+
+
+async def start_status_server(status: ControlPlaneStatus, host: str = "127.0.0.1", port: int = 19000) -> tuple[web.AppRunner, int]:
+    """Start the status server; returns the runner (call `cleanup()` to stop) and the bound port."""
+    runner = web.AppRunner(status_app(status), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, bound

@@ -1,0 +1,373 @@
+"""IR → Envoy resources: listeners (LDS), route configurations (RDS), clusters (CDS) and
+cluster load assignments (EDS), as protobuf messages from `xds-protos`.
+
+A pure function: `translate(ir, options)` returns `{type_url: {name: message}}`, which
+`meshgate.xds.snapshot.Snapshot.build` turns into a versioned snapshot. Envoy's API reference for
+everything set here: https://www.envoyproxy.io/docs/envoy/latest/api-v3/api
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, extension_pb2, protocol_pb2
+from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
+from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.accesslog.v3 import accesslog_pb2
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.access_loggers.file.v3 import file_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
+from envoy.extensions.path.match.uri_template.v3 import uri_template_match_pb2
+from envoy.extensions.path.rewrite.uri_template.v3 import uri_template_rewrite_pb2
+from envoy.extensions.transport_sockets.tls.v3 import common_pb2 as tls_common_pb2
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
+from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
+from google.protobuf.message import Message
+
+from meshgate.xds import ir
+from meshgate.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE
+
+Resources = dict[str, dict[str, Message]]
+
+
+@dataclass(frozen=True)
+class TranslateOptions:
+    bind_address: str = "0.0.0.0"
+    access_log_path: str = "/dev/stdout"
+
+
+# The access log is one JSON object per request; x-request-id ties it to upstream logs.
+ACCESS_LOG_FORMAT = {
+    "start_time": "%START_TIME%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "method": "%REQ(:METHOD)%",
+    "authority": "%REQ(:AUTHORITY)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "protocol": "%PROTOCOL%",
+    "response_code": "%RESPONSE_CODE%",
+    "response_flags": "%RESPONSE_FLAGS%",
+    "route_name": "%ROUTE_NAME%",
+    "upstream_cluster": "%UPSTREAM_CLUSTER%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "duration_ms": "%DURATION%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "downstream_remote_address": "%DOWNSTREAM_REMOTE_ADDRESS%",
+    "user_agent": "%REQ(USER-AGENT)%",
+}
+
+
+def translate(model: ir.IR, options: TranslateOptions = TranslateOptions()) -> Resources:
+    resources: Resources = {LISTENER: {}, ROUTE: {}, CLUSTER: {}, ENDPOINT: {}}
+    for cluster in model.clusters:
+        resources[CLUSTER][cluster.name] = translate_cluster(cluster)
+        if not cluster.dns:
+            resources[ENDPOINT][cluster.name] = translate_endpoints(cluster)
+    for listener in model.listeners:
+        resources[LISTENER][listener.name] = translate_listener(listener, options)
+        resources[ROUTE][listener.name] = translate_route_config(listener)
+    return resources
+
+
+def _pack(message: Message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def _duration(seconds: float) -> duration_pb2.Duration:
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(round(seconds * 1e9)))
+    return d
+
+
+def _ads() -> config_source_pb2.ConfigSource:
+    # "Get this resource over the same ADS stream" (aggregated discovery service).
+    return config_source_pb2.ConfigSource(ads=config_source_pb2.AggregatedConfigSource(), resource_api_version=config_source_pb2.V3)
+
+
+# --- listeners -------------------------------------------------------------------------------
+
+
+def translate_listener(listener: ir.Listener, options: TranslateOptions) -> listener_pb2.Listener:
+    hcm = _pack(_connection_manager(listener, options))
+    out = listener_pb2.Listener(
+        name=listener.name,
+        address=address_pb2.Address(
+            socket_address=address_pb2.SocketAddress(address=options.bind_address, port_value=listener.port)
+        ),
+    )
+    network_filter = listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager", typed_config=hcm)
+    if not listener.tls:
+        out.filter_chains.add(filters=[network_filter])
+        return out
+    # The TLS inspector reads the ClientHello's SNI so Envoy can pick the filter chain (and so
+    # the certificate) for the requested host name.
+    out.listener_filters.add(
+        name="envoy.filters.listener.tls_inspector", typed_config=_pack(tls_inspector_pb2.TlsInspector())
+    )
+    for tls in listener.tls:
+        chain = out.filter_chains.add(filters=[network_filter])
+        if tls.server_names:
+            chain.filter_chain_match.server_names.extend(tls.server_names)
+        chain.transport_socket.name = "envoy.transport_sockets.tls"
+        chain.transport_socket.typed_config.Pack(_downstream_tls(tls.certificate))
+    return out
+
+
+def _downstream_tls(cert) -> tls_pb2.DownstreamTlsContext:
+    if cert.cert_file:
+        # Envoy reads the files itself; they are re-read when the listener config changes.
+        chain = base_pb2.DataSource(filename=cert.cert_file)
+        key = base_pb2.DataSource(filename=cert.key_file)
+    else:
+        chain = base_pb2.DataSource(inline_bytes=cert.cert_pem)
+        key = base_pb2.DataSource(inline_bytes=cert.key_pem)
+    ctx = tls_pb2.DownstreamTlsContext()
+    ctx.common_tls_context.tls_certificates.add(certificate_chain=chain, private_key=key)
+    # ALPN: offer HTTP/2 first, then HTTP/1.1.
+    ctx.common_tls_context.alpn_protocols.extend(["h2", "http/1.1"])
+    ctx.common_tls_context.tls_params.tls_minimum_protocol_version = tls_common_pb2.TlsParameters.TLSv1_2
+    return ctx
+
+
+def _connection_manager(listener: ir.Listener, options: TranslateOptions) -> hcm_pb2.HttpConnectionManager:
+    """The HTTP connection manager: Envoy's HTTP stack (codec, routing, access log) on a listener."""
+    hcm = hcm_pb2.HttpConnectionManager(
+        stat_prefix=_stat_name(listener.name),
+        # AUTO: HTTP/1.1 and HTTP/2 (h2c prior knowledge, or h2 via ALPN) on the same port.
+        codec_type=hcm_pb2.HttpConnectionManager.AUTO,
+        rds=hcm_pb2.Rds(config_source=_ads(), route_config_name=listener.name),
+        # We are the edge: trust the TCP peer address, not a client-supplied X-Forwarded-For.
+        use_remote_address=wrappers_pb2.BoolValue(value=True),
+        # Route on the normalized path (RFC 3986 dot segments, duplicate slashes) so that
+        # "/a/../admin" can't slip past a route meant for "/admin".
+        normalize_path=wrappers_pb2.BoolValue(value=True),
+        merge_slashes=True,
+    )
+    log = file_pb2.FileAccessLog(path=options.access_log_path)
+    fmt = struct_pb2.Struct()
+    fmt.update(ACCESS_LOG_FORMAT)
+    log.log_format.json_format.CopyFrom(fmt)
+    hcm.access_log.append(accesslog_pb2.AccessLog(name="envoy.access_loggers.file", typed_config=_pack(log)))
+    hcm.http_filters.add(name="envoy.filters.http.router", typed_config=_pack(router_pb2.Router()))
+    return hcm
+
+
+def _stat_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
+# --- routes ----------------------------------------------------------------------------------
+
+
+def translate_route_config(listener: ir.Listener) -> route_pb2.RouteConfiguration:
+    config = route_pb2.RouteConfiguration(
+        name=listener.name,
+        # Match "host:8080" like "host": clients include the port in Host for non-default ports.
+        ignore_port_in_host_matching=True,
+        # Don't refuse a whole route table because one cluster is still warming.
+        validate_clusters=wrappers_pb2.BoolValue(value=False),
+    )
+    for vhost in listener.virtual_hosts:
+        out = config.virtual_hosts.add(name=vhost.name, domains=vhost.domains)
+        out.routes.extend(translate_route(r) for r in vhost.routes)
+    return config
+
+
+def _string_match(value: str, regex: bool) -> string_pb2.StringMatcher:
+    if regex:
+        return string_pb2.StringMatcher(safe_regex=regex_pb2.RegexMatcher(regex=value))
+    return string_pb2.StringMatcher(exact=value)
+
+
+def translate_route(route: ir.Route) -> rc.Route:
+    out = rc.Route(name=route.name)
+    _set_match(out.match, route.match)
+    if route.grpc:
+        out.match.grpc.SetInParent()  # only requests with content-type application/grpc
+    if route.redirect is not None:
+        _set_redirect(out.redirect, route.redirect)
+    else:
+        _set_action(out.route, route)
+    for name, value in route.request_headers.set:
+        out.request_headers_to_add.append(_header(name, value, overwrite=True))
+    for name, value in route.request_headers.add:
+        out.request_headers_to_add.append(_header(name, value, overwrite=False))
+    out.request_headers_to_remove.extend(route.request_headers.remove)
+    for name, value in route.response_headers.set:
+        out.response_headers_to_add.append(_header(name, value, overwrite=True))
+    for name, value in route.response_headers.add:
+        out.response_headers_to_add.append(_header(name, value, overwrite=False))
+    out.response_headers_to_remove.extend(route.response_headers.remove)
+    return out
+
+
+def _header(name: str, value: str, overwrite: bool) -> base_pb2.HeaderValueOption:
+    action = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD if overwrite else base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
+    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=name, value=value), append_action=action)
+
+
+def _set_match(out: rc.RouteMatch, match: ir.Match) -> None:
+    path = match.path
+    if path.kind == "exact":
+        out.path = path.value
+    elif path.kind == "prefix":
+        # Gateway API prefixes match whole segments: /foo matches /foo and /foo/bar, not /foobar.
+        trimmed = path.value.rstrip("/")
+        if trimmed:
+            out.path_separated_prefix = trimmed
+        else:
+            out.prefix = "/"
+    elif path.kind == "regex":
+        out.safe_regex.regex = path.value
+    else:
+        out.path_match_policy.name = "envoy.path.match.uri_template.uri_template_matcher"
+        out.path_match_policy.typed_config.Pack(uri_template_match_pb2.UriTemplateMatchConfig(path_template=path.value))
+    if match.method:
+        out.headers.add(name=":method", string_match=string_pb2.StringMatcher(exact=match.method))
+    for h in match.headers:
+        out.headers.add(name=h.name, string_match=_string_match(h.value, h.regex))
+    for q in match.query:
+        out.query_parameters.add(name=q.name, string_match=_string_match(q.value, q.regex))
+
+
+_REDIRECT_CODES = {
+    301: rc.RedirectAction.MOVED_PERMANENTLY,
+    302: rc.RedirectAction.FOUND,
+    303: rc.RedirectAction.SEE_OTHER,
+    307: rc.RedirectAction.TEMPORARY_REDIRECT,
+    308: rc.RedirectAction.PERMANENT_REDIRECT,
+}
+
+
+def _set_redirect(out: rc.RedirectAction, redirect: ir.Redirect) -> None:
+    out.response_code = _REDIRECT_CODES[redirect.status_code]
+    if redirect.scheme:
+        out.scheme_redirect = redirect.scheme
+    if redirect.host:
+        out.host_redirect = redirect.host
+    if redirect.port:
+        out.port_redirect = redirect.port
+    if redirect.full_path is not None:
+        out.path_redirect = redirect.full_path
+    elif redirect.prefix is not None:
+        out.prefix_rewrite = redirect.prefix
+
+
+def _set_action(out: rc.RouteAction, route: ir.Route) -> None:
+    if len(route.destinations) == 1:
+        out.cluster = route.destinations[0].cluster
+    elif route.destinations:
+        # Split traffic by weight; Envoy picks a cluster per request.
+        for d in route.destinations:
+            out.weighted_clusters.clusters.add(name=d.cluster, weight=wrappers_pb2.UInt32Value(value=d.weight))
+    else:
+        # Every backendRef has weight 0: Gateway API says answer 500.
+        out.cluster = "meshgate/no-backend"
+        out.cluster_not_found_response_code = rc.RouteAction.INTERNAL_SERVER_ERROR
+    if route.timeout_s is not None:
+        out.timeout.CopyFrom(_duration(route.timeout_s))  # 0 disables Envoy's default 15 s
+    if route.per_try_timeout_s is not None:
+        out.retry_policy.per_try_timeout.CopyFrom(_duration(route.per_try_timeout_s))
+        out.retry_policy.num_retries.value = 0
+    if route.hash_policy is not None:
+        _set_hash_policy(out.hash_policy.add(), route.hash_policy)
+    if route.rewrite is not None:
+        _set_rewrite(out, route)
+    if route.grpc:
+        # Honour the client's grpc-timeout header as the route timeout.
+        out.max_stream_duration.grpc_timeout_header_max.SetInParent()
+
+
+def _set_hash_policy(out: rc.RouteAction.HashPolicy, policy: ir.HashPolicy) -> None:
+    if policy.header:
+        out.header.header_name = policy.header
+    elif policy.cookie:
+        out.cookie.name = policy.cookie
+        if policy.cookie_ttl_s is not None:
+            out.cookie.ttl.CopyFrom(_duration(policy.cookie_ttl_s))
+    elif policy.query_param:
+        out.query_parameter.name = policy.query_param
+    else:
+        out.connection_properties.source_ip = True
+
+
+def _set_rewrite(out: rc.RouteAction, route: ir.Route) -> None:
+    rewrite = route.rewrite
+    if rewrite.host:
+        out.host_rewrite_literal = rewrite.host
+    if rewrite.full_path is not None:
+        if route.match.path.kind == "template" and "{" in rewrite.full_path:
+            # Reuse the variables the uri_template matcher captured: /users/{id} -> /v2/u/{id}.
+            out.path_rewrite_policy.name = "envoy.path.rewrite.uri_template.uri_template_rewriter"
+            out.path_rewrite_policy.typed_config.Pack(
+                uri_template_rewrite_pb2.UriTemplateRewriteConfig(path_template_rewrite=rewrite.full_path)
+            )
+        else:
+            out.regex_rewrite.pattern.regex = "^/.*$"
+            out.regex_rewrite.substitution = rewrite.full_path
+    elif rewrite.prefix is not None:
+        prefix = route.match.path.value.rstrip("/")
+        if rewrite.prefix == "/" and prefix:
+            # "/api/x" with prefix "/api" replaced by "/" must become "/x", not "//x".
+            out.regex_rewrite.pattern.regex = f"^{re.escape(prefix)}/*"
+            out.regex_rewrite.substitution = "/"
+        else:
+            out.prefix_rewrite = rewrite.prefix
+
+
+# --- clusters and endpoints ------------------------------------------------------------------
+
+_LB = {
+    "RoundRobin": cluster_pb2.Cluster.ROUND_ROBIN,
+    "LeastRequest": cluster_pb2.Cluster.LEAST_REQUEST,
+    "Random": cluster_pb2.Cluster.RANDOM,
+    "RingHash": cluster_pb2.Cluster.RING_HASH,
+    "Maglev": cluster_pb2.Cluster.MAGLEV,
+}
+
+
+def translate_cluster(cluster: ir.Cluster) -> cluster_pb2.Cluster:
+    out = cluster_pb2.Cluster(
+        name=cluster.name,
+        connect_timeout=_duration(cluster.connect_timeout_s),
+        lb_policy=_LB[cluster.lb],
+    )
+    if cluster.dns:
+        # Endpoints given by DNS name: Envoy resolves them (and re-resolves) itself.
+        out.type = cluster_pb2.Cluster.STRICT_DNS
+        out.dns_lookup_family = cluster_pb2.Cluster.V4_PREFERRED
+        out.load_assignment.CopyFrom(translate_endpoints(cluster))
+    else:
+        # Endpoints come from EDS, over ADS, under the cluster's own name.
+        out.type = cluster_pb2.Cluster.EDS
+        out.eds_cluster_config.eds_config.CopyFrom(_ads())
+    if cluster.protocol in ("HTTP2", "GRPC"):
+        options = http_protocol_options_pb2.HttpProtocolOptions()
+        options.explicit_http_config.http2_protocol_options.SetInParent()
+        out.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].Pack(options)
+    return out
+
+
+def translate_endpoints(cluster: ir.Cluster) -> endpoint_pb2.ClusterLoadAssignment:
+    cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=cluster.name)
+    locality = cla.endpoints.add()
+    for e in cluster.endpoints:
+        locality.lb_endpoints.add(
+            endpoint=endpoint_components_pb2.Endpoint(
+                address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=e.address, port_value=e.port))
+            ),
+            load_balancing_weight=wrappers_pb2.UInt32Value(value=e.weight),
+        )
+    return cla
+
+
+_ = (extension_pb2, protocol_pb2)  # imported so their types are in the descriptor pool for Any
