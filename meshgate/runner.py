@@ -164,7 +164,9 @@ async def run_local(opts: RunOptions) -> int:
         xds_host=opts.xds_host, xds_port=xds_port, node_cluster=opts.group,
         node_id=f"{opts.group}-local", admin_port=opts.admin_port, delta=opts.delta,
     ))
-    envoy = EnvoyProcess(bootstrap, state, concurrency=opts.concurrency, log_level=opts.envoy_log_level)
+    # Flush the access log every 0.5 s (Envoy's default is 10 s) so `tail -f` shows requests as they happen.
+    envoy = EnvoyProcess(bootstrap, state, concurrency=opts.concurrency, log_level=opts.envoy_log_level,
+                         extra_args=("--file-flush-interval-msec", "500"))
     watcher: asyncio.Task | None = None
     try:
         await upstreams.settle()

@@ -93,7 +93,9 @@ def load_config(
 ) -> Config:
     """Load, validate and cross-check config files. Raises `ConfigErrors` listing every problem."""
     docs, errors = load_documents(paths, env=env, environ=environ)
-    config, more = build_config(docs)
+    # A document that failed to load may hold the Gateway or Backend others refer to: checking
+    # references then would bury the real problem under "not found" errors.
+    config, more = build_config(docs, check_references=not errors)
     errors = sorted(set(errors + more), key=lambda e: (e.file, e.line, e.field, e.message))
     if errors:
         raise ConfigErrors(errors)
@@ -132,15 +134,16 @@ def _message(error: Mapping[str, Any]) -> str:
     return msg[0].lower() + msg[1:]
 
 
-def build_config(docs: Iterable[SourceDocument]) -> tuple[Config, list[ConfigError]]:
-    """Schema-validate every document, then check references between them."""
+def build_config(docs: Iterable[SourceDocument], check_references: bool = True) -> tuple[Config, list[ConfigError]]:
+    """Schema-validate every document, then (if all are valid) check references between them."""
     checker = _Checker()
     for doc in docs:
         resource, errs = parse_document(doc)
         checker.errors.extend(errs)
         if resource is not None:
             checker.add(resource, doc)
-    checker.check()
+    if check_references and not checker.errors:
+        checker.check()
     return checker.config, checker.errors
 
 
@@ -226,6 +229,12 @@ class _Checker:
                     if not os.access(path, os.R_OK) or not os.path.isfile(path):
                         self.err(gateway, (*where, "options", option), f"cannot read file {path}")
                     files[option] = os.path.abspath(path)
+                problem = None
+                if all(os.access(p, os.R_OK) for p in files.values()):
+                    with open(files[CERT_FILE_OPTION], "rb") as c, open(files[KEY_FILE_OPTION], "rb") as k:
+                        problem = pem_problem(c.read(), k.read())
+                if problem:
+                    self.err(gateway, (*where, "options"), problem)
                 self.config.certificates[key] = TLSCertificate(cert_file=files[CERT_FILE_OPTION], key_file=files[KEY_FILE_OPTION])
                 continue
             ref = listener.tls.certificate_refs[0]
@@ -241,6 +250,10 @@ class _Checker:
             cert, key_pem = self.secret_pem(secret)
             if cert is None or key_pem is None:
                 self.err(gateway, ref_path, f"Secret {ns}/{ref.name} needs tls.crt and tls.key (data or stringData)")
+                continue
+            problem = pem_problem(cert, key_pem)
+            if problem:
+                self.err(gateway, ref_path, f"Secret {ns}/{ref.name}: {problem}")
                 continue
             self.config.certificates[key] = TLSCertificate(cert_pem=cert, key_pem=key_pem)
 
@@ -352,6 +365,25 @@ class _Checker:
                         else:
                             continue
                         break
+
+
+def pem_problem(cert: bytes, key: bytes) -> str | None:
+    """Why Envoy would reject this certificate/key pair, or None. Checked here so a bad
+    certificate is a config error with a line number, not an Envoy NACK."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        certs = x509.load_pem_x509_certificates(cert)
+    except ValueError:
+        return "the certificate is not a PEM-encoded X.509 certificate"
+    try:
+        private = serialization.load_pem_private_key(key, password=None)
+    except (ValueError, TypeError):
+        return "the private key is not an unencrypted PEM-encoded key"
+    if certs[0].public_key().public_numbers() != private.public_key().public_numbers():
+        return "the private key does not belong to the certificate"
+    return None
 
 
 def match_identity(match: Any) -> tuple:

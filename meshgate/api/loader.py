@@ -331,7 +331,12 @@ def _syntax_error(file: str, text: str, exc: yaml.YAMLError) -> ConfigError:
     if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 0
-        return ConfigError(file, line, "", exc.problem or exc.context or "invalid YAML")
+        message = exc.problem or exc.context or "invalid YAML"
+        lines = text.splitlines()
+        if 0 < line <= len(lines) and "${" in lines[line - 1] and "{" in lines[line - 1].split("${")[0]:
+            # `{port: ${PORT}}`: inside a flow mapping `{` is YAML syntax, so the value needs quotes.
+            message += ' (inside {...} or [...], quote values that use ${VAR}: "${VAR}")'
+        return ConfigError(file, line, "", message)
     if isinstance(exc, yaml.reader.ReaderError):
         line = text.count("\n", 0, exc.position) + 1
         message = f"unacceptable character #x{exc.character:04x}: {exc.reason}"
@@ -595,6 +600,10 @@ def _merge_patch(
     positions along: a value taken from the patch takes the patch's lines.
     """
     if not isinstance(patch, dict):
+        # A value the overlay merely repeats (apiVersion, kind, metadata.name always are) keeps
+        # the base file's line: that is where a user would change it.
+        if type(patch) is type(target) and patch == target and not isinstance(patch, list):
+            return target
         _drop_positions(positions, path)
         _copy_positions(positions, patch_positions, path)
         return patch

@@ -24,7 +24,7 @@ MESHGATE_V1ALPHA1 = "meshgate.io/v1alpha1"
 
 # Gateway API's Duration: "1h", "30s", "500ms", "1m30s" (GEP-2257).
 DURATION_RE = r"^([0-9]{1,5}(h|m|s|ms)){1,4}$"
-_DURATION_PART = re.compile(r"([0-9]{1,5})(h|m|s|ms)")
+_DURATION_PART = re.compile(r"([0-9]{1,5})(h|ms|m|s)")
 # DNS-1123 subdomain-ish names, as Kubernetes requires for metadata.name.
 NAME_RE = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
 HOSTNAME_RE = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"

@@ -549,10 +549,20 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
     async def StreamAggregatedResources(self, request_iterator, context):  # noqa: N802, ANN001
         # We read with context.read() in our own reader task, not with request_iterator.
-        await _SotwStream(self, context).run()
+        await self._serve(_SotwStream(self, context))
 
     async def DeltaAggregatedResources(self, request_iterator, context):  # noqa: N802, ANN001
-        await _DeltaStream(self, context).run()
+        await self._serve(_DeltaStream(self, context))
+
+    @staticmethod
+    async def _serve(stream: _Stream) -> None:
+        try:
+            await stream.run()
+        except asyncio.CancelledError:
+            # gRPC cancels the handler when the client goes away or the server stops: that is
+            # how ADS streams normally end (they have no last message). Cleanup already ran in
+            # run()'s finally; re-raising would only make grpc log it as an unhandled error.
+            log.debug("xDS %s stream of %s cancelled", stream.kind, stream.node_id or "?")
 
 
 async def start_xds_server(
