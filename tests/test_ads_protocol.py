@@ -11,6 +11,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from envoy.service.discovery.v3 import ads_pb2_grpc
 from ads_client import (
     AdsClient,
     make_cla,
@@ -362,7 +363,6 @@ async def test_streams_end_cleanly_when_server_stops(env: Env):
 async def test_stream_state_freed_on_disconnect(env: Env):
     servicer = AdsServer(env.cache)
     server = grpc.aio.server()
-    from envoy.service.discovery.v3 import ads_pb2_grpc
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

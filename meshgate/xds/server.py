@@ -196,12 +196,17 @@ class _Stream:
             while True:
                 request = await self.context.read()
                 if request is grpc.aio.EOF:
+                    break  # the client half-closed the stream: we end it too
+                try:
+                    self.handle_request(request)
+                except Exception:
+                    log.exception("xDS stream of %s: could not handle request %s",
+                                  self.node_id, request.type_url)
                     break
-                self.handle_request(request)
                 self._wake.set()
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # the client went away mid-read, or a request broke us
+        except Exception as exc:  # the client went away mid-read
             log.debug("xDS stream of %s: read ended: %r", self.node_id, exc)
         finally:
             self.close()
@@ -275,8 +280,12 @@ class _SotwStream(_Stream):
         if nonce and nonce != st.nonce:
             # Stale: the client answers a response we've since superseded; it will answer the
             # newer one too. Responding here could go back in time (xds_protocol "stale nonce").
-            log.debug("node=%s %s: stale nonce %s (latest %s) ignored",
-                      self.node_id, _short(type_url), nonce, st.nonce)
+            if request.HasField("error_detail"):
+                log.info("node=%s %s: NACK of superseded response (nonce %s): %s",
+                         self.node_id, _short(type_url), nonce, request.error_detail.message)
+            else:
+                log.debug("node=%s %s: stale nonce %s (latest %s) ignored",
+                          self.node_id, _short(type_url), nonce, st.nonce)
             return
         if nonce and request.HasField("error_detail"):
             # NACK: Envoy keeps its last good config. Record it, send nothing: resending the same

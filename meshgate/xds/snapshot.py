@@ -257,7 +257,9 @@ def _rds_names(listener: Message) -> Iterator[str]:
     chains = list(listener.filter_chains)
     if listener.HasField("default_filter_chain"):
         chains.append(listener.default_filter_chain)
-    configs = [f.typed_config for chain in chains for f in chain.filters if f.HasField("typed_config")]
+    configs = [
+        f.typed_config for chain in chains for f in chain.filters if f.HasField("typed_config")
+    ]
     if listener.HasField("api_listener"):
         configs.append(listener.api_listener.api_listener)
     for typed in configs:
