@@ -78,7 +78,7 @@ def translate(model: ir.IR, options: TranslateOptions = TranslateOptions()) -> R
 
 def _pack(message: Message) -> any_pb2.Any:
     packed = any_pb2.Any()
-    packed.Pack(message)
+    packed.Pack(message, deterministic=True)  # stable bytes -> stable versions
     return packed
 
 
@@ -118,7 +118,7 @@ def translate_listener(listener: ir.Listener, options: TranslateOptions) -> list
         if tls.server_names:
             chain.filter_chain_match.server_names.extend(tls.server_names)
         chain.transport_socket.name = "envoy.transport_sockets.tls"
-        chain.transport_socket.typed_config.Pack(_downstream_tls(tls.certificate))
+        chain.transport_socket.typed_config.Pack(_downstream_tls(tls.certificate), deterministic=True)
     return out
 
 
@@ -230,7 +230,7 @@ def _set_match(out: rc.RouteMatch, match: ir.Match) -> None:
         out.safe_regex.regex = path.value
     else:
         out.path_match_policy.name = "envoy.path.match.uri_template.uri_template_matcher"
-        out.path_match_policy.typed_config.Pack(uri_template_match_pb2.UriTemplateMatchConfig(path_template=path.value))
+        out.path_match_policy.typed_config.Pack(uri_template_match_pb2.UriTemplateMatchConfig(path_template=path.value), deterministic=True)
     if match.method:
         out.headers.add(name=":method", string_match=string_pb2.StringMatcher(exact=match.method))
     for h in match.headers:
@@ -309,7 +309,8 @@ def _set_rewrite(out: rc.RouteAction, route: ir.Route) -> None:
             # Reuse the variables the uri_template matcher captured: /users/{id} -> /v2/u/{id}.
             out.path_rewrite_policy.name = "envoy.path.rewrite.uri_template.uri_template_rewriter"
             out.path_rewrite_policy.typed_config.Pack(
-                uri_template_rewrite_pb2.UriTemplateRewriteConfig(path_template_rewrite=rewrite.full_path)
+                uri_template_rewrite_pb2.UriTemplateRewriteConfig(path_template_rewrite=rewrite.full_path),
+                deterministic=True,
             )
         else:
             out.regex_rewrite.pattern.regex = "^/.*$"
@@ -353,7 +354,7 @@ def translate_cluster(cluster: ir.Cluster) -> cluster_pb2.Cluster:
     if cluster.protocol in ("HTTP2", "GRPC"):
         options = http_protocol_options_pb2.HttpProtocolOptions()
         options.explicit_http_config.http2_protocol_options.SetInParent()
-        out.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].Pack(options)
+        out.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].Pack(options, deterministic=True)
     return out
 
 

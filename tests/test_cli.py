@@ -1,0 +1,115 @@
+"""The `meshgate` command line as a user runs it: exit codes, messages, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness import ROOT
+
+QUICKSTART = ROOT / "examples" / "quickstart"
+ERRORS = Path(__file__).parent / "golden" / "errors"
+
+
+def meshgate(*args: str, cwd: Path = ROOT, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "meshgate", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, **(env or {})})
+
+
+def test_validate_ok() -> None:
+    out = meshgate("validate", str(QUICKSTART))
+    assert out.returncode == 0, out.stderr
+    assert "valid: 1 gateways, 1 listeners, 2 routes, 2 backends" in out.stdout
+
+
+@pytest.mark.parametrize("case", sorted(p.stem for p in ERRORS.glob("*.yaml")))
+def test_validate_reports_each_error_class(case: str) -> None:
+    """Same lines as the golden `.errors` files, on stderr, exit 1, never a traceback."""
+    out = meshgate("validate", f"{case}.yaml", cwd=ERRORS)
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    expected = (ERRORS / f"{case}.errors").read_text().splitlines()
+    assert out.stderr.splitlines()[:-1] == expected
+    assert out.stderr.splitlines()[-1] == f"{len(expected)} problem(s) found"
+
+
+def test_validate_unreadable_and_missing(tmp_path: Path) -> None:
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes(b"apiVersion: v1\nkind: Secret\nmetadata: {name: caf\xe9}\n")
+    out = meshgate("validate", str(bad), str(tmp_path / "missing.yaml"))
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert f"{bad}:0: cannot read: not UTF-8" in out.stderr
+    assert f"{tmp_path / 'missing.yaml'}:0: no such file or directory" in out.stderr
+
+
+def test_validate_environment_and_overlay(tmp_path: Path) -> None:
+    (tmp_path / "gw.yaml").write_text(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: edge}\n"
+        "spec:\n  listeners:\n    - {name: http, protocol: HTTP, port: \"${PORT:-8080}\"}\n")
+    (tmp_path / "gw.staging.yaml").write_text(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: edge}\n"
+        "spec:\n  listeners:\n    - {name: http, protocol: HTTPS, port: 8443}\n")
+    assert meshgate("validate", str(tmp_path)).returncode == 0
+    out = meshgate("validate", str(tmp_path), "--env", "staging")
+    assert out.returncode == 1
+    # The error points into the overlay file, where the bad value came from.
+    assert f"{tmp_path / 'gw.staging.yaml'}:6: spec.listeners[0]: protocol HTTPS needs tls" in out.stderr
+    translated = meshgate("translate", str(tmp_path), "-o", "json", env={"PORT": "9999"})
+    listener = json.loads(translated.stdout)["listeners"][0]
+    assert listener["address"]["socket_address"]["port_value"] == 9999
+
+
+def test_translate_is_deterministic_yaml_and_json() -> None:
+    first = meshgate("translate", str(QUICKSTART))
+    second = meshgate("translate", str(QUICKSTART))
+    assert first.returncode == 0, first.stderr
+    assert first.stdout == second.stdout
+    as_yaml = yaml.safe_load(first.stdout)
+    as_json = json.loads(meshgate("translate", str(QUICKSTART), "-o", "json").stdout)
+    assert as_yaml == as_json
+    assert [c["name"] for c in as_json["clusters"]] == ["backend/default/echo", "backend/default/users"]
+    assert [r["name"] for r in as_json["routes"]] == ["default/edge/8080"]
+
+
+def test_translate_invalid_config_exits_1() -> None:
+    out = meshgate("translate", "unknown-field.yaml", cwd=ERRORS)
+    assert out.returncode == 1 and "unknown field" in out.stderr and out.stdout == ""
+
+
+def test_schema_lists_every_kind() -> None:
+    schemas = json.loads(meshgate("schema").stdout)
+    assert set(schemas) == {
+        "gateway.networking.k8s.io/v1/Gateway", "gateway.networking.k8s.io/v1/HTTPRoute",
+        "gateway.networking.k8s.io/v1/GRPCRoute", "gateway.networking.k8s.io/v1beta1/ReferenceGrant",
+        "meshgate.io/v1alpha1/Backend", "meshgate.io/v1alpha1/HTTPRoute", "v1/Secret",
+    }
+    backend = json.loads(meshgate("schema", "Backend").stdout)["meshgate.io/v1alpha1/Backend"]
+    assert "endpoints" in backend["$defs"]["BackendSpec"]["properties"]
+    assert meshgate("schema", "Nope").returncode == 1
+
+
+def test_run_with_invalid_config_starts_nothing(tmp_path: Path) -> None:
+    out = meshgate("run", "unknown-field.yaml", "--state-dir", str(tmp_path), "--xds-address", "127.0.0.1:0",
+                   "--status-address", "127.0.0.1:0", cwd=ERRORS)
+    assert out.returncode == 1
+    assert "unknown-field.yaml:20: spec.rules[0].matchs: unknown field" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "envoy-bootstrap.json").exists()
+
+
+def test_bootstrap_is_valid_for_envoy(tmp_path: Path) -> None:
+    from meshgate.xds.envoy_process import find_envoy
+
+    out = meshgate("bootstrap", "--xds-address", "10.1.2.3:18000", "--group", "edge", "--delta")
+    path = tmp_path / "bootstrap.json"
+    path.write_text(out.stdout)
+    assert json.loads(out.stdout)["node"]["cluster"] == "edge"
+    check = subprocess.run([find_envoy(), "--mode", "validate", "-c", str(path), "--use-dynamic-base-id"],
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stderr
