@@ -194,12 +194,26 @@ def get_status(status_url: str, timeout: float = 2.0) -> dict | None:
 XDS_TYPES = ("Listener", "RouteConfiguration", "Cluster", "ClusterLoadAssignment")
 
 
-def all_acked(status: dict | None, node: str = "edge-local") -> bool:
-    """True when `node` has ACKed the current config_version for all four xDS types."""
-    if not status or not status.get("config_version"):
-        return False
-    acked = status.get("nodes", {}).get(node, {}).get("acked", {})
-    return all(acked.get(t) == status["config_version"] for t in XDS_TYPES)
+def acked_versions(status: dict | None, node: str = "edge-local") -> dict[str, str]:
+    return (status or {}).get("nodes", {}).get(node, {}).get("acked", {})
+
+
+def all_acked(status: dict | None, expected: dict[str, str] | None = None, node: str = "edge-local") -> bool:
+    """True when `node` has ACKed all four xDS types (with `expected` {type: version}: those versions).
+
+    /status reports per-type ACKed versions (hashes of each type's resources), not the snapshot's
+    config_version, so "in sync with the current config" needs the expected per-type versions;
+    `expected_type_versions()` computes them the way meshgate does.
+    """
+    acked = acked_versions(status, node)
+    if expected is None:
+        return all(t in acked for t in XDS_TYPES)
+    return all(acked.get(t) == expected[t] for t in XDS_TYPES)
+
+
+def expected_type_versions(snapshot) -> dict[str, str]:
+    """{short type name: version} of a meshgate Snapshot, as /status shows ACKed versions."""
+    return {t.rsplit(".", 1)[-1]: snapshot.type_version(t) for t in snapshot.resources}
 
 
 # --- memory -----------------------------------------------------------------------------------

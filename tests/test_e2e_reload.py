@@ -180,21 +180,32 @@ def test_invalid_edit_keeps_last_good_config(gw) -> None:
 
 
 def test_envoy_nack_is_recorded_and_not_resent(gw) -> None:
-    """A config meshgate accepts but Envoy rejects (RE2 has no lookahead): Envoy NACKs it."""
-    nack = gw.config_dir / "nack.yaml"
-    write(nack, NEW_ROUTE.format(name="nack", fresh=gw.ports["fresh"],
-                                 path='{type: RegularExpression, value: "/look(?=ahead)"}'))
+    """A listener on a port another process holds: valid config, but Envoy can't bind and NACKs."""
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    taken = holder.getsockname()[1]
+    nack = gw.config_dir / "taken.yaml"
+    try:
+        write(nack, "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: taken}\n"
+                    f"spec:\n  listeners:\n    - {{name: http, protocol: HTTP, port: {taken}}}\n")
 
-    def nacked():
-        node = next(iter(gw.status()["nodes"].values()))
-        return node["nacked"].get("RouteConfiguration")
-    rejected = wait_until(nacked, timeout=10, what="Envoy's NACK to show in /status")
-    assert "(?=" in rejected["error"]  # Envoy (RE2) says what it refused
-    metrics = lambda: urllib.request.urlopen(f"{gw.status_url}/metrics", timeout=5).read().decode()  # noqa: E731
-    pushes = re.search(r'^meshgate_xds_pushes_total\{type="RouteConfiguration"\} (\S+)$', metrics(), re.M).group(1)
-    assert re.search(r'^meshgate_xds_nacks_total\{type="RouteConfiguration"\} [1-9]', metrics(), re.M)
-    time.sleep(1.0)  # a resend loop would push many times in a second
-    assert re.search(r'^meshgate_xds_pushes_total\{type="RouteConfiguration"\} (\S+)$', metrics(), re.M).group(1) == pushes
-    assert request(gw.ports["http"], "/stable").status == 200  # Envoy kept its last good routes
+        def nacked():
+            node = next(iter(gw.status()["nodes"].values()))
+            return node["nacked"].get("Listener")
+        rejected = wait_until(nacked, timeout=10, what="Envoy's NACK to show in /status")
+        assert "Address already in use" in rejected["error"]
+
+        def metric(name: str) -> str:
+            text = urllib.request.urlopen(f"{gw.status_url}/metrics", timeout=5).read().decode()
+            return re.search(rf'^{name}{{type="Listener"}} (\S+)$', text, re.M).group(1)
+        assert float(metric("meshgate_xds_nacks_total")) >= 1
+        pushes = metric("meshgate_xds_pushes_total")
+        time.sleep(1.0)  # a resend loop would push many times in a second
+        assert metric("meshgate_xds_pushes_total") == pushes
+        assert request(gw.ports["http"], "/stable").status == 200  # the other listener still serves
+    finally:
+        holder.close()
     nack.unlink()
     wait_until(lambda: not nacked(), timeout=10, what="the next good config to be ACKed")

@@ -205,11 +205,25 @@ class HTTPHeaderMatch(Model):
     name: HeaderName
     value: str = Field(max_length=4096)
 
+    @field_validator("value")
+    @classmethod
+    def _regex(cls, value: str, info) -> str:
+        if info.data.get("type") == "RegularExpression":
+            _check_regex(value)
+        return value
+
 
 class HTTPQueryParamMatch(Model):
     type: Literal["Exact", "RegularExpression"] = "Exact"
     name: str = Field(min_length=1, max_length=256)
     value: str = Field(max_length=1024)
+
+    @field_validator("value")
+    @classmethod
+    def _regex(cls, value: str, info) -> str:
+        if info.data.get("type") == "RegularExpression":
+            _check_regex(value)
+        return value
 
 
 class HTTPRouteTimeouts(Model):
@@ -302,12 +316,27 @@ class HTTPPathMatch(Model):
         return self
 
 
+# Envoy refuses regexes whose compiled RE2 program is larger than this (runtime key
+# re2.max_program_size.error_level), to bound the CPU a match can cost per request.
+RE2_MAX_PROGRAM_SIZE = 100
+
+
 def _check_regex(value: str) -> None:
-    # Envoy uses RE2; Python's re is close enough to catch typos at validate time.
+    """Compile with RE2, the engine Envoy uses, so that what passes here Envoy accepts too
+    (RE2 has no lookaround or backreferences, unlike Python's `re`)."""
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False
     try:
-        re.compile(value)
-    except re.error as exc:
-        raise ValueError(f"invalid regular expression: {exc}") from None
+        program_size = re2.compile(value, options).programsize
+    except re2.error as exc:
+        detail = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise ValueError(f"invalid regular expression (RE2): {detail}") from None
+    if program_size > RE2_MAX_PROGRAM_SIZE:
+        raise ValueError(
+            f"regular expression too complex for Envoy (RE2 program size {program_size}, limit {RE2_MAX_PROGRAM_SIZE})"
+        )
 
 
 TEMPLATE_VAR_RE = re.compile(r"^\{([A-Za-z][A-Za-z0-9_]*)(?:=(\*\*?))?\}$")
@@ -375,13 +404,6 @@ class HTTPRouteMatch(Model):
     headers: list[HTTPHeaderMatch] = Field(default=[], max_length=16)
     query_params: list[HTTPQueryParamMatch] = Field(default=[], max_length=16)
     method: Method | None = None
-
-    @model_validator(mode="after")
-    def _regexes(self) -> HTTPRouteMatch:
-        for m in (*self.headers, *self.query_params):
-            if m.type == "RegularExpression":
-                _check_regex(m.value)
-        return self
 
 
 class MeshgateRouteMatch(HTTPRouteMatch):
