@@ -8,6 +8,7 @@ config keeps serving, an Envoy NACK recorded without a resend loop, and a clean 
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 import socket
@@ -148,6 +149,26 @@ def _connect_timeout(gw, name: str) -> str | None:
         if c["cluster"]["name"] == name:
             return c["cluster"]["connect_timeout"]
     return None
+
+
+def test_switching_a_route_to_a_new_backend_drops_nothing(gw) -> None:
+    """Rename the Backend a route uses: the old cluster may only go once no route needs it
+    (make-before-break), or requests in between would get 503 'no cluster'."""
+    renamed = GATEWAY.format(connect_timeout="3s", **gw.ports).replace("name: stable\n", "name: stable-v2\n").replace(
+        "kind: Backend, name: stable}", "kind: Backend, name: stable-v2}")
+    assert "stable-v2" in renamed
+    with LoadLoop(gw.ports["http"], "/stable") as loop:
+        time.sleep(0.3)
+        write(gw.config_dir / "gateway.yaml", renamed)
+        wait_until(lambda: _connect_timeout(gw, "backend/default/stable-v2") == "3s"
+                   and _connect_timeout(gw, "backend/default/stable") is None, timeout=10,
+                   what="the new cluster in and the old one out")
+        time.sleep(0.3)
+        write(gw.config_dir / "gateway.yaml", GATEWAY.format(connect_timeout="3s", **gw.ports))
+        wait_until(lambda: _connect_timeout(gw, "backend/default/stable-v2") is None, timeout=10,
+                   what="the switch back")
+        time.sleep(0.3)
+    assert set(loop.statuses) == {200}, collections.Counter(loop.statuses)
 
 
 def test_removed_route_stops_being_served(gw) -> None:

@@ -22,7 +22,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from meshgate.api.config import Config, load_config
 from meshgate.api.errors import ConfigErrors, MeshgateError
 from meshgate.xds.ir import build_ir
-from meshgate.xds.snapshot import InconsistentSnapshot, Snapshot, SnapshotCache
+from meshgate.xds.server import response_version
+from meshgate.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, InconsistentSnapshot, Snapshot, SnapshotCache
 from meshgate.xds.translate import Resources, TranslateOptions, translate
 
 log = logging.getLogger("meshgate.xds.controlplane")
@@ -163,8 +164,10 @@ class ControlPlane:
         self.environ = environ
         self.on_config = on_config  # called with every config that was published
         self.on_rejected = on_rejected  # called with the error lines of a rejected config
-        self.snapshot: Snapshot | None = None
+        self.snapshot: Snapshot | None = None  # the last published snapshot
         self._stamp: tuple | None = None
+        self._generation = 0  # bumped by every successful reload
+        self._finishing: asyncio.Task | None = None
 
     def reload(self) -> bool:
         """Run the pipeline once. Returns True when a new snapshot was published."""
@@ -172,8 +175,10 @@ class ControlPlane:
         started = time.perf_counter()
         try:
             config = load_config(self.paths, env=self.env, environ=self.environ)
-            snapshot = Snapshot.build(compile_config(config, self.options))
-            published = self.cache.set_snapshot(self.group, snapshot)
+            desired = Snapshot.build(compile_config(config, self.options))
+            desired.check_consistent()
+            stages = self._stages(desired)
+            published = self._publish(stages[0][0])
         except ConfigErrors as exc:
             self._reject([str(e) for e in exc.errors], "invalid")
             metrics.config_errors.set(len(exc.errors))
@@ -190,19 +195,85 @@ class ControlPlane:
         self.status.last_error = []
         self.status.summary = config.summary()
         self.status.last_reload = time.time()
+        self._generation += 1
+        if len(stages) > 1:
+            self._finishing = asyncio.get_running_loop().create_task(self._publish_stages(stages, self._generation))
         if not published:
             metrics.reloads.labels("unchanged").inc()
-            log.info("config unchanged", extra={"version": snapshot.version})
+            log.info("config unchanged", extra={"version": desired.version})
+            return False
+        metrics.reloads.labels("published").inc()
+        if self.on_config is not None:
+            self.on_config(config)
+        return True
+
+    def _publish(self, snapshot: Snapshot) -> bool:
+        if not self.cache.set_snapshot(self.group, snapshot):
             return False
         self._log_changes(self.snapshot, snapshot)
         self.snapshot = snapshot
         self.status.version = snapshot.version
         for type_url, resources in snapshot.resources.items():
-            metrics.snapshot_resources.labels(_short_type(type_url)).set(len(resources))
-        metrics.reloads.labels("published").inc()
-        if self.on_config is not None:
-            self.on_config(config)
+            self.status.metrics.snapshot_resources.labels(_short_type(type_url)).set(len(resources))
         return True
+
+    # -- make-before-break ------------------------------------------------------------------------
+    # Envoy applies each response as it comes. A route switched to a cluster Envoy hasn't finished
+    # adding, or a cluster removed while an old route still points at it, means 503 "no cluster"
+    # (response flag NC) for requests in between. So when clusters come or go, a change is
+    # published in stages, each once every connected Envoy of the group has ACKed the one before:
+    #   1. the new clusters and endpoints added, routes and listeners as they were;
+    #   2. the new routes and listeners, the clusters they no longer use still there;
+    #   3. the new config alone.
+
+    def _stages(self, desired: Snapshot) -> list[tuple[Snapshot, tuple[str, ...]]]:
+        """Snapshots to publish in order, each with the types whose ACK the next one waits for."""
+        current = self.snapshot
+        if current is None or not any(n.group == self.group for n in self.status.nodes.values()):
+            return [(desired, ())]
+        now, new = current.resources.get(CLUSTER, {}), desired.resources.get(CLUSTER, {})
+        added = [name for name in new if name not in now]
+        removed = [name for name in now if name not in new]
+        if not added and not removed:
+            return [(desired, ())]
+        # Every cluster either config needs, at its desired version where it has one.
+        clusters = {**{n: now[n] for n in removed}, **new}
+        endpoints = {**{n: e for n, e in current.resources.get(ENDPOINT, {}).items() if n in removed},
+                     **desired.resources.get(ENDPOINT, {})}
+        stages: list[tuple[Snapshot, tuple[str, ...]]] = []
+        if added:
+            stages.append((Snapshot.build({CLUSTER: clusters, ENDPOINT: endpoints, LISTENER: current.resources[LISTENER],
+                                           ROUTE: current.resources[ROUTE]}), (CLUSTER, ENDPOINT)))
+        if removed:
+            stages.append((Snapshot.build({CLUSTER: clusters, ENDPOINT: endpoints, LISTENER: desired.resources[LISTENER],
+                                           ROUTE: desired.resources[ROUTE]}), (LISTENER, ROUTE)))
+        stages.append((desired, ()))
+        return stages
+
+    async def _publish_stages(self, stages: list[tuple[Snapshot, tuple[str, ...]]], generation: int,
+                              timeout: float = 10.0) -> None:
+        """Publish stages[1:], each after the group's Envoys ACKed what the previous one waits for.
+
+        If an Envoy NACKed that instead, it still uses the old resources: stop there and keep
+        them. An Envoy that doesn't answer within `timeout` doesn't hold the others back.
+        """
+        for (previous, wait_for), (snapshot, _) in zip(stages, stages[1:]):
+            wanted = {_short_type(t): response_version(previous, t) for t in wait_for}
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if generation != self._generation:
+                    return  # a newer reload took over
+                nodes = [n for n in self.status.nodes.values() if n.group == self.group]
+                if any(n.nacked.get(t, {}).get("version") == v for n in nodes for t, v in wanted.items()):
+                    log.warning("staged publish stopped: an Envoy rejected part of the new config",
+                                extra={"version": previous.version})
+                    return
+                if all(n.acked.get(t) == v for n in nodes for t, v in wanted.items()):
+                    break
+                await asyncio.sleep(0.01)
+            if generation != self._generation:
+                return
+            self._publish(snapshot)
 
     def _reject(self, lines: list[str], result: str) -> None:
         self.status.last_error = lines

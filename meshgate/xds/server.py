@@ -45,7 +45,7 @@ from meshgate.xds.snapshot import (
     combine_versions,
 )
 
-__all__ = ["AdsServer", "NullObserver", "XdsObserver", "start_xds_server", "SERVER_OPTIONS"]
+__all__ = ["AdsServer", "NullObserver", "XdsObserver", "start_xds_server", "response_version", "SERVER_OPTIONS"]
 
 log = logging.getLogger("meshgate.xds.server")
 
@@ -108,7 +108,7 @@ def _ordered(type_urls: Iterator[str] | list[str]) -> list[str]:
     return [t for t in TYPE_ORDER if t in present] + sorted(present - set(TYPE_ORDER))
 
 
-def _response_version(snapshot: Snapshot, type_url: str) -> str:
+def response_version(snapshot: Snapshot, type_url: str) -> str:
     """The version_info / system_version_info we put on a response of this type.
 
     EDS also folds in the cluster version: a changed cluster needs a fresh EDS response to
@@ -351,7 +351,7 @@ class _SotwStream(_Stream):
         previous = st.sent
         st.sent = desired
         st.nonce = self.next_nonce()
-        st.version = _response_version(snapshot, type_url)
+        st.version = response_version(snapshot, type_url)
         if type_url == CLUSTER:
             self._mark_endpoints_stale(snapshot, previous, desired)
         self._notify("on_push", self.node_id, type_url, st.version, len(desired))
@@ -508,7 +508,7 @@ class _DeltaStream(_Stream):
             return None
 
         nonce = self.next_nonce()
-        version = _response_version(snapshot, type_url)
+        version = response_version(snapshot, type_url)
         st.pending[nonce] = version
         if type_url == CLUSTER:
             self._mark_endpoints_stale(snapshot, [r.name for r in resources])
