@@ -182,8 +182,13 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    from meshgate.api.errors import MeshgateError
+
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
+    except MeshgateError as exc:
+        print(f"meshgate: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import os
 import logging
 import signal
 import sys
@@ -15,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshgate.api.config import Config
+from meshgate.api.errors import MeshgateError
 from meshgate.api.models import Backend
 from meshgate.xds.bootstrap import BootstrapOptions, render_bootstrap
 from meshgate.xds.controlplane import ControlPlane, ControlPlaneStatus
-from meshgate.xds.envoy_process import EnvoyProcess
+from meshgate.xds.envoy_process import EnvoyError, EnvoyProcess
 from meshgate.xds.server import start_xds_server
 from meshgate.xds.snapshot import SnapshotCache
 from meshgate.xds.status import start_status_server
@@ -122,6 +124,29 @@ async def _until_signalled() -> None:
             loop.remove_signal_handler(sig)
 
 
+class StartupError(MeshgateError):
+    """Raised when `meshgate run` / `meshgate xds` can't start a server or Envoy (e.g. port in use)."""
+
+
+async def _start_servers(stack: contextlib.AsyncExitStack, opts: RunOptions, cache: SnapshotCache,
+                         status: ControlPlaneStatus) -> tuple[int, int]:
+    """Start the ADS and status servers (stopped by `stack`); returns their bound ports."""
+    xds_address = f"{opts.xds_host}:{opts.xds_port}"
+    try:
+        xds, xds_port = await start_xds_server(cache, status, xds_address)
+    except RuntimeError:  # grpc reports a failed bind as RuntimeError
+        raise StartupError(f"cannot listen for xDS on {xds_address}: address in use or not available "
+                           "(choose another with --xds-address)") from None
+    stack.push_async_callback(xds.stop, 1)
+    try:
+        runner, status_port = await start_status_server(status, opts.status_host, opts.status_port)
+    except OSError as exc:
+        raise StartupError(f"cannot listen for status on {opts.status_host}:{opts.status_port}: "
+                           f"{os.strerror(exc.errno) if exc.errno else exc} (choose another with --status-address)") from None
+    stack.push_async_callback(runner.cleanup)
+    return xds_port, status_port
+
+
 async def serve_xds(opts: RunOptions) -> int:
     """`meshgate xds`: ADS server + status server + file watcher, until SIGINT/SIGTERM."""
     cache = SnapshotCache()
@@ -129,16 +154,12 @@ async def serve_xds(opts: RunOptions) -> int:
     plane = ControlPlane(opts.paths, cache, group=opts.group, env=opts.env, status=status,
                          options=TranslateOptions(bind_address=opts.bind_address), on_rejected=opts.print_errors)
     plane.reload()
-    xds, xds_port = await start_xds_server(cache, status, f"{opts.xds_host}:{opts.xds_port}")
-    runner, status_port = await start_status_server(status, opts.status_host, opts.status_port)
-    log.info("control plane serving", extra={"xds": f"{opts.xds_host}:{xds_port}", "status": f"http://{opts.status_host}:{status_port}"})
-    watcher = asyncio.create_task(plane.watch())
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        xds_port, status_port = await _start_servers(stack, opts, cache, status)
+        log.info("control plane serving", extra={"xds": f"{opts.xds_host}:{xds_port}", "status": f"http://{opts.status_host}:{status_port}"})
+        watcher = asyncio.create_task(plane.watch())
+        stack.callback(watcher.cancel)
         await _until_signalled()
-    finally:
-        watcher.cancel()
-        await xds.stop(grace=1)
-        await runner.cleanup()
     return 0
 
 
@@ -156,35 +177,41 @@ async def run_local(opts: RunOptions) -> int:
         on_config=upstreams.sync if opts.sample_upstreams else None,
         on_rejected=opts.print_errors,
     )
-    if not plane.reload():
-        return 1  # errors already printed; nothing started
-    xds, xds_port = await start_xds_server(cache, status, f"{opts.xds_host}:{opts.xds_port}")
-    runner, status_port = await start_status_server(status, opts.status_host, opts.status_port)
-    bootstrap = render_bootstrap(BootstrapOptions(
-        xds_host=opts.xds_host, xds_port=xds_port, node_cluster=opts.group,
-        node_id=f"{opts.group}-local", admin_port=opts.admin_port, delta=opts.delta,
-    ))
-    # Flush the access log every 0.5 s (Envoy's default is 10 s) so `tail -f` shows requests as they happen.
-    envoy = EnvoyProcess(bootstrap, state, concurrency=opts.concurrency, log_level=opts.envoy_log_level,
-                         extra_args=("--file-flush-interval-msec", "500"))
-    watcher: asyncio.Task | None = None
-    try:
+    async with contextlib.AsyncExitStack() as stack:  # stops everything started, in reverse order
+        stack.push_async_callback(upstreams.stop)
+        if not plane.reload():
+            return 1  # errors already printed; nothing started
+        xds_port, status_port = await _start_servers(stack, opts, cache, status)
+        bootstrap = render_bootstrap(BootstrapOptions(
+            xds_host=opts.xds_host, xds_port=xds_port, node_cluster=opts.group,
+            node_id=f"{opts.group}-local", admin_port=opts.admin_port, delta=opts.delta,
+        ))
+        # Flush the access log every 0.5 s (Envoy's default is 10 s) so `tail -f` shows requests as they happen.
+        envoy = EnvoyProcess(bootstrap, state, concurrency=opts.concurrency, log_level=opts.envoy_log_level,
+                             extra_args=("--file-flush-interval-msec", "500"))
+        stack.push_async_callback(envoy.stop)
+        envoy.log_path.unlink(missing_ok=True)  # one run, one log: errors below come from this run
         await upstreams.settle()
-        await envoy.start(wait_ready=True)
+        try:
+            await envoy.start(wait_ready=True)
+        except EnvoyError as exc:
+            raise StartupError(f"Envoy did not start: {_envoy_reason(str(exc))} (full log: {envoy.log_path})") from None
         status.extra["envoy"] = {"pid": envoy.pid, "admin": envoy.admin_url, "log": str(envoy.log_path), "access_log": str(access_log)}
         status.extra["status_url"] = f"http://{opts.status_host}:{status_port}"
         print(_summary(plane, opts, status_port, envoy, access_log), flush=True)
         watcher = asyncio.create_task(plane.watch())
+        stack.callback(watcher.cancel)
         await _until_signalled()
         log.info("stopping")
-    finally:
-        if watcher is not None:
-            watcher.cancel()
-        await envoy.stop()
-        await upstreams.stop()
-        await xds.stop(grace=1)
-        await runner.cleanup()
     return 0
+
+
+def _envoy_reason(message: str) -> str:
+    """The line of Envoy's output that says why it failed (its `critical` log line), if any."""
+    critical = [line for line in message.splitlines() if "[critical]" in line]
+    if critical:
+        return critical[-1].split("] ", 3)[-1].strip()
+    return message.splitlines()[0] if message else "unknown error"
 
 
 def _summary(plane: ControlPlane, opts: RunOptions, status_port: int, envoy: EnvoyProcess, access_log: Path) -> str:
@@ -203,5 +230,8 @@ def _summary(plane: ControlPlane, opts: RunOptions, status_port: int, envoy: Env
     lines.append(f"  status:     http://{opts.status_host}:{status_port}/status  (also /healthz /readyz /metrics)")
     lines.append(f"  Envoy:      pid {envoy.pid}, admin {envoy.admin_url}")
     lines.append(f"  logs:       {envoy.log_path}  (Envoy), {access_log}  (access log, JSON lines)")
+    for node in plane.status.nodes.values():
+        for kind, nack in sorted(node.nacked.items()):
+            lines.append(f"  WARNING: Envoy rejected the {kind} config: {nack['error'].strip()}")
     lines.append("  Edit the config files to reload; Ctrl-C stops everything.")
     return "\n".join(lines)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import ROOT
+from harness import ROOT, free_port
 
 QUICKSTART = ROOT / "examples" / "quickstart"
 ERRORS = Path(__file__).parent / "golden" / "errors"
@@ -113,3 +113,26 @@ def test_bootstrap_is_valid_for_envoy(tmp_path: Path) -> None:
     check = subprocess.run([find_envoy(), "--mode", "validate", "-c", str(path), "--use-dynamic-base-id"],
                            capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stderr
+
+
+@pytest.mark.parametrize("flag", ["--xds-address", "--status-address", "--admin-port"])
+def test_run_reports_a_port_in_use_in_one_line(flag: str, tmp_path: Path) -> None:
+    """A taken port is one readable line and exit 1, with nothing left running."""
+    import socket
+
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    ports = {"--xds-address": "127.0.0.1:0", "--status-address": "127.0.0.1:0", "--admin-port": "0"}
+    ports[flag] = str(port) if flag == "--admin-port" else f"127.0.0.1:{port}"
+    try:
+        out = meshgate("run", str(QUICKSTART), "--state-dir", str(tmp_path), "--no-sample-upstreams",
+                       *[x for kv in ports.items() for x in kv], env={"MESHGATE_HTTP_PORT": str(free_port())})
+    finally:
+        holder.close()
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("meshgate: ") and str(port) in last, out.stderr
+    assert ("in use" in last or "Address already in use" in last), last

@@ -594,7 +594,7 @@ class LoadBalancer(Model):
 class BackendSpec(Model):
     endpoints: list[BackendEndpoint] = Field(min_length=1, max_length=1024)
     protocol: Literal["HTTP1", "HTTP2", "GRPC"] = Field(
-        "HTTP1", description="how Envoy talks to the endpoints: HTTP/1.1, HTTP/2 (h2c or h2 over TLS), or gRPC (HTTP/2)"
+        "HTTP1", description="how Envoy talks to the endpoints (plaintext): HTTP/1.1, HTTP/2 with prior knowledge (h2c), or gRPC (HTTP/2)"
     )
     load_balancer: LoadBalancer = LoadBalancer()
     connect_timeout: Duration = "5s"
