@@ -202,18 +202,13 @@ def all_acked(status: dict | None, expected: dict[str, str] | None = None, node:
     """True when `node` has ACKed all four xDS types (with `expected` {type: version}: those versions).
 
     /status reports per-type ACKed versions (hashes of each type's resources), not the snapshot's
-    config_version, so "in sync with the current config" needs the expected per-type versions;
-    `expected_type_versions()` computes them the way meshgate does.
+    config_version, so "in sync with the current config" needs the expected per-type versions
+    (bench/scale.py computes them with meshgate.xds.server.response_version).
     """
     acked = acked_versions(status, node)
     if expected is None:
         return all(t in acked for t in XDS_TYPES)
     return all(acked.get(t) == expected[t] for t in XDS_TYPES)
-
-
-def expected_type_versions(snapshot) -> dict[str, str]:
-    """{short type name: version} of a meshgate Snapshot, as /status shows ACKed versions."""
-    return {t.rsplit(".", 1)[-1]: snapshot.type_version(t) for t in snapshot.resources}
 
 
 # --- memory -----------------------------------------------------------------------------------

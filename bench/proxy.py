@@ -119,19 +119,31 @@ def wrk_command(url: str, duration: float, connections: int) -> list[str]:
     return ["taskset", "-c", CLIENT_CPU, need("wrk", "wrk"), "-t1", f"-c{connections}", f"-d{duration:g}s", "--latency", url]
 
 
-def run_wrk(procs: Processes, tmp: Path, url: str, duration: float, connections: int) -> dict:
+def cpu_seconds(pid: int | None) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk(procs: Processes, tmp: Path, url: str, duration: float, connections: int,
+            proxy_pid: int | None = None) -> dict:
     out = tmp / "wrk.out"
     out.unlink(missing_ok=True)
+    cpu0, t0 = cpu_seconds(proxy_pid), time.monotonic()
     proc = procs.start("wrk", wrk_command(url, duration, connections), log=out)
     try:
         proc.wait(duration + 30)
     finally:
         procs.stop(proc)
         procs.procs.remove(("wrk", proc))
+    cpu = (cpu_seconds(proxy_pid) - cpu0) / (time.monotonic() - t0)
     text = out.read_text()
     if proc.returncode != 0:
         raise RuntimeError(f"wrk exited with {proc.returncode}:\n{text}")
-    return parse_wrk(text)
+    return {**parse_wrk(text), "proxy_cpu_pct": 100 * cpu if proxy_pid else None}
 
 
 # --- the systems under test -----------------------------------------------------------------
@@ -169,7 +181,7 @@ def static_envoy_config(tmp: Path, name: str, listen_port: int, upstream_port: i
 
 
 def start_static_envoy(procs: Processes, tmp: Path, name: str, upstream_port: int, access_log: Path | None,
-                       commands: list[str]) -> tuple[int, subprocess.Popen]:
+                       commands: list[str]) -> tuple[int, int]:
     port = free_port()
     config = static_envoy_config(tmp, name, port, upstream_port, access_log)
     cmd = ["taskset", "-c", ENVOY_CPU, envoy_binary(), "-c", str(config), "--concurrency", "1",
@@ -179,7 +191,7 @@ def start_static_envoy(procs: Processes, tmp: Path, name: str, upstream_port: in
     commands.append(f"{name}: {fmt_cmd(cmd)}")
     proc = procs.start(f"envoy {name}", cmd, log=tmp / f"envoy-{name}.out")
     wait_http_200(f"http://127.0.0.1:{port}/", 20, proc, f"Envoy ({name})")
-    return port, proc
+    return port, proc.pid  # taskset execs Envoy: same PID
 
 
 def start_meshgate(procs: Processes, tmp: Path, upstream_port: int, commands: list[str]) -> dict:
@@ -248,6 +260,13 @@ def truncate(path: str | Path | None) -> None:
         os.truncate(path, 0)
 
 
+def cpu_steal_snapshot() -> tuple[int, int]:
+    """(steal, total) jiffies of all CPUs from /proc/stat: time the hypervisor took from this VM."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
 # --- report ---------------------------------------------------------------------------------
 
 
@@ -260,11 +279,15 @@ def summarize(results: dict[str, list[dict]]) -> dict[str, dict]:
             "p50": statistics.median(r["p50_ms"] for r in runs),
             "p99": statistics.median(r["p99_ms"] for r in runs),
             "errors": sum(r["non2xx"] + r["socket_errors"] for r in runs),
+            "cpu": statistics.median(r["proxy_cpu_pct"] for r in runs) if runs[0]["proxy_cpu_pct"] is not None else None,
+            # Envoy CPU time per request: less sensitive than RPS to a load generator that falls short.
+            "us_per_req": (statistics.median(r["proxy_cpu_pct"] / 100 / r["rps"] * 1e6 for r in runs)
+                           if runs[0]["proxy_cpu_pct"] is not None else None),
         }
     return out
 
 
-def print_report(results, order, args, commands, access, log_growth) -> None:
+def print_report(results, order, args, commands, access, log_growth, noise) -> None:
     s = summarize(results)
     rounds = len(next(iter(results.values())))
     print()
@@ -272,14 +295,19 @@ def print_report(results, order, args, commands, access, log_growth) -> None:
           f"wrk -t1 -c{args.connections}, order {' '.join(order)} per round")
     print(f"Envoy --concurrency 1 on CPU {ENVOY_CPU}; nginx, wrk, meshgate (Python) on CPU {CLIENT_CPU}; "
           f"{os.cpu_count()} CPUs")
+    print(f"noise: load average {noise['load']} before the run; CPU steal during it {noise['steal_pct']:.1f}% "
+          "(a wide min-max or steal above ~1% means other work shared the machine)")
     print()
-    header = f"{'config':<40} {'RPS median (min-max)':>28} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"
+    header = (f"{'config':<40} {'RPS median (min-max)':>28} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}"
+              f" {'Envoy CPU':>10} {'Envoy us/req':>13}")
     print(header)
     print("-" * len(header))
     for name in order:
         r = s[name]
         span = f"{r['rps']:,.0f} ({r['rps_min']:,.0f}-{r['rps_max']:,.0f})"
-        print(f"{LABELS[name]:<40} {span:>28} {r['p50']:>8.3f} {r['p99']:>8.3f} {r['errors']:>7}")
+        cpu = f"{r['cpu']:.0f}%" if r["cpu"] is not None else "-"
+        us = f"{r['us_per_req']:.1f}" if r["us_per_req"] is not None else "-"
+        print(f"{LABELS[name]:<40} {span:>28} {r['p50']:>8.3f} {r['p99']:>8.3f} {r['errors']:>7} {cpu:>10} {us:>13}")
     print()
     print("per round (RPS / p99 ms):")
     for name in order:
@@ -294,6 +322,7 @@ def print_report(results, order, args, commands, access, log_growth) -> None:
     print(f"  meshgate / hand-written  (C / B)     {ratio('C', 'B', 'rps'):>6.3f}x  {ratio('C', 'B', 'p99'):>6.3f}x")
     print(f"  meshgate / direct        (C / A)     {ratio('C', 'A', 'rps'):>6.3f}x  {ratio('C', 'A', 'p99'):>6.3f}x")
     print(f"  hand-written / direct    (B / A)     {ratio('B', 'A', 'rps'):>6.3f}x  {ratio('B', 'A', 'p99'):>6.3f}x")
+    print(f"  Envoy CPU per request    (C / B)     {ratio('C', 'B', 'us_per_req'):>6.3f}x")
     if "B+log" in s:
         print(f"  access log cost      (B+log / B)     {ratio('B+log', 'B', 'rps'):>6.3f}x  {ratio('B+log', 'B', 'p99'):>6.3f}x")
         print(f"  meshgate / B+log     (C / B+log)     {ratio('C', 'B+log', 'rps'):>6.3f}x  {ratio('C', 'B+log', 'p99'):>6.3f}x")
@@ -343,15 +372,17 @@ def main() -> int:
         wait_http_200(f"http://127.0.0.1:{upstream_port}/", 10, nginx, "nginx")
 
         urls = {"A": f"http://127.0.0.1:{upstream_port}/"}
-        b_port, _ = start_static_envoy(procs, tmp, "B", upstream_port, None, commands)
+        pids: dict[str, int | None] = {"A": None}
+        b_port, pids["B"] = start_static_envoy(procs, tmp, "B", upstream_port, None, commands)
         urls["B"] = f"http://127.0.0.1:{b_port}/"
         log_files: dict[str, str | Path | None] = {}
         if not args.no_log_variant:
             log_files["B+log"] = tmp / "access-B+log.log"
-            bl_port, _ = start_static_envoy(procs, tmp, "B+log", upstream_port, log_files["B+log"], commands)
+            bl_port, pids["B+log"] = start_static_envoy(procs, tmp, "B+log", upstream_port, log_files["B+log"], commands)
             urls["B+log"] = f"http://127.0.0.1:{bl_port}/"
         mg = start_meshgate(procs, tmp, upstream_port, commands)
         urls["C"] = f"http://127.0.0.1:{mg['port']}/"
+        pids["C"] = mg["envoy_pid"]
         access = meshgate_access_log(mg["status"])
         log_files["C"] = access["paths"][0] if access["paths"] else None
         cpus = thread_cpus(mg["envoy_pid"])
@@ -367,22 +398,27 @@ def main() -> int:
         for f in log_files.values():
             truncate(f)
 
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        steal0 = cpu_steal_snapshot()
         results: dict[str, list[dict]] = {n: [] for n in order}
         log_growth: dict[str, int] = {}
         for rnd in range(1, args.rounds + 1):
             for name in order:
-                r = run_wrk(procs, tmp, urls[name], args.duration, args.connections)
+                r = run_wrk(procs, tmp, urls[name], args.duration, args.connections, pids[name])
                 results[name].append(r)
                 if name in log_files:
                     time.sleep(0.6)  # let Envoy flush (interval 500 ms)
                     log_growth[name] = log_growth.get(name, 0) + file_size(log_files[name])
                     truncate(log_files[name])
+                cpu = f"  Envoy CPU {r['proxy_cpu_pct']:.0f}%" if r["proxy_cpu_pct"] is not None else ""
                 print(f"round {rnd}/{args.rounds} {name:<6} {r['rps']:>10,.0f} req/s  p50 {r['p50_ms']:.3f} ms  "
-                      f"p99 {r['p99_ms']:.3f} ms  errors {r['non2xx'] + r['socket_errors']}", flush=True)
+                      f"p99 {r['p99_ms']:.3f} ms  errors {r['non2xx'] + r['socket_errors']}{cpu}", flush=True)
 
         if mg["proc"].poll() is not None or get_status(mg["status_url"])["envoy"]["pid"] != mg["envoy_pid"]:
             print("WARNING: meshgate's Envoy restarted during the run; C figures are suspect", file=sys.stderr)
-        print_report(results, order, args, commands, access, log_growth)
+        steal1 = cpu_steal_snapshot()
+        noise = {"load": load, "steal_pct": 100 * (steal1[0] - steal0[0]) / max(1, steal1[1] - steal0[1])}
+        print_report(results, order, args, commands, access, log_growth, noise)
         if args.json:
             Path(args.json).write_text(json.dumps({"results": results, "summary": summarize(results)}, indent=2))
         return 0

@@ -129,6 +129,7 @@ def worker(config_dir: str, access_log: str, profile: bool) -> None:
     from meshgate.api.config import load_config
     from meshgate.xds.controlplane import compile_config  # noqa: F401  (what meshgate calls)
     from meshgate.xds.ir import build_ir
+    from meshgate.xds.server import response_version
     from meshgate.xds.snapshot import Snapshot
     from meshgate.xds.translate import TranslateOptions, translate
 
@@ -160,7 +161,8 @@ def worker(config_dir: str, access_log: str, profile: bool) -> None:
         "rss_after_imports_mb": rss_after_imports,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "version": snapshot.version,
-        "type_versions": {tu.rsplit(".", 1)[-1]: snapshot.type_version(tu) for tu in snapshot.resources},
+        # The version_info the ADS server puts on each type's responses (what Envoy ACKs).
+        "type_versions": {tu.rsplit(".", 1)[-1]: response_version(snapshot, tu) for tu in snapshot.resources},
         "routes": sum(len(vh.routes) for rc in snapshot.names(
             "type.googleapis.com/envoy.config.route.v3.RouteConfiguration").values() for vh in rc.virtual_hosts),
         "route_config_bytes": sum(len(snapshot.packed(
@@ -244,8 +246,9 @@ def start_and_push(procs: Processes, tmp: Path, config_dir: Path, state: Path, e
                 marks.setdefault("envoy_live", now)
                 procs.adopt("meshgate's Envoy", pid)
             if all_acked(status, expected):
-                marks["acked"] = now
-                break
+                marks.setdefault("acked", now)
+                if pid:  # /status names Envoy once its /ready says LIVE, which can follow the ACKs
+                    break
         time.sleep(0.01)
     envoy_pid = status["envoy"]["pid"]
     return {

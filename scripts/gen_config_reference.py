@@ -26,6 +26,7 @@ if str(ROOT) not in sys.path:
 
 from meshgate.api import models  # noqa: E402
 from meshgate.api.models import KINDS  # noqa: E402
+from meshgate.api.schema import model_schema  # noqa: E402
 from meshgate.runner import SAMPLE_UPSTREAM_ANNOTATION  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------
@@ -648,7 +649,7 @@ def walk_refs(schema: dict[str, Any], defs: dict[str, Any], seen: list[str]) -> 
 
 
 def render() -> str:
-    schemas = {key: model.model_json_schema(by_alias=True, mode="validation") for key, model in KINDS.items()}
+    schemas = {key: model_schema(model) for key, model in KINDS.items()}
     defs: dict[str, Any] = {}
     for schema in schemas.values():
         for name, definition in schema.get("$defs", {}).items():

@@ -179,8 +179,19 @@ def test_removed_route_stops_being_served(gw) -> None:
     assert request(gw.ports["http"], "/stable").status == 200
 
 
+def settled(gw) -> dict:
+    """Wait until every stage of the last change is published and every Envoy runs it."""
+    def done():
+        status = gw.status()
+        return not status["pending_stages"] and all(n["in_sync"] for n in status["nodes"].values()) and status
+    try:
+        return wait_until(done, timeout=10, what="the last change to be rolled out")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; status: {gw.status()}") from None
+
+
 def test_invalid_edit_keeps_last_good_config(gw) -> None:
-    good = gw.status()["config_version"]
+    good = settled(gw)["config_version"]
     stderr_before = gw.stderr_path.read_text()
     broken = gw.config_dir / "broken.yaml"
     write(broken, "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: broken}\n"

@@ -166,6 +166,7 @@ def test_config_dump_has_the_acked_version(gw) -> None:
     routes = gw.dump_section("RoutesConfigDump")
     assert {r["version_info"] for r in routes["dynamic_route_configs"]} == {node["acked"]["RouteConfiguration"]}
     assert not node["nacked"]
+    assert node["in_sync"] is True
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is installed by scripts/setup")

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from meshgate.api.errors import ConfigError, ConfigErrors
-from meshgate.api.loader import SourceDocument, load_documents
+from meshgate.api.loader import DocumentCache, SourceDocument, load_documents
 from meshgate.api.models import (
     CERT_FILE_OPTION,
     KEY_FILE_OPTION,
@@ -89,10 +89,14 @@ class Config:
 
 
 def load_config(
-    paths: Sequence[str], env: str | None = None, environ: Mapping[str, str] | None = None
+    paths: Sequence[str], env: str | None = None, environ: Mapping[str, str] | None = None,
+    cache: DocumentCache | None = None,
 ) -> Config:
-    """Load, validate and cross-check config files. Raises `ConfigErrors` listing every problem."""
-    docs, errors = load_documents(paths, env=env, environ=environ)
+    """Load, validate and cross-check config files. Raises `ConfigErrors` listing every problem.
+
+    With a `cache`, files unchanged since the last call are neither re-read nor re-validated.
+    """
+    docs, errors = load_documents(paths, env=env, environ=environ, cache=cache)
     # A document that failed to load may hold the Gateway or Backend others refer to: checking
     # references then would bury the real problem under "not found" errors.
     config, more = build_config(docs, check_references=not errors)
@@ -103,7 +107,13 @@ def load_config(
 
 
 def parse_document(doc: SourceDocument) -> tuple[Resource | None, list[ConfigError]]:
-    """Validate one document against the schema its apiVersion and kind select."""
+    """Validate one document against the schema its apiVersion and kind select (once per document)."""
+    if doc.parsed is None:
+        doc.parsed = _parse_document(doc)
+    return doc.parsed
+
+
+def _parse_document(doc: SourceDocument) -> tuple[Resource | None, list[ConfigError]]:
     data = doc.data
     api_version, kind = data.get("apiVersion"), data.get("kind")
     if not isinstance(api_version, str) or not api_version:

@@ -58,8 +58,8 @@ class ObjectMeta(Model):
     model_config = ConfigDict(extra="ignore", populate_by_name=True, alias_generator=to_camel, frozen=True)
     name: ObjectName
     namespace: ObjectName = "default"
-    labels: dict[str, str] = {}
-    annotations: dict[str, str] = {}
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
 
 
 class Resource(Model):
@@ -98,9 +98,9 @@ KEY_FILE_OPTION = "meshgate.io/private-key-file"
 
 class GatewayTLSConfig(Model):
     mode: Literal["Terminate"] = "Terminate"
-    certificate_refs: list[SecretObjectReference] = Field(default=[], max_length=64)
+    certificate_refs: list[SecretObjectReference] = Field(default_factory=list, max_length=64)
     options: dict[str, str] = Field(
-        default={},
+        default_factory=dict,
         description=f"Implementation options. `{CERT_FILE_OPTION}` and `{KEY_FILE_OPTION}` name PEM "
         "files (relative to the config file) instead of a Secret.",
     )
@@ -122,7 +122,7 @@ class RouteNamespaces(Model):
 
 
 class AllowedRoutes(Model):
-    namespaces: RouteNamespaces = RouteNamespaces()
+    namespaces: RouteNamespaces = Field(default_factory=RouteNamespaces)
 
 
 class Listener(Model):
@@ -131,7 +131,7 @@ class Listener(Model):
     port: Port
     protocol: Literal["HTTP", "HTTPS"]
     tls: GatewayTLSConfig | None = None
-    allowed_routes: AllowedRoutes = AllowedRoutes()
+    allowed_routes: AllowedRoutes = Field(default_factory=AllowedRoutes)
 
     @model_validator(mode="after")
     def _tls_matches_protocol(self) -> Listener:
@@ -195,9 +195,9 @@ class HTTPHeader(Model):
 
 
 class HTTPHeaderFilter(Model):
-    set: list[HTTPHeader] = Field(default=[], max_length=16)
-    add: list[HTTPHeader] = Field(default=[], max_length=16)
-    remove: list[HeaderName] = Field(default=[], max_length=16)
+    set: list[HTTPHeader] = Field(default_factory=list, max_length=16)
+    add: list[HTTPHeader] = Field(default_factory=list, max_length=16)
+    remove: list[HeaderName] = Field(default_factory=list, max_length=16)
 
 
 class HTTPHeaderMatch(Model):
@@ -400,21 +400,21 @@ Method = Literal["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "
 
 
 class HTTPRouteMatch(Model):
-    path: HTTPPathMatch = HTTPPathMatch()
-    headers: list[HTTPHeaderMatch] = Field(default=[], max_length=16)
-    query_params: list[HTTPQueryParamMatch] = Field(default=[], max_length=16)
+    path: HTTPPathMatch = Field(default_factory=HTTPPathMatch)
+    headers: list[HTTPHeaderMatch] = Field(default_factory=list, max_length=16)
+    query_params: list[HTTPQueryParamMatch] = Field(default_factory=list, max_length=16)
     method: Method | None = None
 
 
 class MeshgateRouteMatch(HTTPRouteMatch):
-    path: MeshgatePathMatch = MeshgatePathMatch()  # type: ignore[assignment]
+    path: MeshgatePathMatch = Field(default_factory=MeshgatePathMatch)  # type: ignore[assignment]
 
 
 class HTTPRouteRule(Model):
     name: ObjectName | None = None
-    matches: list[HTTPRouteMatch] = Field(default=[HTTPRouteMatch()], max_length=64)
-    filters: list[HTTPRouteFilter] = Field(default=[], max_length=16)
-    backend_refs: list[BackendRef] = Field(default=[], max_length=16)
+    matches: list[HTTPRouteMatch] = Field(default_factory=lambda: [HTTPRouteMatch()], max_length=64)
+    filters: list[HTTPRouteFilter] = Field(default_factory=list, max_length=16)
+    backend_refs: list[BackendRef] = Field(default_factory=list, max_length=16)
     timeouts: HTTPRouteTimeouts | None = None
 
     @model_validator(mode="after")
@@ -431,7 +431,7 @@ class HTTPRouteRule(Model):
 
 
 class MeshgateRouteRule(HTTPRouteRule):
-    matches: list[MeshgateRouteMatch] = Field(default=[MeshgateRouteMatch()], max_length=64)  # type: ignore[assignment]
+    matches: list[MeshgateRouteMatch] = Field(default_factory=lambda: [MeshgateRouteMatch()], max_length=64)  # type: ignore[assignment]
 
     @model_validator(mode="after")
     def _template_rewrite(self) -> MeshgateRouteRule:
@@ -454,7 +454,7 @@ class MeshgateRouteRule(HTTPRouteRule):
 
 class HTTPRouteSpec(Model):
     parent_refs: list[ParentReference] = Field(min_length=1, max_length=32)
-    hostnames: list[Hostname] = Field(default=[], max_length=16)
+    hostnames: list[Hostname] = Field(default_factory=list, max_length=16)
     rules: list[HTTPRouteRule] = Field(min_length=1, max_length=64)
 
 
@@ -509,7 +509,7 @@ class GRPCHeaderMatch(HTTPHeaderMatch):
 
 class GRPCRouteMatch(Model):
     method: GRPCMethodMatch | None = None
-    headers: list[GRPCHeaderMatch] = Field(default=[], max_length=16)
+    headers: list[GRPCHeaderMatch] = Field(default_factory=list, max_length=16)
 
 
 class GRPCRouteFilter(Model):
@@ -525,14 +525,14 @@ class GRPCRouteFilter(Model):
 
 class GRPCRouteRule(Model):
     name: ObjectName | None = None
-    matches: list[GRPCRouteMatch] = Field(default=[GRPCRouteMatch()], max_length=64)
-    filters: list[GRPCRouteFilter] = Field(default=[], max_length=16)
+    matches: list[GRPCRouteMatch] = Field(default_factory=lambda: [GRPCRouteMatch()], max_length=64)
+    filters: list[GRPCRouteFilter] = Field(default_factory=list, max_length=16)
     backend_refs: list[BackendRef] = Field(min_length=1, max_length=16)
 
 
 class GRPCRouteSpec(Model):
     parent_refs: list[ParentReference] = Field(min_length=1, max_length=32)
-    hostnames: list[Hostname] = Field(default=[], max_length=16)
+    hostnames: list[Hostname] = Field(default_factory=list, max_length=16)
     rules: list[GRPCRouteRule] = Field(min_length=1, max_length=64)
 
 
@@ -596,7 +596,7 @@ class BackendSpec(Model):
     protocol: Literal["HTTP1", "HTTP2", "GRPC"] = Field(
         "HTTP1", description="how Envoy talks to the endpoints (plaintext): HTTP/1.1, HTTP/2 with prior knowledge (h2c), or gRPC (HTTP/2)"
     )
-    load_balancer: LoadBalancer = LoadBalancer()
+    load_balancer: LoadBalancer = Field(default_factory=LoadBalancer)
     connect_timeout: Duration = "5s"
 
 
@@ -618,8 +618,8 @@ class Secret(Resource):
     api_version: Literal["v1"]
     kind: Literal["Secret"]
     type: Literal["kubernetes.io/tls"] = "kubernetes.io/tls"
-    data: dict[str, str] = {}
-    string_data: dict[str, str] = {}
+    data: dict[str, str] = Field(default_factory=dict)
+    string_data: dict[str, str] = Field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------

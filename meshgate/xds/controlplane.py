@@ -10,6 +10,7 @@ what the ADS server sees (nodes, ACKs, NACKs) for `/status`, `/readyz` and `/met
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -21,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from meshgate.api.config import Config, load_config
 from meshgate.api.errors import ConfigErrors, MeshgateError
+from meshgate.api.loader import DocumentCache
 from meshgate.xds.ir import build_ir
 from meshgate.xds.server import response_version
 from meshgate.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, InconsistentSnapshot, Snapshot, SnapshotCache
@@ -65,6 +67,8 @@ class NodeStatus:
     streams: int = 0
     acked: dict[str, str] = field(default_factory=dict)  # type -> version
     nacked: dict[str, dict[str, str]] = field(default_factory=dict)  # type -> {version, error}
+    pushed: dict[str, str] = field(default_factory=dict)  # type -> last version sent
+    sent_snapshot: str | None = None  # the last snapshot whose responses were all written
     connected_at: float = field(default_factory=time.time)
 
 
@@ -82,6 +86,8 @@ class ControlPlaneStatus:
         self.last_reload: float | None = None
         self.summary: dict[str, int] = {}
         self.extra: dict[str, Any] = {}  # e.g. the supervised Envoy (pid, admin, logs) in `meshgate run`
+        self.snapshot: Snapshot | None = None  # the published snapshot, to tell which nodes run it
+        self.pending_stages = 0  # stages of a make-before-break publish not yet published
         self.ever_acked = False
 
     # -- observer interface -------------------------------------------------------------------
@@ -104,6 +110,14 @@ class ControlPlaneStatus:
 
     def on_push(self, node_id: str, type_url: str, version: str, count: int) -> None:
         self.metrics.pushes.labels(_short_type(type_url)).inc()
+        node = self.nodes.get(node_id)
+        if node is not None:
+            node.pushed[_short_type(type_url)] = version
+
+    def on_snapshot_sent(self, node_id: str, snapshot_version: str) -> None:
+        node = self.nodes.get(node_id)
+        if node is not None:
+            node.sent_snapshot = snapshot_version
 
     def on_ack(self, node_id: str, type_url: str, version: str) -> None:
         self.metrics.acks.labels(_short_type(type_url)).inc()
@@ -121,6 +135,12 @@ class ControlPlaneStatus:
         log.warning("Envoy rejected config", extra={"node": node_id, "type": _short_type(type_url), "version": version, "error": error})
 
     # -- views ---------------------------------------------------------------------------------
+    def in_sync(self, node: NodeStatus) -> bool:
+        """Whether the node runs the published snapshot: the server sent it everything that
+        snapshot owes it, and the node ACKed each of those responses."""
+        return (self.snapshot is not None and node.sent_snapshot == self.snapshot.version
+                and all(node.acked.get(t) == v for t, v in node.pushed.items()))
+
     def ready(self) -> bool:
         return self.version is not None and self.ever_acked
 
@@ -131,8 +151,10 @@ class ControlPlaneStatus:
             "last_reload": self.last_reload,
             "last_error": self.last_error,
             "ready": self.ready(),
+            "pending_stages": self.pending_stages,
             "nodes": {
-                n.node_id: {"group": n.group, "streams": n.streams, "acked": n.acked, "nacked": n.nacked}
+                n.node_id: {"group": n.group, "streams": n.streams, "acked": n.acked, "nacked": n.nacked,
+                            "in_sync": self.in_sync(n)}
                 for n in self.nodes.values()
             },
             **self.extra,
@@ -166,36 +188,60 @@ class ControlPlane:
         self.on_rejected = on_rejected  # called with the error lines of a rejected config
         self.snapshot: Snapshot | None = None  # the last published snapshot
         self._stamp: tuple | None = None
+        self.documents = DocumentCache()  # parsed files, reused while unchanged
         self._generation = 0  # bumped by every successful reload
         self._finishing: asyncio.Task | None = None
 
     def reload(self) -> bool:
         """Run the pipeline once. Returns True when a new snapshot was published."""
-        metrics = self.status.metrics
+        return self._apply(self._compile())
+
+    async def reload_in_thread(self) -> bool:
+        """`reload`, with the pipeline on a worker thread so ADS streams and the status server
+        keep answering while a large config is translated."""
+        return self._apply(await asyncio.to_thread(self._compile))
+
+    def _compile(self) -> tuple[Config, Snapshot] | tuple[str, list[str]]:
+        """The pure part: files -> snapshot, or (result kind, error lines). No shared state but
+        the document cache, so it may run on a worker thread."""
         started = time.perf_counter()
+        gc_was_enabled = gc.isenabled()
+        # The pipeline allocates ~100 objects per route; the cyclic GC would otherwise rescan
+        # everything alive many times over (measured: build_ir 0.5 s -> 0.15 s at 10,000 routes).
+        gc.disable()
         try:
-            config = load_config(self.paths, env=self.env, environ=self.environ)
+            config = load_config(self.paths, env=self.env, environ=self.environ, cache=self.documents)
             desired = Snapshot.build(compile_config(config, self.options))
             desired.check_consistent()
-            stages = self._stages(desired)
-            published = self._publish(stages[0][0])
+            return config, desired
         except ConfigErrors as exc:
-            self._reject([str(e) for e in exc.errors], "invalid")
-            metrics.config_errors.set(len(exc.errors))
-            return False
+            return "invalid", [str(e) for e in exc.errors]
         except InconsistentSnapshot as exc:
-            self._reject([f"internal error, snapshot refused: {exc}"], "inconsistent")
-            return False
+            return "inconsistent", [f"internal error, snapshot refused: {exc}"]
         except MeshgateError as exc:
-            self._reject([str(exc)], "error")
-            return False
+            return "error", [str(exc)]
         finally:
-            metrics.translation.observe(time.perf_counter() - started)
+            if gc_was_enabled:
+                gc.enable()
+            self.status.metrics.translation.observe(time.perf_counter() - started)
+
+    def _apply(self, result: tuple[Config, Snapshot] | tuple[str, list[str]]) -> bool:
+        """Publish a compiled config (in stages when clusters come or go), or record why not."""
+        metrics = self.status.metrics
+        if isinstance(result[0], str):
+            kind, lines = result
+            self._reject(lines, kind)
+            metrics.config_errors.set(len(lines) if kind == "invalid" else 0)
+            return False
+        config, desired = result
+        stages = self._stages(desired)
+        published = self._publish(stages[0][0])
         metrics.config_errors.set(0)
         self.status.last_error = []
         self.status.summary = config.summary()
         self.status.last_reload = time.time()
         self._generation += 1
+        self.status.pending_stages = len(stages) - 1
         if len(stages) > 1:
             self._finishing = asyncio.get_running_loop().create_task(self._publish_stages(stages, self._generation))
         if not published:
@@ -212,6 +258,7 @@ class ControlPlane:
             return False
         self._log_changes(self.snapshot, snapshot)
         self.snapshot = snapshot
+        self.status.snapshot = snapshot
         self.status.version = snapshot.version
         for type_url, resources in snapshot.resources.items():
             self.status.metrics.snapshot_resources.labels(_short_type(type_url)).set(len(resources))
@@ -274,6 +321,7 @@ class ControlPlane:
             if generation != self._generation:
                 return
             self._publish(snapshot)
+            self.status.pending_stages -= 1
 
     def _reject(self, lines: list[str], result: str) -> None:
         self.status.last_error = lines
@@ -324,7 +372,7 @@ class ControlPlane:
             if stamp != self._stamp:
                 self._stamp = stamp
                 log.info("config files changed, reloading")
-                self.reload()
+                await self.reload_in_thread()
 
 
 def _stat(path: str) -> tuple:

@@ -81,6 +81,7 @@ class XdsObserver(Protocol):
     def on_push(self, node_id: str, type_url: str, version: str, count: int) -> None: ...
     def on_ack(self, node_id: str, type_url: str, version: str) -> None: ...
     def on_nack(self, node_id: str, type_url: str, version: str, error: str) -> None: ...
+    def on_snapshot_sent(self, node_id: str, snapshot_version: str) -> None: ...
 
 
 class NullObserver:
@@ -99,6 +100,9 @@ class NullObserver:
         pass
 
     def on_nack(self, node_id: str, type_url: str, version: str, error: str) -> None:
+        pass
+
+    def on_snapshot_sent(self, node_id: str, snapshot_version: str) -> None:
         pass
 
 
@@ -225,6 +229,8 @@ class _Stream:
                     except Exception as exc:
                         log.debug("xDS stream of %s: write failed: %r", self.node_id, exc)
                         return
+                # Everything this snapshot owes the client is written (possibly nothing).
+                self._notify("on_snapshot_sent", self.node_id, snapshot.version)
             await self._wake.wait()
 
     def handle_request(self, request) -> None:  # noqa: ANN001 - SotW or delta request
