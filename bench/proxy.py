@@ -82,7 +82,8 @@ LABELS = {
     "A": "A  direct (wrk -> nginx)",
     "B": "B  hand-written Envoy",
     "B+log": "B+log  hand-written + JSON access log",
-    "C": "C  meshgate run",
+    "C": "C  meshgate run (access log on)",
+    "C-nolog": "C-nolog  meshgate run --access-log off",
 }
 
 
@@ -194,25 +195,26 @@ def start_static_envoy(procs: Processes, tmp: Path, name: str, upstream_port: in
     return port, proc.pid  # taskset execs Envoy: same PID
 
 
-def start_meshgate(procs: Processes, tmp: Path, upstream_port: int, commands: list[str]) -> dict:
+def start_meshgate(procs: Processes, tmp: Path, upstream_port: int, commands: list[str],
+                   name: str = "C", extra: tuple[str, ...] = ()) -> dict:
     port, xds_port, status_port = free_port(), free_port(), free_port()
-    config_dir = tmp / "meshgate-config"
+    config_dir = tmp / f"meshgate-config-{name}"
     config_dir.mkdir()
     (config_dir / "bench.yaml").write_text(MESHGATE_CONFIG)
     env = dict(os.environ, BENCH_LISTEN_PORT=str(port), BENCH_UPSTREAM_PORT=str(upstream_port))
-    state = tmp / "meshgate-state"
+    state = tmp / f"meshgate-state-{name}"
     cmd = ["taskset", "-c", CLIENT_CPU, meshgate_cli(), "run", str(config_dir),
            "--xds-address", f"127.0.0.1:{xds_port}", "--status-address", f"127.0.0.1:{status_port}",
            "--admin-port", "0", "--state-dir", str(state), "--concurrency", "1",
-           "--no-sample-upstreams", "--envoy-log-level", "warning"]
-    commands.append(f"C: BENCH_LISTEN_PORT={port} BENCH_UPSTREAM_PORT={upstream_port} {fmt_cmd(cmd)}")
-    proc = procs.start("meshgate run", cmd, log=tmp / "meshgate.out", env=env)
+           "--no-sample-upstreams", "--envoy-log-level", "warning", *extra]
+    commands.append(f"{name}: BENCH_LISTEN_PORT={port} BENCH_UPSTREAM_PORT={upstream_port} {fmt_cmd(cmd)}")
+    proc = procs.start(f"meshgate run {name}", cmd, log=tmp / f"meshgate-{name}.out", env=env)
     status_url = f"http://127.0.0.1:{status_port}"
     deadline = time.monotonic() + 60
     status = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"meshgate run exited with {proc.returncode}:\n{(tmp / 'meshgate.out').read_text()[-3000:]}")
+            raise RuntimeError(f"meshgate run exited with {proc.returncode}:\n{(tmp / f'meshgate-{name}.out').read_text()[-3000:]}")
         status = get_status(status_url)
         if status and status.get("envoy", {}).get("pid") and all_acked(status):
             break
@@ -220,11 +222,11 @@ def start_meshgate(procs: Processes, tmp: Path, upstream_port: int, commands: li
     else:
         raise RuntimeError(f"meshgate run not ready in 60 s; last /status: {status}")
     envoy_pid = status["envoy"]["pid"]
-    procs.adopt("meshgate's Envoy", envoy_pid)
+    procs.adopt(f"meshgate's Envoy ({name})", envoy_pid)
     # Envoy inherited CPU 1 from the meshgate process; move it and all its threads to CPU 0.
     pin = ["taskset", "-apc", ENVOY_CPU, str(envoy_pid)]
     subprocess.run(pin, check=True, stdout=subprocess.DEVNULL)
-    commands.append(f"C: {fmt_cmd(pin[:3])} <envoy pid from /status>   (all threads)")
+    commands.append(f"{name}: {fmt_cmd(pin[:3])} <envoy pid from /status>   (all threads)")
     wait_http_200(f"http://127.0.0.1:{port}/", 20, proc, "meshgate's Envoy")
     return {"port": port, "proc": proc, "status": status, "envoy_pid": envoy_pid, "status_url": status_url}
 
@@ -319,6 +321,7 @@ def print_report(results, order, args, commands, access, log_growth, noise) -> N
         return s[a][key] / s[b][key] if s[b][key] else float("nan")
 
     print("ratios (median/median):                  RPS     p99")
+    print(f"  meshgate, log off / hand-written (C-nolog / B) {ratio('C-nolog', 'B', 'rps'):>6.3f}x  {ratio('C-nolog', 'B', 'p99'):>6.3f}x   <- like for like")
     print(f"  meshgate / hand-written  (C / B)     {ratio('C', 'B', 'rps'):>6.3f}x  {ratio('C', 'B', 'p99'):>6.3f}x")
     print(f"  meshgate / direct        (C / A)     {ratio('C', 'A', 'rps'):>6.3f}x  {ratio('C', 'A', 'p99'):>6.3f}x")
     print(f"  hand-written / direct    (B / A)     {ratio('B', 'A', 'rps'):>6.3f}x  {ratio('B', 'A', 'p99'):>6.3f}x")
@@ -330,8 +333,7 @@ def print_report(results, order, args, commands, access, log_growth, noise) -> N
     state = "ON" if access["on"] else "off"
     print(f"meshgate's Envoy access log: {state} (JSON, file {', '.join(access['paths']) or '-'}; "
           f"written during C rounds: {log_growth.get('C', 0) / 1e6:.1f} MB); "
-          "meshgate has no option to turn it off today, so C includes its cost"
-          + (" (compare with B+log)." if "B+log" in s else "."))
+          "C includes its cost" + (" (compare with B+log); C-nolog runs with --access-log off." if "B+log" in s else "."))
     if "B+log" in s:
         print(f"B+log access log written: {log_growth.get('B+log', 0) / 1e6:.1f} MB")
     print()
@@ -383,13 +385,16 @@ def main() -> int:
         mg = start_meshgate(procs, tmp, upstream_port, commands)
         urls["C"] = f"http://127.0.0.1:{mg['port']}/"
         pids["C"] = mg["envoy_pid"]
+        nolog = start_meshgate(procs, tmp, upstream_port, commands, "C-nolog", ("--access-log", "off"))
+        urls["C-nolog"] = f"http://127.0.0.1:{nolog['port']}/"
+        pids["C-nolog"] = nolog["envoy_pid"]
         access = meshgate_access_log(mg["status"])
         log_files["C"] = access["paths"][0] if access["paths"] else None
         cpus = thread_cpus(mg["envoy_pid"])
         if cpus != {ENVOY_CPU}:
             raise RuntimeError(f"meshgate's Envoy threads are not all on CPU {ENVOY_CPU}: {cpus}")
 
-        order = [n for n in ("A", "B", "B+log", "C") if n in urls]
+        order = [n for n in ("A", "B", "B+log", "C", "C-nolog") if n in urls]
         commands.append(f"load: {fmt_cmd(wrk_command('URL', args.duration, args.connections))}")
         if args.warmup > 0:
             print(f"warm-up {args.warmup:g} s each: {' '.join(order)}", flush=True)

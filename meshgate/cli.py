@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--status-address", default=f"{bind}:19000", help="status/metrics HTTP address (host:port)")
         cmd.add_argument("--group", default="edge", help="node group (Envoy node.cluster) to serve")
         cmd.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+        cmd.add_argument("--access-log", default="", metavar="PATH|off",
+                         help="where Envoy writes its JSON access log (default: STATE_DIR/access.log for run, "
+                              "Envoy's stdout for xds); 'off' writes none")
 
     r = sub.add_parser("run", help="run control plane, a local Envoy and sample upstreams; reload on edit")
     server_args(r, "127.0.0.1")
@@ -117,7 +120,8 @@ def _run_options(args: argparse.Namespace):
     xds_host, xds_port = _split(args.xds_address)
     status_host, status_port = _split(args.status_address)
     opts = RunOptions(paths=args.paths, env=args.env, group=args.group, xds_host=xds_host, xds_port=xds_port,
-                      status_host=status_host, status_port=status_port, log_level=args.log_level)
+                      status_host=status_host, status_port=status_port, log_level=args.log_level,
+                      access_log=None if args.access_log == "off" else args.access_log)
     return opts
 
 

@@ -47,6 +47,7 @@ class RunOptions:
     concurrency: int = 1
     delta: bool = False
     sample_upstreams: bool = True
+    access_log: str | None = ""  # "" = the default (STATE_DIR/access.log for run, Envoy's stdout for xds); None = off
     log_level: str = "info"
     envoy_log_level: str = "info"
     # where errors of a rejected config are printed, in the same format as `meshgate validate`
@@ -151,8 +152,10 @@ async def serve_xds(opts: RunOptions) -> int:
     """`meshgate xds`: ADS server + status server + file watcher, until SIGINT/SIGTERM."""
     cache = SnapshotCache()
     status = ControlPlaneStatus()
+    access_log = "/dev/stdout" if opts.access_log == "" else opts.access_log
     plane = ControlPlane(opts.paths, cache, group=opts.group, env=opts.env, status=status,
-                         options=TranslateOptions(bind_address=opts.bind_address), on_rejected=opts.print_errors)
+                         options=TranslateOptions(bind_address=opts.bind_address, access_log_path=access_log),
+                         on_rejected=opts.print_errors)
     plane.reload()
     async with contextlib.AsyncExitStack() as stack:
         xds_port, status_port = await _start_servers(stack, opts, cache, status)
@@ -167,13 +170,13 @@ async def run_local(opts: RunOptions) -> int:
     """`meshgate run`: everything `serve_xds` does, plus a supervised Envoy and sample upstreams."""
     state = opts.state_dir.resolve()
     state.mkdir(parents=True, exist_ok=True)
-    access_log = state / "access.log"
+    access_log = str(state / "access.log") if opts.access_log == "" else opts.access_log
     upstreams = SampleUpstreams()
     cache = SnapshotCache()
     status = ControlPlaneStatus()
     plane = ControlPlane(
         opts.paths, cache, group=opts.group, env=opts.env, status=status,
-        options=TranslateOptions(bind_address=opts.bind_address, access_log_path=str(access_log)),
+        options=TranslateOptions(bind_address=opts.bind_address, access_log_path=access_log),
         on_config=upstreams.sync if opts.sample_upstreams else None,
         on_rejected=opts.print_errors,
     )
@@ -196,7 +199,7 @@ async def run_local(opts: RunOptions) -> int:
             await envoy.start(wait_ready=True)
         except EnvoyError as exc:
             raise StartupError(f"Envoy did not start: {_envoy_reason(str(exc))} (full log: {envoy.log_path})") from None
-        status.extra["envoy"] = {"pid": envoy.pid, "admin": envoy.admin_url, "log": str(envoy.log_path), "access_log": str(access_log)}
+        status.extra["envoy"] = {"pid": envoy.pid, "admin": envoy.admin_url, "log": str(envoy.log_path), "access_log": access_log}
         status.extra["status_url"] = f"http://{opts.status_host}:{status_port}"
         print(_summary(plane, opts, status_port, envoy, access_log), flush=True)
         watcher = asyncio.create_task(plane.watch())
@@ -214,7 +217,7 @@ def _envoy_reason(message: str) -> str:
     return message.splitlines()[0] if message else "unknown error"
 
 
-def _summary(plane: ControlPlane, opts: RunOptions, status_port: int, envoy: EnvoyProcess, access_log: Path) -> str:
+def _summary(plane: ControlPlane, opts: RunOptions, status_port: int, envoy: EnvoyProcess, access_log: str | None) -> str:
     from meshgate.xds.snapshot import LISTENER, ROUTE
 
     snap = plane.snapshot
@@ -229,7 +232,7 @@ def _summary(plane: ControlPlane, opts: RunOptions, status_port: int, envoy: Env
     lines.append(f"  {summary.get('routes', 0)} route objects, {summary.get('backends', 0)} backends")
     lines.append(f"  status:     http://{opts.status_host}:{status_port}/status  (also /healthz /readyz /metrics)")
     lines.append(f"  Envoy:      pid {envoy.pid}, admin {envoy.admin_url}")
-    lines.append(f"  logs:       {envoy.log_path}  (Envoy), {access_log}  (access log, JSON lines)")
+    lines.append(f"  logs:       {envoy.log_path}  (Envoy), " + (f"{access_log}  (access log, JSON lines)" if access_log else "access log off"))
     for node in plane.status.nodes.values():
         for kind, nack in sorted(node.nacked.items()):
             lines.append(f"  WARNING: Envoy rejected the {kind} config: {nack['error'].strip()}")

@@ -63,3 +63,16 @@ def test_config_errors_golden(name: str, request: pytest.FixtureRequest, monkeyp
         expected.write_text(actual)
     assert expected.exists(), f"missing {expected.name}: run with --update-golden"
     assert actual == expected.read_text()
+
+
+def test_access_log_can_be_turned_off() -> None:
+    from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
+
+    from meshgate.xds.snapshot import LISTENER
+
+    config = load_config([str(GOLDEN / "http-basic.in.yaml")], environ={})
+    for path, expected in (("/var/log/access.log", 1), (None, 0)):
+        listener = compile_config(config, TranslateOptions(access_log_path=path))[LISTENER]["default/edge/8080"]
+        hcm = http_connection_manager_pb2.HttpConnectionManager()
+        listener.filter_chains[0].filters[0].typed_config.Unpack(hcm)
+        assert len(hcm.access_log) == expected

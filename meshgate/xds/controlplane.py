@@ -363,7 +363,7 @@ class ControlPlane:
                 stamp.append(_stat(path))
         return tuple(stamp)
 
-    async def watch(self, interval: float = 0.1) -> None:
+    async def watch(self, interval: float = 0.05) -> None:
         """Reload whenever a config file changes (polling: works on every filesystem)."""
         self._stamp = self._files_stamp()
         while True:

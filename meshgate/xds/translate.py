@@ -40,7 +40,7 @@ Resources = dict[str, dict[str, Message]]
 @dataclass(frozen=True)
 class TranslateOptions:
     bind_address: str = "0.0.0.0"
-    access_log_path: str = "/dev/stdout"
+    access_log_path: str | None = "/dev/stdout"  # None: no access log
 
 
 # The access log is one JSON object per request; x-request-id ties it to upstream logs.
@@ -152,11 +152,12 @@ def _connection_manager(listener: ir.Listener, options: TranslateOptions) -> hcm
         normalize_path=wrappers_pb2.BoolValue(value=True),
         merge_slashes=True,
     )
-    log = file_pb2.FileAccessLog(path=options.access_log_path)
-    fmt = struct_pb2.Struct()
-    fmt.update(ACCESS_LOG_FORMAT)
-    log.log_format.json_format.CopyFrom(fmt)
-    hcm.access_log.append(accesslog_pb2.AccessLog(name="envoy.access_loggers.file", typed_config=_pack(log)))
+    if options.access_log_path:
+        log = file_pb2.FileAccessLog(path=options.access_log_path)
+        fmt = struct_pb2.Struct()
+        fmt.update(ACCESS_LOG_FORMAT)
+        log.log_format.json_format.CopyFrom(fmt)
+        hcm.access_log.append(accesslog_pb2.AccessLog(name="envoy.access_loggers.file", typed_config=_pack(log)))
     hcm.http_filters.add(name="envoy.filters.http.router", typed_config=_pack(router_pb2.Router()))
     return hcm
 
