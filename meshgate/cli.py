@@ -77,15 +77,23 @@ def _split(address: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
-def cmd_validate(args: argparse.Namespace) -> int:
+def _load_or_report(args: argparse.Namespace, count: bool = False):
+    """The validated Config, or None after printing one `FILE:LINE: field: problem` line each."""
     from meshgate.api.config import load_config
 
     try:
-        config = load_config(args.paths, env=args.env)
+        return load_config(args.paths, env=args.env)
     except ConfigErrors as exc:
         for error in exc.errors:
             print(error, file=sys.stderr)
-        print(f"{len(exc.errors)} problem(s) found", file=sys.stderr)
+        if count:
+            print(f"{len(exc.errors)} problem(s) found", file=sys.stderr)
+        return None
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    config = _load_or_report(args, count=True)
+    if config is None:
         return 1
     s = config.summary()
     print(f"valid: {s['gateways']} gateways, {s['listeners']} listeners, {s['routes']} routes, {s['backends']} backends")
@@ -93,16 +101,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_translate(args: argparse.Namespace) -> int:
-    from meshgate.api.config import load_config
     from meshgate.xds.controlplane import compile_config
     from meshgate.xds.render import resources_to_dict
     from meshgate.xds.translate import TranslateOptions
 
-    try:
-        config = load_config(args.paths, env=args.env)
-    except ConfigErrors as exc:
-        for error in exc.errors:
-            print(error, file=sys.stderr)
+    config = _load_or_report(args)
+    if config is None:
         return 1
     out = resources_to_dict(compile_config(config, TranslateOptions(bind_address=args.bind)))
     if args.output == "json":

@@ -200,30 +200,27 @@ class HTTPHeaderFilter(Model):
     remove: list[HeaderName] = Field(default_factory=list, max_length=16)
 
 
-class HTTPHeaderMatch(Model):
+class _ValueMatch(Model):
+    """A match on a named value (header, query parameter): exact, or an RE2 regular expression."""
+
     type: Literal["Exact", "RegularExpression"] = "Exact"
+
+    @field_validator("value", check_fields=False)
+    @classmethod
+    def _regex(cls, value: str, info) -> str:
+        if info.data.get("type") == "RegularExpression":
+            _check_regex(value)
+        return value
+
+
+class HTTPHeaderMatch(_ValueMatch):
     name: HeaderName
     value: str = Field(max_length=4096)
 
-    @field_validator("value")
-    @classmethod
-    def _regex(cls, value: str, info) -> str:
-        if info.data.get("type") == "RegularExpression":
-            _check_regex(value)
-        return value
 
-
-class HTTPQueryParamMatch(Model):
-    type: Literal["Exact", "RegularExpression"] = "Exact"
+class HTTPQueryParamMatch(_ValueMatch):
     name: str = Field(min_length=1, max_length=256)
     value: str = Field(max_length=1024)
-
-    @field_validator("value")
-    @classmethod
-    def _regex(cls, value: str, info) -> str:
-        if info.data.get("type") == "RegularExpression":
-            _check_regex(value)
-        return value
 
 
 class HTTPRouteTimeouts(Model):
