@@ -199,7 +199,8 @@ async def run_local(opts: RunOptions) -> int:
             await envoy.start(wait_ready=True)
         except EnvoyError as exc:
             raise StartupError(f"Envoy did not start: {_envoy_reason(str(exc))} (full log: {envoy.log_path})") from None
-        status.extra["envoy"] = {"pid": envoy.pid, "admin": envoy.admin_url, "log": str(envoy.log_path), "access_log": access_log}
+        status.extra["envoy"] = lambda: {"pid": envoy.pid, "restarts": envoy.restarts, "admin": envoy.admin_url,
+                                         "log": str(envoy.log_path), "access_log": access_log}
         status.extra["status_url"] = f"http://{opts.status_host}:{status_port}"
         print(_summary(plane, opts, status_port, envoy, access_log), flush=True)
         watcher = asyncio.create_task(plane.watch())

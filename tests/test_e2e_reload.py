@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import os
 import re
+import signal
 import socket
 import threading
 import time
@@ -241,3 +242,15 @@ def test_envoy_nack_is_recorded_and_not_resent(gw) -> None:
         holder.close()
     nack.unlink()
     wait_until(lambda: not nacked(), timeout=10, what="the next good config to be ACKed")
+
+
+def test_envoy_crash_is_restarted_and_gets_the_config_again(gw) -> None:
+    """Envoy killed outright: meshgate restarts it, it reconnects over ADS and serves the same
+    routes; /status shows the new PID. (Last in the module: the teardown checks that PID.)"""
+    old = gw.status()["envoy"]
+    os.kill(old["pid"], signal.SIGKILL)
+    new = wait_until(lambda: (e := gw.status()["envoy"])["pid"] not in (None, old["pid"]) and e, timeout=20,
+                     what="a new Envoy")
+    assert new["restarts"] == old["restarts"] + 1
+    wait_until(lambda: request(gw.ports["http"], "/stable").status == 200, timeout=20, what="the new Envoy to serve")
+    settled(gw)

@@ -85,7 +85,9 @@ class ControlPlaneStatus:
         self.last_error: list[str] = []
         self.last_reload: float | None = None
         self.summary: dict[str, int] = {}
-        self.extra: dict[str, Any] = {}  # e.g. the supervised Envoy (pid, admin, logs) in `meshgate run`
+        # More sections for /status, e.g. the supervised Envoy in `meshgate run`; a callable is
+        # called at each request (the Envoy's pid changes when it is restarted).
+        self.extra: dict[str, Any] = {}
         self.snapshot: Snapshot | None = None  # the published snapshot, to tell which nodes run it
         self.pending_stages = 0  # stages of a make-before-break publish not yet published
         self.ever_acked = False
@@ -157,7 +159,7 @@ class ControlPlaneStatus:
                             "in_sync": self.in_sync(n)}
                 for n in self.nodes.values()
             },
-            **self.extra,
+            **{k: v() if callable(v) else v for k, v in self.extra.items()},
         }
 
 
