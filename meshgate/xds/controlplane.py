@@ -374,7 +374,10 @@ class ControlPlane:
             if stamp != self._stamp:
                 self._stamp = stamp
                 log.info("config files changed, reloading")
-                await self.reload_in_thread()
+                try:
+                    await self.reload_in_thread()
+                except Exception:  # a bug must not end hot reload for the life of the process
+                    log.exception("reload failed unexpectedly; the last good config keeps serving")
 
 
 def _stat(path: str) -> tuple:
