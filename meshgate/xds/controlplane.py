@@ -224,6 +224,11 @@ class ControlPlane:
             return "error", [str(exc)]
         finally:
             if gc_was_enabled:
+                # What survived is mostly the config, alive until the next reload: move it out of
+                # the collector's sight (gc.freeze), so a later collection doesn't walk millions
+                # of objects in the middle of a push. It is still freed by reference counting.
+                gc.collect(0)
+                gc.freeze()
                 gc.enable()
             self.status.metrics.translation.observe(time.perf_counter() - started)
 
