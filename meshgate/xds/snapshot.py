@@ -219,34 +219,15 @@ class Snapshot:
                     short = type_url.rsplit(".", 1)[-1]
                     problems.append(f"{short} stored as {name!r} has {field_name}={actual!r}")
 
-        endpoints = self.names(ENDPOINT)
         wanted_eds: dict[str, list[str]] = {}
         for cluster, eds_name in self._eds_name_of_cluster.items():
             wanted_eds.setdefault(eds_name, []).append(cluster)
-        for eds_name, clusters in sorted(wanted_eds.items()):
-            if eds_name not in endpoints:
-                problems.append(
-                    f"cluster(s) {', '.join(sorted(clusters))} need ClusterLoadAssignment "
-                    f"{eds_name!r}, which is missing"
-                )
-        for name in endpoints:
-            if name not in wanted_eds:
-                problems.append(f"ClusterLoadAssignment {name!r} is used by no EDS cluster")
-
-        routes = self.names(ROUTE)
+        problems += _reference_problems(wanted_eds, self.names(ENDPOINT), "cluster", "ClusterLoadAssignment", "EDS cluster")
         wanted_rds: dict[str, list[str]] = {}
         for listener_name, listener in self.names(LISTENER).items():
             for route_name in _rds_names(listener):
                 wanted_rds.setdefault(route_name, []).append(listener_name)
-        for route_name, listeners in sorted(wanted_rds.items()):
-            if route_name not in routes:
-                problems.append(
-                    f"listener(s) {', '.join(sorted(set(listeners)))} need RouteConfiguration "
-                    f"{route_name!r}, which is missing"
-                )
-        for name in routes:
-            if name not in wanted_rds:
-                problems.append(f"RouteConfiguration {name!r} is used by no listener")
+        problems += _reference_problems(wanted_rds, self.names(ROUTE), "listener", "RouteConfiguration", "listener")
 
         if problems:
             raise InconsistentSnapshot(problems)
@@ -371,3 +352,14 @@ class SnapshotCache:
                 await changed.wait()
         finally:
             cancel()
+
+
+def _reference_problems(wanted: dict[str, list[str]], present: Mapping[str, Any], parent: str, child: str,
+                        user: str) -> list[str]:
+    """Children that parents name but the snapshot lacks, and children no parent names."""
+    problems = [
+        f"{parent}(s) {', '.join(sorted(set(parents)))} need {child} {name!r}, which is missing"
+        for name, parents in sorted(wanted.items()) if name not in present
+    ]
+    problems += [f"{child} {name!r} is used by no {user}" for name in present if name not in wanted]
+    return problems
