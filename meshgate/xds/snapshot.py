@@ -354,7 +354,7 @@ class SnapshotCache:
             cancel()
 
 
-def _reference_problems(wanted: dict[str, list[str]], present: Mapping[str, Any], parent: str, child: str,
+def _reference_problems(wanted: dict[str, list[str]], present: Mapping[str, object], parent: str, child: str,
                         user: str) -> list[str]:
     """Children that parents name but the snapshot lacks, and children no parent names."""
     problems = [
