@@ -28,13 +28,59 @@ def gw(tmp_path_factory: pytest.TempPathFactory):
     ca = write_tls_files(work, ["secure.example.com", "api.example.com"])
     env = {"HTTP_PORT": str(free_port()), "HTTPS_PORT": str(free_port()), "TLS_DIR": str(work)}
     env.update({f"PORT_{name}": str(free_port()) for name in UPSTREAMS})
-    mg = Meshgate([str(CONFIG)], work, env=env).start()
+    partner_ca = write_partner_gateway(work / "partner")
+    mg = Meshgate([str(CONFIG), str(work / "partner")], work, env=env).start()
+    mg.partner_ca = partner_ca
     mg.http = int(env["HTTP_PORT"])
     mg.https = int(env["HTTPS_PORT"])
     mg.ca = ca
     mg.grpc_target = f"127.0.0.1:{mg.http}"
     yield mg
     assert mg.stop() == 0, mg.output()
+
+
+def write_partner_gateway(folder: Path) -> Path:
+    """A second Gateway on the same HTTPS port, for partner.example.com only, with its own
+    certificate from a v1 Secret (another CA): Envoy must pick the certificate by SNI."""
+    import trustme
+
+    folder.mkdir()
+    ca = trustme.CA()
+    cert = ca.issue_cert("partner.example.com")
+    indent = lambda pem: "\n".join("    " + line for line in pem.decode().strip().splitlines())  # noqa: E731
+    (folder / "partner.yaml").write_text(f"""\
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: partner}}
+spec:
+  listeners:
+    - name: https
+      protocol: HTTPS
+      port: ${{HTTPS_PORT}}
+      hostname: partner.example.com
+      tls: {{certificateRefs: [{{name: partner-cert}}]}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: partner-cert}}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+{indent(cert.cert_chain_pems[0].bytes())}
+  tls.key: |
+{indent(cert.private_key_pem.bytes())}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: partner}}
+spec:
+  parentRefs: [{{name: partner}}]
+  rules:
+    - backendRefs: [{{group: meshgate.io, kind: Backend, name: lr}}]
+""")
+    ca_file = folder.parent / "partner-ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    return ca_file
 
 
 # (method, host, path, headers) -> (status, upstream backend, path the upstream saw)
@@ -201,6 +247,18 @@ def test_https_with_test_certificate(gw) -> None:
         ["curl", "-sS", "--http1.1", "--cacert", str(gw.ca), "--resolve", f"api.example.com:{gw.https}:127.0.0.1",
          f"https://api.example.com:{gw.https}/host"], capture_output=True, text=True, timeout=10)
     assert json.loads(plain.stdout)["upstream"] == "c-1"
+
+
+def test_https_certificate_chosen_by_sni(gw) -> None:
+    def curl(host: str, ca: Path) -> subprocess.CompletedProcess:
+        return subprocess.run(["curl", "-sS", "--cacert", str(ca), "--resolve", f"{host}:{gw.https}:127.0.0.1",
+                               f"https://{host}:{gw.https}/exact"], capture_output=True, text=True, timeout=10)
+
+    partner = curl("partner.example.com", gw.partner_ca)
+    assert partner.returncode == 0, partner.stderr  # verified against the partner CA: its own certificate
+    assert json.loads(partner.stdout)["upstream"] == "lr-1"  # and its own routes
+    assert curl("secure.example.com", gw.partner_ca).returncode != 0  # the other certificate elsewhere
+    assert curl("secure.example.com", gw.ca).returncode == 0
 
 
 def test_grpc_through_grpcroute(gw) -> None:
