@@ -19,7 +19,6 @@ from pydantic import ValidationError
 
 from meshgate.api.errors import ConfigError, ConfigErrors
 from meshgate.api.loader import DocumentCache, SourceDocument, load_documents
-from meshgate.memo import Memo
 from meshgate.api.models import (
     CERT_FILE_OPTION,
     KEY_FILE_OPTION,
@@ -91,17 +90,16 @@ class Config:
 
 def load_config(
     paths: Sequence[str], env: str | None = None, environ: Mapping[str, str] | None = None,
-    cache: DocumentCache | None = None, memo: Memo | None = None,
+    cache: DocumentCache | None = None,
 ) -> Config:
     """Load, validate and cross-check config files. Raises `ConfigErrors` listing every problem.
 
-    With a `cache`, files unchanged since the last call are neither re-read nor re-validated;
-    with a `memo`, routes whose objects and references are unchanged are not re-checked.
+    With a `cache`, files unchanged since the last call are neither re-read nor re-validated.
     """
     docs, errors = load_documents(paths, env=env, environ=environ, cache=cache)
     # A document that failed to load may hold the Gateway or Backend others refer to: checking
     # references then would bury the real problem under "not found" errors.
-    config, more = build_config(docs, check_references=not errors, memo=memo)
+    config, more = build_config(docs, check_references=not errors)
     errors = sorted(set(errors + more), key=lambda e: (e.file, e.line, e.field, e.message))
     if errors:
         raise ConfigErrors(errors)
@@ -146,10 +144,9 @@ def _message(error: Mapping[str, Any]) -> str:
     return msg[0].lower() + msg[1:]
 
 
-def build_config(docs: Iterable[SourceDocument], check_references: bool = True,
-                 memo: Memo | None = None) -> tuple[Config, list[ConfigError]]:
+def build_config(docs: Iterable[SourceDocument], check_references: bool = True) -> tuple[Config, list[ConfigError]]:
     """Schema-validate every document, then (if all are valid) check references between them."""
-    checker = _Checker(memo)
+    checker = _Checker()
     for doc in docs:
         resource, errs = parse_document(doc)
         checker.errors.extend(errs)
@@ -163,8 +160,7 @@ def build_config(docs: Iterable[SourceDocument], check_references: bool = True,
 class _Checker:
     """Cross-document validation; collects errors instead of raising."""
 
-    def __init__(self, memo: Memo | None = None) -> None:
-        self.memo = memo
+    def __init__(self) -> None:
         self.config = Config()
         self.errors: list[ConfigError] = []
         self.by_key: dict[tuple[str, str, str, str], Resource] = {}
@@ -204,29 +200,10 @@ class _Checker:
         self.check_ports()
         for gateway in self.config.gateways:
             self.check_tls(gateway)
-        # What a route's checks depend on besides the route: Gateways, grants, its Backends.
-        shared = (*self.config.gateways, *self.grants, None)
         for route in [*self.config.http_routes, *self.config.grpc_routes]:
-            if self.memo is None:
-                self.check_parents(route)
-                self.check_backends(route)
-                continue
-            deps = (*shared, *(self.config.backends.get((ref.namespace or route.metadata.namespace, ref.name))
-                               for rule in route.spec.rules for ref in rule.backend_refs))
-            errors, attachments = self.memo.get("route-checks", route, deps, lambda route=route: self._checked(route))
-            self.errors.extend(errors)
-            self.config.attachments[id(route)] = attachments
-        self.check_route_conflicts()
-
-    def _checked(self, route: AnyRoute) -> tuple[list[ConfigError], list[Attachment]]:
-        """check_parents + check_backends of one route: (its errors, its attachments)."""
-        outer, self.errors = self.errors, []
-        try:
             self.check_parents(route)
             self.check_backends(route)
-            return self.errors, self.config.attachments[id(route)]
-        finally:
-            self.errors = outer + self.errors
+        self.check_route_conflicts()
 
     # -- Gateways ---------------------------------------------------------------------------
 
@@ -378,25 +355,26 @@ class _Checker:
         # use the first, so the second is almost surely a mistake. Report it where it is.
         owners: dict[tuple, tuple[Resource, tuple]] = {}
         for route in [*self.config.http_routes, *self.config.grpc_routes]:
-            identities = (_match_identities(route) if self.memo is None
-                          else self.memo.get("match-identities", route, (), lambda route=route: _match_identities(route)))
-            for where, identity in identities:
-                for att in self.config.attachments.get(id(route), []):
-                    for host in att.hostnames:
-                        key = (att.listener.port, host, identity)
-                        first = owners.setdefault(key, (route, where))
-                        if first[0] is route and first[1] == where:
+            for r, rule in enumerate(route.spec.rules):
+                for m, match in enumerate(rule.matches):
+                    identity = match_identity(match)
+                    where = ("spec", "rules", r, "matches", m)
+                    for att in self.config.attachments.get(id(route), []):
+                        for host in att.hostnames:
+                            key = (att.listener.port, host, identity)
+                            first = owners.setdefault(key, (route, where))
+                            if first[0] is route and first[1] == where:
+                                continue
+                            if first[0] is route and first[1][:3] == where[:3]:
+                                continue  # the same rule listed twice under one port: harmless
+                            src = self.config.source(first[0])
+                            path = ".".join(f"[{p}]" if isinstance(p, int) else p for p in first[1]).replace(".[", "[")
+                            self.err(route, where, f"same match as {first[0].ref} {path} "
+                                     f"({src.file}:{src.locate(first[1])[1]}) on port {att.listener.port}, host {host}")
+                            break
+                        else:
                             continue
-                        if first[0] is route and first[1][:3] == where[:3]:
-                            continue  # the same rule listed twice under one port: harmless
-                        src = self.config.source(first[0])
-                        path = ".".join(f"[{p}]" if isinstance(p, int) else p for p in first[1]).replace(".[", "[")
-                        self.err(route, where, f"same match as {first[0].ref} {path} "
-                                 f"({src.file}:{src.locate(first[1])[1]}) on port {att.listener.port}, host {host}")
                         break
-                    else:
-                        continue
-                    break
 
 
 def pem_problem(cert: bytes, key: bytes) -> str | None:
@@ -416,12 +394,6 @@ def pem_problem(cert: bytes, key: bytes) -> str | None:
     if certs[0].public_key().public_numbers() != private.public_key().public_numbers():
         return "the private key does not belong to the certificate"
     return None
-
-
-def _match_identities(route: AnyRoute) -> list[tuple[tuple, tuple]]:
-    """(field path, match identity) of every match of a route."""
-    return [(("spec", "rules", r, "matches", m), match_identity(match))
-            for r, rule in enumerate(route.spec.rules) for m, match in enumerate(rule.matches)]
 
 
 def match_identity(match: Any) -> tuple:

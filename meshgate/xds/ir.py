@@ -12,7 +12,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from meshgate.api.config import AnyRoute, Config, TLSCertificate
-from meshgate.memo import Memo
 from meshgate.api.models import (
     Backend,
     GRPCRoute,
@@ -151,20 +150,13 @@ def cluster_name(backend: Backend) -> str:
     return f"backend/{backend.metadata.namespace}/{backend.metadata.name}"
 
 
-def build_ir(config: Config, memo: Memo | None = None) -> IR:
-    """Resolve a validated Config into listeners (per port) and clusters (per Backend).
-
-    With a `memo`, a route whose object and Backends are unchanged keeps its earlier IR.
-    """
+def build_ir(config: Config) -> IR:
+    """Resolve a validated Config into listeners (per port) and clusters (per Backend)."""
     clusters = tuple(_cluster(b) for _, b in sorted(config.backends.items()))
     # port -> hostname -> routes; a route with several hostnames lands in several virtual hosts.
     by_port: dict[int, dict[str, list[tuple[tuple, Route]]]] = defaultdict(lambda: defaultdict(list))
     for route in [*config.http_routes, *config.grpc_routes]:
-        if memo is None:
-            built = list(_routes(config, route))
-        else:
-            backends = [config.backend_for(route, ref) for rule in route.spec.rules for ref in rule.backend_refs]
-            built = memo.get("ir-routes", route, backends, lambda route=route: list(_routes(config, route)))
+        built = list(_routes(config, route))
         for att in config.attachments.get(id(route), []):
             for host in att.hostnames:
                 by_port[att.listener.port][host].extend(built)

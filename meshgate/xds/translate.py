@@ -31,7 +31,6 @@ from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
-from meshgate.memo import Memo
 from meshgate.xds import ir
 from meshgate.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE
 
@@ -65,7 +64,7 @@ ACCESS_LOG_FORMAT = {
 }
 
 
-def translate(model: ir.IR, options: TranslateOptions = TranslateOptions(), memo: Memo | None = None) -> Resources:
+def translate(model: ir.IR, options: TranslateOptions = TranslateOptions()) -> Resources:
     resources: Resources = {LISTENER: {}, ROUTE: {}, CLUSTER: {}, ENDPOINT: {}}
     for cluster in model.clusters:
         resources[CLUSTER][cluster.name] = translate_cluster(cluster)
@@ -73,7 +72,7 @@ def translate(model: ir.IR, options: TranslateOptions = TranslateOptions(), memo
             resources[ENDPOINT][cluster.name] = translate_endpoints(cluster)
     for listener in model.listeners:
         resources[LISTENER][listener.name] = translate_listener(listener, options)
-        resources[ROUTE][listener.name] = translate_route_config(listener, memo)
+        resources[ROUTE][listener.name] = translate_route_config(listener)
     return resources
 
 
@@ -170,7 +169,7 @@ def _stat_name(name: str) -> str:
 # --- routes ----------------------------------------------------------------------------------
 
 
-def translate_route_config(listener: ir.Listener, memo: Memo | None = None) -> route_pb2.RouteConfiguration:
+def translate_route_config(listener: ir.Listener) -> route_pb2.RouteConfiguration:
     config = route_pb2.RouteConfiguration(
         name=listener.name,
         # Match "host:8080" like "host": clients include the port in Host for non-default ports.
@@ -180,10 +179,7 @@ def translate_route_config(listener: ir.Listener, memo: Memo | None = None) -> r
     )
     for vhost in listener.virtual_hosts:
         out = config.virtual_hosts.add(name=vhost.name, domains=vhost.domains)
-        if memo is None:
-            out.routes.extend(translate_route(r) for r in vhost.routes)
-        else:  # an IR route kept by the IR memo (same object) keeps its Envoy route too
-            out.routes.extend(memo.get("envoy-route", r, (), lambda r=r: translate_route(r)) for r in vhost.routes)
+        out.routes.extend(translate_route(r) for r in vhost.routes)
     return config
 
 
