@@ -1,0 +1,14 @@
+"""meshgate's resource model: load, validate and cross-check config documents.
+
+    from meshgate.api import load_config, ConfigErrors
+    try:
+        config = load_config(["gateway.yaml"])
+    except ConfigErrors as exc:
+        for error in exc.errors:      # each: file, line, field, message
+            print(error)
+"""
+
+from meshgate.api.config import Config, load_config
+from meshgate.api.errors import ConfigError, ConfigErrors, MeshgateError
+
+__all__ = ["Config", "ConfigError", "ConfigErrors", "MeshgateError", "load_config"]
