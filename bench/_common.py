@@ -191,24 +191,12 @@ def get_status(status_url: str, timeout: float = 2.0) -> dict | None:
     return json.loads(body) if code == 200 else None
 
 
-XDS_TYPES = ("Listener", "RouteConfiguration", "Cluster", "ClusterLoadAssignment")
-
-
-def acked_versions(status: dict | None, node: str = "edge-local") -> dict[str, str]:
-    return (status or {}).get("nodes", {}).get(node, {}).get("acked", {})
-
-
-def all_acked(status: dict | None, expected: dict[str, str] | None = None, node: str = "edge-local") -> bool:
-    """True when `node` has ACKed all four xDS types (with `expected` {type: version}: those versions).
-
-    /status reports per-type ACKed versions (hashes of each type's resources), not the snapshot's
-    config_version, so "in sync with the current config" needs the expected per-type versions
-    (bench/scale.py computes them with meshgate.xds.server.response_version).
-    """
-    acked = acked_versions(status, node)
-    if expected is None:
-        return all(t in acked for t in XDS_TYPES)
-    return all(acked.get(t) == expected[t] for t in XDS_TYPES)
+def in_sync(status: dict | None, version: str | None = None, node: str = "edge-local") -> bool:
+    """True when `node` runs meshgate's published config (/status `in_sync`: everything sent
+    was ACKed) and, with `version`, that config is this one."""
+    if not status or not status.get("nodes", {}).get(node, {}).get("in_sync"):
+        return False
+    return version is None or status.get("config_version") == version
 
 
 # --- memory -----------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from _common import (  # noqa: E402
     BENCH,
     NGINX_BODY,
     Processes,
-    all_acked,
+    in_sync,
     fmt_cmd,
     free_port,
     get_status,
@@ -216,7 +216,7 @@ def start_meshgate(procs: Processes, tmp: Path, upstream_port: int, commands: li
         if proc.poll() is not None:
             raise RuntimeError(f"meshgate run exited with {proc.returncode}:\n{(tmp / f'meshgate-{name}.out').read_text()[-3000:]}")
         status = get_status(status_url)
-        if status and status.get("envoy", {}).get("pid") and all_acked(status):
+        if status and status.get("envoy", {}).get("pid") and in_sync(status):
             break
         time.sleep(0.05)
     else:

@@ -8,8 +8,7 @@ written as 100 files of N/100 documents plus a Gateway file and a Backends file)
    (compile_config = build_ir + translate), Snapshot.build and the consistency check, and peak RSS
    (ru_maxrss) of that process;
 2. push: `meshgate run` on the config; time from process start until /status shows the node
-   `edge-local` has ACKed the current config for all four xDS types (the expected per-type versions
-   come from step 1), peak RSS of the meshgate process (VmHWM) and RSS of its Envoy;
+   `edge-local` runs the config built in step 1 (/status `in_sync` and `config_version`), peak RSS of the meshgate process (VmHWM) and RSS of its Envoy;
 3. served change (largest N only): rewrite the file holding route r-5000 (os.replace) so its path
    alternates /r/5000 <-> /changed-5000, and time from the write until GET of the new path returns
    200 through Envoy (polled every 5 ms, at most 30 s).
@@ -38,8 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import (  # noqa: E402
     Processes,
-    acked_versions,
-    all_acked,
+    in_sync,
     fmt_cmd,
     free_port,
     get_status,
@@ -129,7 +127,6 @@ def worker(config_dir: str, access_log: str, profile: bool) -> None:
     from meshgate.api.config import load_config
     from meshgate.xds.controlplane import compile_config  # noqa: F401  (what meshgate calls)
     from meshgate.xds.ir import build_ir
-    from meshgate.xds.server import response_version
     from meshgate.xds.snapshot import Snapshot
     from meshgate.xds.translate import TranslateOptions, translate
 
@@ -161,8 +158,6 @@ def worker(config_dir: str, access_log: str, profile: bool) -> None:
         "rss_after_imports_mb": rss_after_imports,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "version": snapshot.version,
-        # The version_info the ADS server puts on each type's responses (what Envoy ACKs).
-        "type_versions": {tu.rsplit(".", 1)[-1]: response_version(snapshot, tu) for tu in snapshot.resources},
         "routes": sum(len(vh.routes) for rc in snapshot.names(
             "type.googleapis.com/envoy.config.route.v3.RouteConfiguration").values() for vh in rc.virtual_hosts),
         "route_config_bytes": sum(len(snapshot.packed(
@@ -216,7 +211,7 @@ def metric(status_url: str, name: str) -> float | None:
 
 
 def start_and_push(procs: Processes, tmp: Path, config_dir: Path, state: Path, env: dict,
-                   expected: dict[str, str], commands: list[str]) -> dict:
+                   expected: str, commands: list[str]) -> dict:
     xds_port, status_port = free_port(), free_port()
     cmd = [meshgate_cli(), "run", str(config_dir),
            "--xds-address", f"127.0.0.1:{xds_port}", "--status-address", f"127.0.0.1:{status_port}",
@@ -245,7 +240,7 @@ def start_and_push(procs: Processes, tmp: Path, config_dir: Path, state: Path, e
             if pid:
                 marks.setdefault("envoy_live", now)
                 procs.adopt("meshgate's Envoy", pid)
-            if all_acked(status, expected):
+            if in_sync(status, expected):
                 marks.setdefault("acked", now)
                 if pid:  # /status names Envoy once its /ready says LIVE, which can follow the ACKs
                     break
@@ -313,9 +308,7 @@ def served_changes(run: dict, config_dir: Path, staging: Path, n: int, repeats: 
         status = before
         while time.monotonic() < settle_deadline:
             status = get_status(run["status_url"])
-            acked = acked_versions(status)
-            if (status and status["config_version"] != before["config_version"] and all_acked(status)
-                    and acked.get("RouteConfiguration") != acked_versions(before).get("RouteConfiguration")):
+            if status and status["config_version"] != before["config_version"] and in_sync(status):
                 break
             time.sleep(0.01)
         translation_after = metric(run["status_url"], "meshgate_translation_seconds_sum") or 0.0
@@ -445,7 +438,7 @@ def main() -> int:
             print(f"N={n:,}: {', '.join(f'{k} {v:.3f} s' for k, v in w['stages'].items())}; "
                   f"peak RSS {w['peak_rss_mb']:.0f} MB", flush=True)
             print(f"N={n:,}: meshgate run ...", flush=True)
-            run = start_and_push(procs, tmp, config_dir, state, env, w["type_versions"], commands)
+            run = start_and_push(procs, tmp, config_dir, state, env, w["version"], commands)
             if run["status"]["config_version"] != w["version"]:
                 raise RuntimeError(f"meshgate published {run['status']['config_version']}, the worker built "
                                    f"{w['version']}: the benchmark's TranslateOptions differ from meshgate run's")

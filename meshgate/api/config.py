@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from meshgate.api.errors import ConfigError, ConfigErrors
+from meshgate.api.errors import ConfigError, ConfigErrors, format_field_path
 from meshgate.api.loader import DocumentCache, SourceDocument, load_documents
 from meshgate.api.models import (
     CERT_FILE_OPTION,
@@ -355,26 +355,18 @@ class _Checker:
         # use the first, so the second is almost surely a mistake. Report it where it is.
         owners: dict[tuple, tuple[Resource, tuple]] = {}
         for route in [*self.config.http_routes, *self.config.grpc_routes]:
+            places = [(att.listener.port, host) for att in self.config.attachments.get(id(route), []) for host in att.hostnames]
             for r, rule in enumerate(route.spec.rules):
                 for m, match in enumerate(rule.matches):
-                    identity = match_identity(match)
-                    where = ("spec", "rules", r, "matches", m)
-                    for att in self.config.attachments.get(id(route), []):
-                        for host in att.hostnames:
-                            key = (att.listener.port, host, identity)
-                            first = owners.setdefault(key, (route, where))
-                            if first[0] is route and first[1] == where:
-                                continue
-                            if first[0] is route and first[1][:3] == where[:3]:
-                                continue  # the same rule listed twice under one port: harmless
-                            src = self.config.source(first[0])
-                            path = ".".join(f"[{p}]" if isinstance(p, int) else p for p in first[1]).replace(".[", "[")
-                            self.err(route, where, f"same match as {first[0].ref} {path} "
-                                     f"({src.file}:{src.locate(first[1])[1]}) on port {att.listener.port}, host {host}")
-                            break
-                        else:
-                            continue
-                        break
+                    where, identity = ("spec", "rules", r, "matches", m), match_identity(match)
+                    for port, host in places:
+                        first, first_where = owners.setdefault((port, host, identity), (route, where))
+                        if first is route and first_where[:3] == where[:3]:
+                            continue  # this very rule (repeating itself is harmless)
+                        src = self.config.source(first)
+                        self.err(route, where, f"same match as {first.ref} {format_field_path(first_where)} "
+                                 f"({src.file}:{src.locate(first_where)[1]}) on port {port}, host {host}")
+                        break  # one report per match
 
 
 def pem_problem(cert: bytes, key: bytes) -> str | None:
