@@ -151,7 +151,7 @@ def run_wrk(procs: Processes, tmp: Path, url: str, duration: float, connections:
 
 
 def envoy_binary() -> str:
-    from meshgate.xds.envoy_process import find_envoy
+    from meshgate.envoy.process import find_envoy
 
     return find_envoy()
 

@@ -125,7 +125,7 @@ def worker(config_dir: str, access_log: str, profile: bool) -> None:
 
     t = time.perf_counter()
     from meshgate.api.config import load_config
-    from meshgate.xds.controlplane import compile_config  # noqa: F401  (what meshgate calls)
+    from meshgate.controlplane.pipeline import compile_config  # noqa: F401  (what meshgate calls)
     from meshgate.xds.ir import build_ir
     from meshgate.xds.snapshot import Snapshot
     from meshgate.xds.translate import TranslateOptions, translate

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from meshgate import __version__
-from meshgate.api.errors import ConfigErrors
+from meshgate.errors import ConfigErrors
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -101,7 +101,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_translate(args: argparse.Namespace) -> int:
-    from meshgate.xds.controlplane import compile_config
+    from meshgate.controlplane.pipeline import compile_config
     from meshgate.xds.render import resources_to_dict
     from meshgate.xds.translate import TranslateOptions
 
@@ -156,7 +156,7 @@ def cmd_xds(args: argparse.Namespace) -> int:
 
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
-    from meshgate.xds.bootstrap import BootstrapOptions, render_bootstrap
+    from meshgate.envoy.bootstrap import BootstrapOptions, render_bootstrap
 
     host, port = _split(args.xds_address)
     print(json.dumps(render_bootstrap(BootstrapOptions(
@@ -190,7 +190,7 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    from meshgate.api.errors import MeshgateError
+    from meshgate.errors import MeshgateError
 
     args = _parser().parse_args(argv)
     try:

@@ -16,14 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshgate.api.config import Config
-from meshgate.api.errors import MeshgateError
+from meshgate.errors import MeshgateError
 from meshgate.api.models import Backend
-from meshgate.xds.bootstrap import BootstrapOptions, render_bootstrap
-from meshgate.xds.controlplane import ControlPlane, ControlPlaneStatus
-from meshgate.xds.envoy_process import EnvoyError, EnvoyProcess
+from meshgate.envoy.bootstrap import BootstrapOptions, render_bootstrap
+from meshgate.controlplane.pipeline import ControlPlane
+from meshgate.controlplane.status import ControlPlaneStatus
+from meshgate.envoy.process import EnvoyError, EnvoyProcess
 from meshgate.xds.server import start_xds_server
 from meshgate.xds.snapshot import SnapshotCache
-from meshgate.xds.status import start_status_server
+from meshgate.controlplane.status_server import start_status_server
 from meshgate.xds.translate import TranslateOptions
 
 log = logging.getLogger("meshgate.run")

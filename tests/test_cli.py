@@ -104,7 +104,7 @@ def test_run_with_invalid_config_starts_nothing(tmp_path: Path) -> None:
 
 
 def test_bootstrap_is_valid_for_envoy(tmp_path: Path) -> None:
-    from meshgate.xds.envoy_process import find_envoy
+    from meshgate.envoy.process import find_envoy
 
     out = meshgate("bootstrap", "--xds-address", "10.1.2.3:18000", "--group", "edge", "--delta")
     path = tmp_path / "bootstrap.json"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from meshgate.api.config import load_config
-from meshgate.api.errors import ConfigErrors
+from meshgate.errors import ConfigErrors
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

@@ -72,7 +72,7 @@ spec:
 
 
 def _start_envoy(work: Path, xds: int) -> subprocess.Popen:
-    from meshgate.xds.envoy_process import find_envoy
+    from meshgate.envoy.process import find_envoy
 
     bootstrap = subprocess.run([sys.executable, "-m", "meshgate", "bootstrap", "--xds-address", f"127.0.0.1:{xds}",
                                 "--node-id", "edge-test", "--admin-port", "0"], cwd=ROOT, capture_output=True,

@@ -15,8 +15,8 @@ import pytest
 from google.protobuf.json_format import MessageToDict
 
 from meshgate.api.config import load_config
-from meshgate.xds.controlplane import compile_config
-from meshgate.xds.envoy_process import find_envoy
+from meshgate.controlplane.pipeline import compile_config
+from meshgate.envoy.process import find_envoy
 from meshgate.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from meshgate.xds.translate import TranslateOptions
 

@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 
 from meshgate.devtools.upstreams import EchoServer
-from meshgate.xds.bootstrap import BootstrapOptions, render_bootstrap
-from meshgate.xds.envoy_process import EnvoyError, EnvoyProcess, find_envoy
+from meshgate.envoy.bootstrap import BootstrapOptions, render_bootstrap
+from meshgate.envoy.process import EnvoyError, EnvoyProcess, find_envoy
 
 pytestmark = pytest.mark.timeout(30)
 

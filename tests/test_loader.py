@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from meshgate.api.errors import ConfigError, ConfigErrors, MeshgateError, format_field_path
+from meshgate.errors import ConfigError, ConfigErrors, MeshgateError, format_field_path
 from meshgate.api.loader import SourceDocument, discover_files, load_documents
 
 ROUTE = """\

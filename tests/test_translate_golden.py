@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from meshgate.api.config import load_config
-from meshgate.xds.controlplane import compile_config
+from meshgate.controlplane.pipeline import compile_config
 from meshgate.xds.render import resources_to_dict
 from meshgate.xds.snapshot import Snapshot
 from meshgate.xds.translate import TranslateOptions
@@ -52,7 +52,7 @@ ERROR_CASES = sorted(p.name[: -len(".yaml")] for p in ERRORS.glob("*.yaml"))
 @pytest.mark.parametrize("name", ERROR_CASES)
 def test_config_errors_golden(name: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each `errors/NAME.yaml` is a broken config; `NAME.errors` lists the exact messages."""
-    from meshgate.api.errors import ConfigErrors
+    from meshgate.errors import ConfigErrors
 
     monkeypatch.chdir(ERRORS)
     with pytest.raises(ConfigErrors) as info:

@@ -9,6 +9,6 @@
 """
 
 from meshgate.api.config import Config, load_config
-from meshgate.api.errors import ConfigError, ConfigErrors, MeshgateError
+from meshgate.errors import ConfigError, ConfigErrors, MeshgateError
 
 __all__ = ["Config", "ConfigError", "ConfigErrors", "MeshgateError", "load_config"]

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from meshgate.api.errors import ConfigError, ConfigErrors, format_field_path
+from meshgate.errors import ConfigError, ConfigErrors, format_field_path
 from meshgate.api.loader import DocumentCache, SourceDocument, load_documents
 from meshgate.api.models import (
     CERT_FILE_OPTION,

@@ -64,7 +64,7 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from meshgate.api.errors import ConfigError, format_field_path
+from meshgate.errors import ConfigError, format_field_path
 
 __all__ = ["SourceDocument", "discover_files", "load_documents"]
 

@@ -9,7 +9,7 @@ files. The IR is also the place a future policy resolves per route, as in Envoy 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from meshgate.api.config import AnyRoute, Config, TLSCertificate
 from meshgate.api.models import (

@@ -11,7 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from meshgate.xds.controlplane import ControlPlaneStatus
+from meshgate.controlplane.status import ControlPlaneStatus
 
 
 def status_app(status: ControlPlaneStatus) -> web.Application:
