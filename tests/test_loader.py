@@ -1,4 +1,4 @@
-"""Tests for meshgate.api.loader: files, lines, ${VAR} substitution and environment overlays."""
+"""Tests for meshgate.providers.file (loader, discover): files, lines, ${VAR} substitution and environment overlays."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from meshgate.errors import ConfigError, ConfigErrors, MeshgateError, format_field_path
-from meshgate.api.loader import SourceDocument, discover_files, load_documents
+from meshgate.providers.file import SourceDocument, discover_files, load_documents
 
 ROUTE = """\
 apiVersion: gateway.networking.k8s.io/v1
@@ -202,7 +202,7 @@ def test_file_with_invalid_utf8_cannot_be_read(tmp_path):
 
 def test_file_without_permission_cannot_be_read(tmp_path, monkeypatch):
     path = write(tmp_path, "secret.yaml", "kind: A\n")
-    real_open = open
+    real_open = os.open
 
     def deny(file, *args, **kwargs):
         if str(file) == path:
@@ -210,7 +210,7 @@ def test_file_without_permission_cannot_be_read(tmp_path, monkeypatch):
         return real_open(file, *args, **kwargs)
 
     # Tests may run as root, which reads any file whatever its mode; fake the refusal instead.
-    monkeypatch.setattr("builtins.open", deny)
+    monkeypatch.setattr("os.open", deny)
     _, errors = load(path)
     assert errors == [ConfigError(path, 0, "", "cannot read: Permission denied")]
 

@@ -2,10 +2,10 @@
 
 Which files are read
 --------------------
-Each path given is a file or a folder. A folder is searched recursively for ``*.yaml`` and
-``*.yml`` files, which are read in sorted order; names starting with a dot are skipped (editor
-files, ``.git``, and the ``..data`` links of a mounted Kubernetes ConfigMap). A file may hold
-several documents separated by ``---``; empty documents are ignored, and every other document
+Each path given is a file or a folder; `meshgate.providers.file.discover` says which files that
+means (the watcher uses the same answer). Only regular files (or links to one) of at most
+`DEFAULT_MAX_FILE_BYTES` are read. A file may hold several documents separated by ``---``;
+empty documents are ignored (an empty file is valid and holds none), and every other document
 must be a mapping (``apiVersion``, ``kind``, ``metadata``, ``spec``).
 
 Environment variables
@@ -49,7 +49,8 @@ Errors
 ------
 Loading does not stop at the first problem: every file is read and every problem is returned as
 a `ConfigError` with its file and line. A document with a problem is left out of the result,
-so callers must treat any error as failure.
+so callers must treat any error as failure. User values quoted in messages are clipped to ~80
+characters.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from __future__ import annotations
 import copy
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,13 +66,14 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from meshgate.errors import ConfigError, format_field_path
+from meshgate.providers.file.discover import Discovery, discover, named_files
+from meshgate.providers.file.safe_read import DEFAULT_MAX_FILE_BYTES, FileReadError, clip_value, read_regular_file
 
-__all__ = ["SourceDocument", "discover_files", "load_documents"]
+__all__ = ["DocumentCache", "LoadResult", "SourceDocument", "load_documents", "load_files"]
 
 FieldPath = tuple[str | int, ...]
 Position = tuple[str, int]
 
-_YAML_SUFFIXES = (".yaml", ".yml")
 _MAP_TAG = "tag:yaml.org,2002:map"
 _SEQ_TAG = "tag:yaml.org,2002:seq"
 _NULL_TAG = "tag:yaml.org,2002:null"
@@ -118,19 +120,6 @@ class SourceDocument:
         return ConfigError(file, line, format_field_path(path), message)
 
 
-def discover_files(
-    paths: Sequence[str], env: str | None
-) -> tuple[list[str], list[str], list[ConfigError]]:
-    """
-    The files to read for `paths`: (base files, overlay files that apply for `env`, errors).
-
-    Base files come in the order of `paths`, a folder's files in sorted order; each overlay
-    comes after the overlays of earlier base files. A file reached twice is read once.
-    """
-    bases, overlays, errors = _discover(paths, env)
-    return bases, [o for base in bases for o in overlays.get(base, [])], errors
-
-
 class DocumentCache:
     """Remembers each file's documents by (mtime, size, inode), so that a reload re-reads only the
     files that changed: at 10,000 routes, editing one file costs one file's parse, not all of them.
@@ -142,18 +131,56 @@ class DocumentCache:
     def __init__(self) -> None:
         self._files: dict[str, tuple[tuple[int, int, int], _FileResult]] = {}
 
-    def read(self, file: str, environ: Mapping[str, str]) -> _FileResult:
-        try:
-            st = os.stat(file)
-            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-        except OSError:
-            return _read_file(file, environ)  # reports the problem
+    def read(self, file: str, environ: Mapping[str, str], max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> _FileResult:
+        # Stamped before reading: a write during the read changes the stamp, so it is re-read.
+        stamp = file_stamp(file)
+        if stamp is None:
+            self._files.pop(file, None)
+            return _read_file(file, environ, max_bytes)  # reports the problem
         cached = self._files.get(file)
         if cached is not None and cached[0] == stamp:
             return cached[1]
-        result = _read_file(file, environ)
+        result = _read_file(file, environ, max_bytes)
         self._files[file] = (stamp, result)
         return result
+
+    def retain(self, files: Iterable[str]) -> None:
+        """Forget every file but `files` (those deleted or no longer found)."""
+        keep = set(files)
+        for file in [f for f in self._files if f not in keep]:
+            del self._files[file]
+
+
+def file_stamp(file: str) -> tuple[int, int, int] | None:
+    """(mtime, size, inode) of `file` (following links), None when it cannot be stat'ed. A new
+    inode catches an editor's rename-over-save and a ConfigMap's link swap."""
+    try:
+        st = os.stat(file)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+@dataclass
+class LoadResult:
+    """Everything one load found; `load_documents` returns only (documents, errors)."""
+
+    documents: list[SourceDocument]
+    """The documents that loaded cleanly, in order of files then position in the file."""
+    errors: list[ConfigError]
+    """Every problem, sorted by file, line and field."""
+    document_count: int
+    """Documents found in all files (after overlays), including those left out for errors."""
+    files: list[str]
+    """The files read: base files, each followed by its overlays."""
+    named_files: list[str]
+    """Certificate and key files the documents name (see `discover.named_files`)."""
+
+    @property
+    def empty(self) -> bool:
+        """True when the paths hold no document at all and nothing went wrong: for `run` a
+        warning, for `validate` an error ("no objects found in PATHS")."""
+        return self.document_count == 0 and not self.errors
 
 
 def load_documents(
@@ -168,130 +195,51 @@ def load_documents(
 
     Never raises for a problem in the files: returns the documents that loaded cleanly, in
     order of files then position in the file, and every problem found, sorted by file, line
-    and field.
+    and field. `load_files` says more (how many documents there were, which files were read).
     """
+    result = load_files(paths, env, environ, cache)
+    return result.documents, result.errors
+
+
+def load_files(
+    paths: Sequence[str],
+    env: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    cache: DocumentCache | None = None,
+    *,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    discovery: Discovery | None = None,
+) -> LoadResult:
+    """`load_documents`, with the whole `LoadResult`. `discovery` is `discover(paths, env)`
+    when the caller has it already."""
     if environ is None:
         environ = os.environ
-    read = cache.read if cache is not None else _read_file
-    bases, overlays, errors = _discover(paths, env)
+    if cache is not None:
+        read = lambda file: cache.read(file, environ, max_file_bytes)  # noqa: E731
+    else:
+        read = lambda file: _read_file(file, environ, max_file_bytes)  # noqa: E731
+    found = discovery if discovery is not None else discover(paths, env)
+    bases, overlays, errors = found.bases, found.overlays, list(found.errors)
     documents: list[SourceDocument] = []
+    every: list[SourceDocument] = []  # with the documents left out for errors
     for base in bases:
-        base_file = read(base, environ)
+        base_file = read(base)
         errors.extend(base_file.errors)
         loaded = base_file.documents
         if overlays.get(base):
             # Merging writes into the base documents: work on copies, the cache keeps the originals.
             loaded = [(SourceDocument(d.file, d.line, copy.deepcopy(d.data), dict(d.positions)), ok) for d, ok in loaded]
         for overlay in overlays.get(base, []):
-            overlay_file = read(overlay, environ)
+            overlay_file = read(overlay)
             errors.extend(overlay_file.errors)
             # When the base file could not be read to its end, an unmatched overlay document
             # may belong to a base document we never saw: adding it would only add noise.
             loaded = _apply_overlay(loaded, overlay_file.documents, add_new=base_file.complete)
         documents.extend(document for document, ok in loaded if ok)
+        every.extend(document for document, _ in loaded)
     errors.sort(key=lambda e: (e.file, e.line, e.field))
-    return documents, errors
-
-
-# --- finding files ---------------------------------------------------------------------------
-
-
-def _discover(
-    paths: Sequence[str], env: str | None
-) -> tuple[list[str], dict[str, list[str]], list[ConfigError]]:
-    """Like `discover_files`, with the overlays grouped by their base file."""
-    errors: list[ConfigError] = []
-    candidates: list[tuple[str, bool]] = []  # (file, named by the user rather than found)
-    seen: set[str] = set()
-
-    def add(file: str, explicit: bool) -> None:
-        real = os.path.realpath(file)
-        if real not in seen:
-            seen.add(real)
-            candidates.append((file, explicit))
-
-    for path in paths:
-        if os.path.isdir(path):
-            for file in _yaml_files_under(path, errors):
-                add(file, explicit=False)
-        elif os.path.exists(path):
-            add(path, explicit=True)
-        else:
-            errors.append(ConfigError(path, 0, "", "no such file or directory"))
-
-    bases = [file for file, _ in candidates if _overlay_target(file) is None]
-    base_by_real = {os.path.realpath(base): base for base in bases}
-
-    # Overlays that were named or found but cannot apply: say so rather than ignore a file the
-    # user pointed at, or an overlay for the requested environment.
-    for file, explicit in candidates:
-        target = _overlay_target(file)
-        if target is None or os.path.realpath(target[0]) in base_by_real:
-            continue
-        base, overlay_env = target
-        if _overlay_target(base) is not None:
-            if overlay_env == env or explicit:
-                message = f"{base} is itself an overlay, and overlays do not apply to overlays"
-                errors.append(ConfigError(file, 0, "", message))
-        elif explicit:
-            message = (
-                f"this is the overlay of {base} for environment {overlay_env!r}; "
-                f"load {base} (or its folder) to use it"
-            )
-            errors.append(ConfigError(file, 0, "", message))
-
-    # The overlays of each base file are looked up beside it, so `validate gateway.yaml --env
-    # prod` uses gateway.prod.yaml just as loading the whole folder would.
-    overlays: dict[str, list[str]] = {}
-    if env:
-        for base in bases:
-            stem = os.path.splitext(base)[0]
-            for suffix in _YAML_SUFFIXES:
-                overlay = f"{stem}.{env}{suffix}"
-                target = _overlay_target(overlay) if os.path.isfile(overlay) else None
-                if target and os.path.realpath(target[0]) == os.path.realpath(base):
-                    overlays.setdefault(base, []).append(overlay)
-    return bases, overlays, errors
-
-
-def _yaml_files_under(folder: str, errors: list[ConfigError]) -> list[str]:
-    """The YAML files under `folder`, recursively, sorted folder by folder."""
-
-    def unreadable(exc: OSError) -> None:
-        name = exc.filename or folder
-        errors.append(ConfigError(name, 0, "", f"cannot read: {exc.strerror or exc}"))
-
-    found: list[str] = []
-    walked: set[str] = set()  # real paths, so symlinked folders cannot loop
-    for root, dirs, files in os.walk(folder, onerror=unreadable, followlinks=True):
-        real = os.path.realpath(root)
-        if real in walked:
-            dirs[:] = []
-            continue
-        walked.add(real)
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in files:
-            if not name.startswith(".") and name.endswith(_YAML_SUFFIXES):
-                found.append(os.path.normpath(os.path.join(root, name)))
-    # Sort by path components so a folder's files stay together: "a/x.yaml" next to "a.yaml".
-    return sorted(found, key=lambda p: p.split(os.sep))
-
-
-def _overlay_target(file: str) -> tuple[str, str] | None:
-    """(base file, environment) when `file` is an overlay, else None."""
-    folder, name = os.path.split(file)
-    stem, suffix = os.path.splitext(name)
-    if suffix not in _YAML_SUFFIXES:
-        return None
-    base_name, dot, env = stem.rpartition(".")
-    if not dot or not base_name or not env:
-        return None
-    # The base with the overlay's own suffix wins when both gateway.yaml and gateway.yml exist.
-    for base_suffix in (suffix, *(s for s in _YAML_SUFFIXES if s != suffix)):
-        base = os.path.join(folder, base_name + base_suffix)
-        if os.path.isfile(base):
-            return base, env
-    return None
+    # Files named by documents that failed to load are still worth watching.
+    return LoadResult(documents, errors, len(every), found.files, named_files(every))
 
 
 # --- reading one file ------------------------------------------------------------------------
@@ -342,12 +290,11 @@ def _explicitly_tagged(node: ScalarNode, text: str) -> bool:
     return rest.startswith("!")
 
 
-def _read_file(file: str, environ: Mapping[str, str]) -> _FileResult:
+def _read_file(file: str, environ: Mapping[str, str], max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> _FileResult:
     try:
-        with open(file, "rb") as stream:
-            raw = stream.read()
-    except OSError as exc:
-        error = ConfigError(file, 0, "", f"cannot read: {exc.strerror or exc}")
+        raw = read_regular_file(file, max_bytes)
+    except FileReadError as exc:
+        error = ConfigError(file, 0, "", f"cannot read: {exc.reason}")
         return _FileResult([], [error], False)
     try:
         text = raw.decode("utf-8-sig")
@@ -390,17 +337,25 @@ def _syntax_error(file: str, text: str, exc: yaml.YAMLError) -> ConfigError:
     if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 0
-        message = exc.problem or exc.context or "invalid YAML"
+        # libyaml and PyYAML word problems differently, and may quote the text (an alias name)
+        # that is wrong: keep their words, clip what they quote.
+        message = _QUOTED.sub(lambda m: m[1] + clip_value(m[2]) + m[1], exc.problem or exc.context or "invalid YAML")
         lines = text.splitlines()
-        if 0 < line <= len(lines) and "${" in lines[line - 1] and "{" in lines[line - 1].split("${")[0]:
+        source = lines[line - 1] if 0 < line <= len(lines) else ""
+        if "${" in source and "{" in source.split("${")[0]:
             # `{port: ${PORT}}`: inside a flow mapping `{` is YAML syntax, so the value needs quotes.
             message += ' (inside {...} or [...], quote values that use ${VAR}: "${VAR}")'
+        elif "cannot start any token" in message and "\t" in source[: mark.column + 1 if mark else 0]:
+            message += " (YAML is indented with spaces, not tabs)"
         return ConfigError(file, line, "", message)
     if isinstance(exc, yaml.reader.ReaderError):
         line = text.count("\n", 0, exc.position) + 1
         message = f"unacceptable character #x{exc.character:04x}: {exc.reason}"
         return ConfigError(file, line, "", message)
     return ConfigError(file, 0, "", str(exc))
+
+
+_QUOTED = re.compile(r"""(['"])(.*?)\1""")
 
 
 class _TooManyNodes(Exception):
@@ -466,7 +421,7 @@ class _DocumentBuilder:
         try:
             if isinstance(node, SequenceNode):
                 if node.tag != _SEQ_TAG:
-                    self._error(node, path, f"unsupported tag {node.tag!r} on a list")
+                    self._error(node, path, f"unsupported tag {clip_value(repr(node.tag))} on a list")
                     return None
                 items = []
                 for index, item in enumerate(node.value):
@@ -475,7 +430,7 @@ class _DocumentBuilder:
                     items.append(self._value(item, item_path, positions))
                 return items
             if node.tag != _MAP_TAG:
-                self._error(node, path, f"unsupported tag {node.tag!r} on a mapping")
+                self._error(node, path, f"unsupported tag {clip_value(repr(node.tag))} on a mapping")
                 return None
             return self._mapping(node, path, positions)
         finally:
@@ -545,10 +500,10 @@ class _DocumentBuilder:
         try:
             return self.loader.construct_object(node, deep=True)
         except yaml.MarkedYAMLError as exc:
-            self._error(node, path, exc.problem or str(exc))
+            self._error(node, path, clip_value(exc.problem or str(exc), 200))
         except Exception:  # noqa: BLE001 - PyYAML's constructors raise ValueError and others
-            kind = node.tag.rsplit(":", 1)[-1]
-            self._error(node, path, f"{node.value!r} is not a valid {kind}")
+            kind = clip_value(node.tag.rsplit(":", 1)[-1])
+            self._error(node, path, f"{clip_value(repr(node.value))} is not a valid {kind}")
         finally:
             # A failed construction leaves the node marked "in progress"; clear it so an alias
             # to the same node reports the real problem instead of a recursion error.
@@ -582,18 +537,18 @@ def _substitute(text: str, environ: Mapping[str, str]) -> str:
             raise _SubstitutionError("unclosed ${ (write $${ for a literal ${)")
         expression = text[match.end() : end]
         name, has_default, default = expression.partition(":-")
+        shown = clip_value(f"${{{expression}}}")  # a pasted blob must not flood the log
         if not _VARIABLE_NAME.fullmatch(name):
             raise _SubstitutionError(
-                f"invalid variable reference ${{{expression}}}: "
-                "expected ${NAME} or ${NAME:-default}"
+                f"invalid variable reference {shown}: expected ${{NAME}} or ${{NAME:-default}}"
             )
         if "${" in default:
-            message = f"a default cannot refer to another variable: ${{{expression}}}"
-            raise _SubstitutionError(message)
+            raise _SubstitutionError(f"a default cannot refer to another variable: {shown}")
         value = environ.get(name)
         if has_default and not value:
             value = default
         elif value is None:
+            name = clip_value(name)
             raise _SubstitutionError(
                 f"environment variable {name} is not set (use ${{{name}:-default}} for a default)"
             )

@@ -1,0 +1,263 @@
+"""`FileProvider`: load config files, and say when they changed, once the change has settled.
+
+Watching uses inotify through `watchfiles` (its documented low-level `RustNotify`), not polling.
+The directories watched (non-recursively) are those discovery walked, the folders of the files
+it found (and of their link targets), the parents of the configured paths and of every extra
+file (TLS certificates and keys). Whether something changed is decided by comparing (mtime,
+size, inode) of the files `discover` finds now with those the last `load` read: an event only
+says *when* to look. So a new file, a deleted or renamed file, an editor's rename-over-save,
+a ConfigMap's ``..data`` link swap and a new overlay for the environment all count, and an
+event on an unrelated file beside a config file costs a filter call and nothing else.
+
+Settling: after an event, wait until no further event for `settle` seconds, then until the
+changed files' stamps are equal across two looks `stable_check` apart; all within `max_settle`,
+so a file written without end still reloads (at most every `max_settle` seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+
+from watchfiles._rust_notify import RustNotify
+
+from meshgate.providers.file.discover import YAML_SUFFIXES, discover
+from meshgate.providers.file.loader import DocumentCache, LoadResult, file_stamp, load_files
+from meshgate.providers.file.safe_read import DEFAULT_MAX_FILE_BYTES
+
+__all__ = ["FileProvider"]
+
+log = logging.getLogger("meshgate.providers.file")
+
+Stamp = tuple[int, int, int] | None  # None: the file does not exist (or cannot be stat'ed)
+
+
+class FileProvider:
+    """Config documents from files and folders, and a stream of settled changes to them.
+
+    `load` may run on a worker thread while `changes` runs on the event loop.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str],
+        env: str | None = None,
+        environ: Mapping[str, str] | None = None,
+        *,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        settle: float = 0.1,
+        stable_check: float = 0.05,
+        max_settle: float = 2.0,
+    ) -> None:
+        self.paths = list(paths)
+        self.env = env
+        self.environ = environ
+        self.max_file_bytes = max_file_bytes
+        self.settle = settle
+        self.stable_check = stable_check
+        self.max_settle = max_settle
+        self.cache = DocumentCache()
+        self._lock = threading.Lock()
+        # Absolute path -> stamp, as the last load (or the last change batch) saw it. None until
+        # the first load: a watcher started before any load takes its first look as the base.
+        self._known: dict[str, Stamp] | None = None
+        self._named: set[str] = set()  # files the last load's documents name (certificates, keys)
+        self._extra: set[str] = set()  # files given to watch_also
+        self._folders: set[str] = set()  # folders the last discovery walked
+        self._overlay_names: set[str] = set()  # where overlays for `env` would be
+        self._wake: threading.Event | None = None  # stops the current watch to change roots
+        self._roots: frozenset[str] = frozenset()  # directories the current watch covers
+        self._targets: frozenset[str] = frozenset()  # where linked config files point
+
+    # -- loading ---------------------------------------------------------------------------------
+
+    def load(self) -> LoadResult:
+        """Read every document (files unchanged since the last load are not re-read). `changes`
+        reports what changes after this call's look at the files."""
+        found = discover(self.paths, self.env)
+        # Stamped before reading: a write during the read shows up as a change afterwards.
+        stamps = {os.path.abspath(f): file_stamp(f) for f in found.files}
+        result = load_files(
+            self.paths, self.env, self.environ, self.cache,
+            max_file_bytes=self.max_file_bytes, discovery=found,
+        )
+        self.cache.retain(found.files)
+        named = {os.path.abspath(f) for f in result.named_files}
+        with self._lock:
+            self._named = named
+            for file in named | self._extra:
+                stamps.setdefault(file, file_stamp(file))
+            self._known = stamps
+            self._remember(found)
+        self._rewatch_if_needed()
+        return result
+
+    def watch_also(self, files: Iterable[str]) -> None:
+        """Watch these files too (replacing the previous set), e.g. certificates the caller reads.
+        Their state at this call is the base a change is measured from."""
+        extra = {os.path.abspath(f) for f in files}
+        with self._lock:
+            self._extra = extra
+            if self._known is not None:
+                for file in extra:
+                    self._known.setdefault(file, file_stamp(file))
+        self._rewatch_if_needed()
+
+    # -- watching --------------------------------------------------------------------------------
+
+    async def changes(self) -> AsyncIterator[set[str]]:
+        """Yield the absolute paths that changed (appeared, disappeared, were modified) since the
+        last `load` or the last batch, once settled. Runs until closed or cancelled."""
+        executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="meshgate-watch")
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                roots, targets = await loop.run_in_executor(executor, self._watch_roots)
+                wake = threading.Event()
+                try:
+                    watcher = RustNotify(sorted(roots), False, False, 300, False, True)
+                except FileNotFoundError:  # a root vanished since it was listed: list again
+                    await asyncio.sleep(self.stable_check)
+                    continue
+                with self._lock:
+                    self._roots, self._targets, self._wake = roots, targets, wake
+                try:
+                    # Anything that changed before the watch started is found by this first look.
+                    batch = await self._settled(set(), loop, executor)
+                    if batch:
+                        yield batch
+                    while not wake.is_set():
+                        raw = await loop.run_in_executor(
+                            executor, watcher.watch, int(self.max_settle * 1000), int(self.settle * 1000), 0, wake
+                        )
+                        if not isinstance(raw, set):
+                            continue  # "stop" (the loop ends) or a spurious "timeout"/"signal"
+                        events = {path for _, path in raw if self._relevant(path)}
+                        if events:
+                            batch = await self._settled(events, loop, executor)
+                            if batch:
+                                yield batch
+                        # New folders to watch, or watched ones gone: start over with new roots.
+                        if (await loop.run_in_executor(executor, self._watch_roots))[0] != roots:
+                            break
+                finally:
+                    wake.set()
+                    # The executor's one thread closes the watcher after `watch` has returned.
+                    executor.submit(watcher.close)
+        finally:
+            executor.shutdown(wait=False)
+
+    async def _settled(
+        self, events: set[str], loop: asyncio.AbstractEventLoop, executor: concurrent.futures.Executor
+    ) -> set[str]:
+        """What changed, once the files involved have stopped changing; commits it as seen."""
+        deadline = time.monotonic() + self.max_settle
+        changed = await loop.run_in_executor(executor, self._scan, False)
+        involved = changed | events
+        while involved:
+            before = await loop.run_in_executor(executor, _stamps, involved)
+            await asyncio.sleep(self.stable_check)
+            after = await loop.run_in_executor(executor, _stamps, involved)
+            if before == after:
+                break
+            if time.monotonic() >= deadline:
+                log.warning("config files still changing after %.1f s; reloading anyway", self.max_settle)
+                break
+        changed = await loop.run_in_executor(executor, self._scan, True)
+        with self._lock:
+            known = set(self._known or ())
+        # An event on a known file counts even when its stamp looks the same (coarse mtimes).
+        return changed | (events & known)
+
+    def _scan(self, commit: bool) -> set[str]:
+        """The files whose stamp differs from the known one; with `commit`, make the new stamps
+        the known ones (each change is reported once)."""
+        found = discover(self.paths, self.env)
+        with self._lock:
+            watched = {os.path.abspath(f) for f in found.files} | self._named | self._extra
+            now = {file: file_stamp(file) for file in watched}
+            if self._known is None:  # never loaded: this look is the base
+                changed: set[str] = set()
+            else:
+                changed = {f for f in now.keys() | self._known.keys() if now.get(f) != self._known.get(f)}
+            if commit or self._known is None:
+                self._known = now
+                self._remember(found)
+        return changed
+
+    def _remember(self, found) -> None:  # noqa: ANN001 - a Discovery; called with the lock held
+        self._folders = {os.path.abspath(f) for f in found.folders}
+        self._overlay_names = {os.path.abspath(f) for f in found.overlay_names}
+
+    def _watch_roots(self) -> tuple[frozenset[str], frozenset[str]]:
+        """The directories to watch for the current state (all exist right now), and the
+        targets of linked files."""
+        if self._known is None:
+            self._scan(commit=True)
+        with self._lock:
+            files = set(self._known or ()) | self._named | self._extra
+            roots = set(self._folders)
+        for path in self.paths:
+            path = os.path.abspath(path)
+            # The parent sees the path itself deleted, renamed or created.
+            roots.add(_existing(os.path.dirname(path)))
+            if os.path.isdir(path):
+                roots.add(path)
+        for folder in {os.path.dirname(f) for f in files}:
+            roots.add(_existing(folder))
+            roots.add(_existing(os.path.realpath(folder)))
+        targets = set()
+        for file in files:
+            if os.path.islink(file):  # a link elsewhere: watch where it points too
+                targets.add(os.path.realpath(file))
+                roots.add(_existing(os.path.dirname(os.path.realpath(file))))
+        return frozenset(roots), frozenset(targets)
+
+    def _rewatch_if_needed(self) -> None:
+        """Restart a running watch when the files to watch moved to other directories."""
+        with self._lock:
+            wake, roots = self._wake, self._roots
+        if wake is not None and not wake.is_set() and self._watch_roots()[0] != roots:
+            wake.set()
+
+    def _relevant(self, path: str) -> bool:
+        """Whether an event on `path` may change what a load reads (a cheap first filter; the
+        stamps decide)."""
+        with self._lock:
+            known = self._known or {}
+            if path in known or path in self._named or path in self._extra or path in self._overlay_names:
+                return True
+            folders, roots, targets = self._folders, self._roots, self._targets
+        name = os.path.basename(path)
+        parent = os.path.dirname(path)
+        if path in roots or path in folders or path in targets:
+            return True  # a watched folder deleted or renamed
+        if any(path == os.path.abspath(p) for p in self.paths):
+            return True
+        if name.startswith(".."):
+            # A mounted ConfigMap swaps its ``..data`` link to publish new files atomically.
+            return True
+        if name.startswith("."):
+            return False  # editor swap files, .git: discovery never reads them
+        # A new YAML file or subfolder in a config folder; anything else beside a config file
+        # (or a link target) is not read.
+        return parent in folders and (name.endswith(YAML_SUFFIXES) or os.path.isdir(path))
+
+
+def _stamps(files: Iterable[str]) -> dict[str, Stamp]:
+    return {file: file_stamp(file) for file in files}
+
+
+def _existing(folder: str) -> str:
+    """`folder`, or its nearest ancestor that exists (a missing folder is seen when created)."""
+    while not os.path.isdir(folder):
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return folder
