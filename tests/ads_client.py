@@ -18,10 +18,14 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2
 from google.rpc import status_pb2
 
-from meshgate.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+
+from meshgate.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Snapshot
 
 TIMEOUT = 3.0  # bound for anything we expect to happen
-SILENCE = 0.3  # how long we listen to conclude "no response"
+# Type URLs of probe requests (see AdsClient.expect_no_response): not Envoy types, so the server
+# treats them as full-state types the snapshot has none of, and answers a first request at once.
+PROBE_PREFIX = "type.googleapis.com/meshgate.test.Probe"
 
 
 # ---- resources ---------------------------------------------------------------------------------
@@ -133,6 +137,7 @@ def names_of(response) -> list[str]:  # noqa: ANN001
             (route_pb2.RouteConfiguration, "name"),
             (cluster_pb2.Cluster, "name"),
             (endpoint_pb2.ClusterLoadAssignment, "cluster_name"),
+            (secret_pb2.Secret, "name"),
         ):
             if res.type_url.endswith(cls.DESCRIPTOR.full_name):
                 msg = cls()
@@ -156,6 +161,7 @@ class AdsClient:
         self.call = stub.DeltaAggregatedResources() if delta else stub.StreamAggregatedResources()
         self.responses: asyncio.Queue = asyncio.Queue()
         self._sent_node = False
+        self._probes = 0
         self._pump = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
@@ -211,12 +217,23 @@ class AdsClient:
             raise item
         return item
 
-    async def expect_silence(self, timeout: float = SILENCE) -> None:
-        try:
-            item = await asyncio.wait_for(self.responses.get(), timeout)
-        except asyncio.TimeoutError:
-            return
-        raise AssertionError(f"expected no response, got {item}")
+    async def expect_no_response(self) -> None:
+        """Assert the server owes this stream nothing now, without waiting for a timeout.
+
+        Sends a request the server must answer (the first request for a new probe type URL) and
+        asserts that the next response is that answer. Requests on a stream are handled in order
+        and a response for an Envoy type is written before one for another type, so a response
+        the server wrongly owed for anything sent (or published) before the probe arrives first.
+        """
+        self._probes += 1
+        probe = f"{PROBE_PREFIX}{self._probes}"
+        if self.delta:
+            await self.delta_request(probe)
+        else:
+            await self.request(probe)
+        item = await self.recv()
+        if item.type_url != probe:
+            raise AssertionError(f"expected no response, got {item}")
 
     async def close(self) -> None:
         self.call.cancel()

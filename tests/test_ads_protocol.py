@@ -13,6 +13,7 @@ import grpc
 import pytest
 from envoy.service.discovery.v3 import ads_pb2_grpc
 from ads_client import (
+    PROBE_PREFIX,
     AdsClient,
     make_cla,
     make_cluster,
@@ -22,7 +23,7 @@ from ads_client import (
     names_of,
 )
 
-from meshgate.xds.server import AdsServer, start_xds_server
+from meshgate.xds.server import AdsServer, NodeRef, NullObserver, start_xds_server
 from meshgate.xds.snapshot import (
     CLUSTER,
     ENDPOINT,
@@ -36,27 +37,41 @@ from meshgate.xds.snapshot import (
 GROUP = "edge"  # AdsClient's node.cluster, which the default group_of uses
 
 
-class RecordingObserver:
+class RecordingObserver(NullObserver):
+    """Records every observer event. Subclassing NullObserver keeps it complete: a method the
+    server calls and this class lacks would be a logged AttributeError, which fails the test."""
+
     def __init__(self) -> None:
         self.events: list[tuple] = []
+        self.refs: list[NodeRef] = []
 
-    def on_stream_open(self, node_id, group, stream_kind):
-        self.events.append(("open", node_id, group, stream_kind))
+    def on_stream_open(self, node):
+        self.refs.append(node)
+        self.events.append(("open", node.node_id, node.group, node.kind))
 
-    def on_stream_close(self, node_id, group, stream_kind):
-        self.events.append(("close", node_id, group, stream_kind))
+    def on_stream_close(self, node):
+        self.events.append(("close", node.node_id, node.group, node.kind))
 
-    def on_push(self, node_id, type_url, version, count):
-        self.events.append(("push", node_id, type_url, version, count))
+    def on_push(self, node, type_url, version, resources):
+        self.events.append(("push", node.node_id, type_url, version, len(resources)))
 
-    def on_ack(self, node_id, type_url, version):
-        self.events.append(("ack", node_id, type_url, version))
+    def on_ack(self, node, type_url, version, resources):
+        self.events.append(("ack", node.node_id, type_url, version))
+        self.events.append(("acked", node.node_id, type_url, dict(resources)))
 
-    def on_nack(self, node_id, type_url, version, error):
-        self.events.append(("nack", node_id, type_url, version, error))
+    def on_nack(self, node, type_url, version, error, names):
+        self.events.append(("nack", node.node_id, type_url, version, error))
+
+    def on_unsubscribe(self, node, type_url, names):
+        self.events.append(("unsubscribe", node.node_id, type_url, list(names)))
+
+    def on_snapshot_sent(self, node, snapshot_version):
+        self.events.append(("sent", node.node_id, snapshot_version))
 
     def of(self, kind: str) -> list[tuple]:
-        return [e for e in self.events if e[0] == kind]
+        """Events of one kind, leaving out those about probe requests (expect_no_response)."""
+        return [e for e in self.events
+                if e[0] == kind and not (len(e) > 2 and str(e[2]).startswith(PROBE_PREFIX))]
 
 
 @dataclass
@@ -77,7 +92,7 @@ class Env:
 
 
 @pytest.fixture
-async def env():
+async def env(caplog):
     cache = SnapshotCache()
     observer = RecordingObserver()
     server, port = await start_xds_server(cache, observer, "127.0.0.1:0")
@@ -88,6 +103,20 @@ async def env():
         for client in e.clients:
             await client.close()
         await server.stop(None)
+    # The server logs (and survives) a failing observer or request handler; in tests that is a
+    # bug to report, not to hide.
+    errors = [r for r in caplog.records if r.name.startswith("meshgate") and r.levelno >= logging.ERROR]
+    assert not errors, [f"{r.name}: {r.getMessage()}" for r in errors]
+
+
+async def until(predicate, what: str = "condition"):
+    """Wait (bounded) until predicate() is true; the server runs in this event loop."""
+    for _ in range(300):
+        value = predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def _subscribe_all(client: AdsClient, snap: Snapshot) -> dict[str, object]:
@@ -105,7 +134,7 @@ async def _subscribe_all(client: AdsClient, snap: Snapshot) -> dict[str, object]
     await client.request(ROUTE, sorted(snap.names(ROUTE)))
     got[ROUTE] = await client.recv()
     await client.ack(got[ROUTE], sorted(snap.names(ROUTE)))
-    await client.expect_silence()
+    await client.expect_no_response()
     return got
 
 
@@ -135,7 +164,7 @@ async def test_ack_is_not_answered(env: Env):
     await client.request(CLUSTER)
     resp = await client.recv()
     await client.ack(resp)
-    await client.expect_silence()
+    await client.expect_no_response()
     assert ("ack", "envoy-1", CLUSTER, resp.version_info) in env.observer.events
 
 
@@ -146,7 +175,7 @@ async def test_nack_recorded_not_resent_then_new_version(env: Env, caplog):
     resp = await client.recv()
     with caplog.at_level(logging.WARNING, logger="meshgate.xds.server"):
         await client.request(CLUSTER, nonce=resp.nonce, version="", error="bad cluster")
-        await client.expect_silence()
+        await client.expect_no_response()
     assert env.observer.of("nack") == [
         ("nack", "envoy-1", CLUSTER, resp.version_info, "bad cluster")]
     assert any("NACK" in r.message and "bad cluster" in r.message and "envoy-1" in r.message
@@ -171,7 +200,7 @@ async def test_stale_nonce_is_ignored(env: Env):
 
     # A request answering the superseded response, even one adding a name, gets nothing.
     await client.request(ENDPOINT, ["a", "b"], nonce=first.nonce, version=first.version_info)
-    await client.expect_silence()
+    await client.expect_no_response()
     # The same request with the current nonce is answered.
     await client.request(ENDPOINT, ["a", "b"], nonce=second.nonce, version=second.version_info)
     third = await client.recv()
@@ -194,13 +223,13 @@ async def test_names_added_are_answered_same_names_are_not(env: Env):
     resp = await client.recv()
     assert names_of(resp) == ["a"]
     await client.ack(resp, ["a"])
-    await client.expect_silence()
+    await client.expect_no_response()
 
     await client.ack(resp, ["a", "b"])
     resp2 = await client.recv()
     assert names_of(resp2) == ["a", "b"]  # SotW: the whole requested set, each name once
     await client.ack(resp2, ["a", "b"])
-    await client.expect_silence()
+    await client.expect_no_response()
 
 
 async def test_resources_requested_before_they_exist(env: Env):
@@ -208,7 +237,7 @@ async def test_resources_requested_before_they_exist(env: Env):
     client = env.connect()
     # None of the requested names exist yet: wait.
     await client.request(ROUTE, ["later"])
-    await client.expect_silence()
+    await client.expect_no_response()
     # Some exist: send those.
     await client.request(ENDPOINT, ["a", "c"])
     resp = await client.recv()
@@ -232,14 +261,14 @@ async def test_identical_snapshot_pushes_nothing(env: Env):
     await client.ack(await client.recv())
     await client.request(ENDPOINT, ["a"])
     await client.ack(await client.recv(), ["a"])
-    await client.expect_silence()
+    await client.expect_no_response()
 
     # Rebuilt from fresh messages, same content: same version, nobody woken.
     assert env.publish(make_snapshot(clusters={"a": [1], "b": [2]}, routes={"main": "a"})) is False
-    await client.expect_silence()
+    await client.expect_no_response()
     # Only endpoints of "b" change; this client only watches "a": nothing to send.
     assert env.publish(make_snapshot(clusters={"a": [1], "b": [2, 4]}, routes={"main": "a"}))
-    await client.expect_silence()
+    await client.expect_no_response()
 
 
 async def test_push_order_is_cds_eds_lds_rds(env: Env):
@@ -259,7 +288,7 @@ async def test_push_order_is_cds_eds_lds_rds(env: Env):
     eds = await client.recv()
     assert eds.type_url == ENDPOINT
     await client.ack(eds, ["a"])
-    await client.expect_silence()
+    await client.expect_no_response()
 
     changed = Snapshot.build({
         CLUSTER: {"a": make_cluster("a", 7)},
@@ -280,7 +309,7 @@ async def test_eds_resent_when_cluster_changes(env: Env):
     await client.request(ENDPOINT, ["a", "b"])
     eds1 = await client.recv()
     await client.ack(eds1, ["a", "b"])
-    await client.expect_silence()
+    await client.expect_no_response()
 
     # Only cluster "a" changes (connect timeout); endpoints are identical.
     env.publish(make_snapshot(clusters={"a": [1], "b": [2]}, routes={"main": "a"},
@@ -313,10 +342,11 @@ async def test_late_joiner_gets_current_snapshot(env: Env):
 async def test_waits_for_first_snapshot_and_groups_are_separate(env: Env):
     client = env.connect()
     await client.request(CLUSTER)
-    await client.expect_silence()  # no snapshot for the group yet
+    # The stream is open (so its first request is handled) with no snapshot for its group yet.
+    await until(lambda: env.observer.of("open"))
     env.cache.set_snapshot("other-group", make_snapshot(clusters={"x": [1]}, routes={"main": "x"}))
-    await client.expect_silence()
     env.publish(make_snapshot(clusters={"a": [1]}))
+    # The first response is the group's snapshot: nothing was sent before it, nor from the other.
     assert names_of(await client.recv()) == ["a"]
 
 
@@ -352,8 +382,7 @@ async def test_streams_end_cleanly_when_server_stops(env: Env):
     for client in (sotw, delta):
         with pytest.raises((grpc.aio.AioRpcError, EOFError)):
             await client.recv()
-    await asyncio.sleep(0.05)
-    closes = env.observer.of("close")
+    closes = await until(lambda: len(env.observer.of("close")) == 2 and env.observer.of("close"))
     assert {c[1] for c in closes} == {"envoy-1", "d"}
     leftover = [t for t in asyncio.all_tasks()
                 if t is not asyncio.current_task() and "_read_requests" in repr(t)]
@@ -397,7 +426,7 @@ async def test_delta_initial_wildcard(env: Env):
         ("a", snap.resource_version(CLUSTER, "a")), ("b", snap.resource_version(CLUSTER, "b"))]
     assert resp.system_version_info == snap.type_version(CLUSTER)
     await client.delta_request(CLUSTER, nonce=resp.nonce)
-    await client.expect_silence()
+    await client.expect_no_response()
     assert ("ack", "envoy-1", CLUSTER, resp.system_version_info) in env.observer.events
     assert ("open", "envoy-1", GROUP, "delta") in env.observer.events
 
@@ -422,10 +451,10 @@ async def test_delta_subscribe_unsubscribe(env: Env):
     assert names_of(r2) == ["b"]  # only the new one
     await client.delta_request(ENDPOINT, nonce=r2.nonce)
     await client.delta_request(ENDPOINT, unsubscribe=["a"])
-    await client.expect_silence()  # unsubscribing needs no answer
+    await client.expect_no_response()  # unsubscribing needs no answer
 
     env.publish(make_snapshot(clusters={"a": [1, 5], "b": [2]}, routes={"main": "a"}))
-    await client.expect_silence()  # "a" is no longer watched
+    await client.expect_no_response()  # "a" is no longer watched
     env.publish(make_snapshot(clusters={"a": [1, 5], "b": [2, 6]}, routes={"main": "a"}))
     r3 = await client.recv()
     assert names_of(r3) == ["b"]
@@ -452,7 +481,7 @@ async def test_delta_removed_resources(env: Env):
     r3 = await client.recv()
     assert names_of(r3) == ["a"] and list(r3.removed_resources) == ["ghost"]
     await client.delta_request(ENDPOINT, nonce=r3.nonce)
-    await client.expect_silence()
+    await client.expect_no_response()
 
 
 async def test_delta_initial_resource_versions_seed(env: Env):
@@ -476,7 +505,7 @@ async def test_delta_wildcard_plus_unsubscribe_of_covered_name(env: Env):
     r1 = await client.recv()
     assert names_of(r1) == ["a", "b"]
     await client.delta_request(CLUSTER, nonce=r1.nonce)
-    await client.expect_silence()
+    await client.expect_no_response()
 
     # "a" is still covered by the wildcard: the client must be told it stays.
     await client.delta_request(CLUSTER, unsubscribe=["a"])
@@ -498,7 +527,7 @@ async def test_delta_nack_recorded_not_resent(env: Env, caplog):
     r1 = await client.recv()
     with caplog.at_level(logging.WARNING, logger="meshgate.xds.server"):
         await client.delta_request(CLUSTER, nonce=r1.nonce, error="nope")
-        await client.expect_silence()
+        await client.expect_no_response()
     assert env.observer.of("nack") == [
         ("nack", "envoy-1", CLUSTER, r1.system_version_info, "nope")]
     assert any("NACK" in r.message for r in caplog.records)
@@ -516,7 +545,7 @@ async def test_delta_eds_resent_when_cluster_changes(env: Env):
     await client.delta_request(CLUSTER, nonce=(await client.recv()).nonce)
     await client.delta_request(ENDPOINT, ["a", "b"])
     await client.delta_request(ENDPOINT, nonce=(await client.recv()).nonce)
-    await client.expect_silence()
+    await client.expect_no_response()
 
     env.publish(make_snapshot(clusters={"a": [1], "b": [2]}, routes={"main": "a"},
                               timeouts={"b": 3}))

@@ -1,20 +1,24 @@
 """What the control plane knows about itself and its Envoys, for `/status`, `/readyz` and `/metrics`.
 
 `ControlPlaneStatus` is the ADS server's observer (`meshgate.xds.server.XdsObserver`): it records
-which nodes are connected and what each has been sent, ACKed and NACKed; `Metrics` holds the
-Prometheus series.
+which Envoy instances are connected and what each has been sent, ACKed (down to each resource's
+version) and NACKed; `Metrics` holds the Prometheus series.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from meshgate.xds.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from meshgate.xds.server import NodeRef
 
 log = logging.getLogger("meshgate.controlplane.status")
 
@@ -29,7 +33,7 @@ class Metrics:
         self.acks = Counter("meshgate_xds_acks", "xDS ACKs received, by type", ["type"], registry=r)
         self.nacks = Counter("meshgate_xds_nacks", "xDS NACKs (config rejected by Envoy), by type", ["type"], registry=r)
         self.connected = Gauge("meshgate_xds_connected_streams", "Open ADS streams", registry=r)
-        self.nodes = Gauge("meshgate_xds_connected_nodes", "Distinct nodes with an open ADS stream", registry=r)
+        self.nodes = Gauge("meshgate_xds_connected_nodes", "Envoy instances with an open ADS stream", registry=r)
         self.translation = Histogram(
             "meshgate_translation_seconds", "Time to load, validate and translate the config", registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
@@ -45,14 +49,26 @@ def _short_type(type_url: str) -> str:
 
 @dataclass
 class NodeStatus:
+    """One connected Envoy instance (one ADS stream; see `meshgate.xds.server.NodeRef`)."""
+
     node_id: str
     group: str
-    streams: int = 0
+    instance: str = ""  # unique per stream, even when two Envoys share a node.id
+    kind: str = ""  # "sotw" or "delta"
+    peer: str = ""
+    streams: int = 1  # always 1 now that each stream is its own node; kept for /status readers
     acked: dict[str, str] = field(default_factory=dict)  # type -> version
     nacked: dict[str, dict[str, str]] = field(default_factory=dict)  # type -> {version, error}
     pushed: dict[str, str] = field(default_factory=dict)  # type -> last version sent
+    # type URL -> {name: resource version} the node runs as far as its ACKs tell
+    resources: dict[str, dict[str, str]] = field(default_factory=dict)
     sent_snapshot: str | None = None  # the last snapshot whose responses were all written
     connected_at: float = field(default_factory=time.time)
+
+    def has_acked(self, type_url: str, wanted: Mapping[str, str]) -> bool:
+        """Whether the node ACKed responses that carried every `{name: version}` of `wanted`."""
+        have = self.resources.get(type_url, {})
+        return all(have.get(name) == version for name, version in wanted.items())
 
 
 class ControlPlaneStatus:
@@ -63,9 +79,9 @@ class ControlPlaneStatus:
 
     def __init__(self, metrics: Metrics | None = None) -> None:
         self.metrics = metrics or Metrics()
-        self.nodes: dict[str, NodeStatus] = {}
+        self.nodes: dict[str, NodeStatus] = {}  # by NodeRef.instance
         self.version: str | None = None
-        self.last_error: list[str] = []
+        self._config_errors: list[str] = []
         self.last_reload: float | None = None
         self.summary: dict[str, int] = {}
         # More sections for /status, e.g. the supervised Envoy in `meshgate run`; a callable is
@@ -73,51 +89,119 @@ class ControlPlaneStatus:
         self.extra: dict[str, Any] = {}
         self.snapshot: Snapshot | None = None  # the published snapshot, to tell which nodes run it
         self.pending_stages = 0  # stages of a make-before-break publish not yet published
+        # The staged publish in progress or last finished (`StagedPublisher` keeps it current).
+        self.publish: dict[str, Any] = {"state": "idle"}
         self.ever_acked = False
+        # Latest NACK per (instance, type URL); outlives the stream so a crashed Envoy's reason
+        # stays visible, until a later version of that type is ACKed (see on_ack).
+        self._nacks: dict[tuple[str, str], dict[str, Any]] = {}
+        self.nack_seq = 0  # bumped by every NACK: lets a waiter tell new NACKs from old ones
+        self._listeners: list[Callable[[], None]] = []
+
+    # -- errors --------------------------------------------------------------------------------
+    @property
+    def last_error(self) -> list[str]:
+        """Why the running config is not the wanted one: the last config errors, then one line per
+        outstanding Envoy NACK (`Envoy node X rejected Listener version V: ...`)."""
+        return self._config_errors + [
+            f"Envoy node {n['node']} rejected {n['type']} version {n['version']}: {n['error']}"
+            for n in self.nacks()
+        ]
+
+    @last_error.setter
+    def last_error(self, lines: list[str]) -> None:
+        # Set by the reload pipeline: replaces config errors only, never hides a NACK.
+        self._config_errors = list(lines)
+
+    def nacks(self) -> list[dict[str, Any]]:
+        """The latest outstanding NACK per node and type: {node, instance, group, type, type_url,
+        version, error, resources (names in the rejected response), connected, seq}."""
+        return [{**n, "connected": n["instance"] in self.nodes}
+                for n in sorted(self._nacks.values(), key=lambda n: n["seq"])]
+
+    # -- change notification ------------------------------------------------------------------
+    def subscribe(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` after every observer event (ACK, NACK, node change...); returns a
+        function that unsubscribes. Called in the ADS server's event loop."""
+        self._listeners.append(callback)
+        return lambda: self._listeners.remove(callback) if callback in self._listeners else None
+
+    def _changed(self) -> None:
+        for callback in list(self._listeners):
+            callback()
 
     # -- observer interface -------------------------------------------------------------------
-    def on_stream_open(self, node_id: str, group: str, stream_kind: str) -> None:
-        node = self.nodes.setdefault(node_id, NodeStatus(node_id, group))
-        node.streams += 1
+    def on_stream_open(self, node: NodeRef) -> None:
+        self.nodes[node.instance] = NodeStatus(node.node_id, node.group, node.instance, node.kind, node.peer)
         self.metrics.connected.inc()
         self.metrics.nodes.set(len(self.nodes))
-        log.info("node connected", extra={"node": node_id, "group": group, "stream": stream_kind})
+        log.info("node connected", extra={"node": node.node_id, "instance": node.instance, "group": node.group,
+                                          "stream": node.kind})
+        self._changed()
 
-    def on_stream_close(self, node_id: str, group: str, stream_kind: str) -> None:
+    def on_stream_close(self, node: NodeRef) -> None:
         self.metrics.connected.dec()
-        node = self.nodes.get(node_id)
-        if node is not None:
-            node.streams -= 1
-            if node.streams <= 0:
-                del self.nodes[node_id]
+        self.nodes.pop(node.instance, None)
         self.metrics.nodes.set(len(self.nodes))
-        log.info("node disconnected", extra={"node": node_id, "group": group, "stream": stream_kind})
+        log.info("node disconnected", extra={"node": node.node_id, "instance": node.instance, "group": node.group,
+                                             "stream": node.kind})
+        self._changed()
 
-    def on_push(self, node_id: str, type_url: str, version: str, count: int) -> None:
+    def on_push(self, node: NodeRef, type_url: str, version: str, resources: Mapping[str, str]) -> None:
         self.metrics.pushes.labels(_short_type(type_url)).inc()
-        node = self.nodes.get(node_id)
-        if node is not None:
-            node.pushed[_short_type(type_url)] = version
+        n = self.nodes.get(node.instance)
+        if n is not None:
+            n.pushed[_short_type(type_url)] = version
 
-    def on_snapshot_sent(self, node_id: str, snapshot_version: str) -> None:
-        node = self.nodes.get(node_id)
-        if node is not None:
-            node.sent_snapshot = snapshot_version
+    def on_snapshot_sent(self, node: NodeRef, snapshot_version: str) -> None:
+        n = self.nodes.get(node.instance)
+        if n is not None:
+            n.sent_snapshot = snapshot_version
+        self._changed()
 
-    def on_ack(self, node_id: str, type_url: str, version: str) -> None:
-        self.metrics.acks.labels(_short_type(type_url)).inc()
-        node = self.nodes.get(node_id)
-        if node is not None:
-            node.acked[_short_type(type_url)] = version
-            node.nacked.pop(_short_type(type_url), None)
+    def on_ack(self, node: NodeRef, type_url: str, version: str, resources: Mapping[str, str]) -> None:
+        short = _short_type(type_url)
+        self.metrics.acks.labels(short).inc()
+        n = self.nodes.get(node.instance)
+        if n is not None:
+            n.acked[short] = version
+            n.resources[type_url] = dict(resources)
+            # An ACK on the stream that NACKed can only be of a later response: it's resolved.
+            n.nacked.pop(short, None)
+        for key, nack in list(self._nacks.items()):
+            # A NACK is outdated once its node accepted a later response of the type, or, if that
+            # Envoy went away, once another Envoy of its group accepted another version.
+            if nack["type_url"] == type_url and (
+                nack["instance"] == node.instance
+                or (nack["instance"] not in self.nodes and nack["group"] == node.group and nack["version"] != version)
+            ):
+                del self._nacks[key]
         self.ever_acked = True
+        self._changed()
 
-    def on_nack(self, node_id: str, type_url: str, version: str, error: str) -> None:
-        self.metrics.nacks.labels(_short_type(type_url)).inc()
-        node = self.nodes.get(node_id)
-        if node is not None:
-            node.nacked[_short_type(type_url)] = {"version": version, "error": error}
-        log.warning("Envoy rejected config", extra={"node": node_id, "type": _short_type(type_url), "version": version, "error": error})
+    def on_nack(self, node: NodeRef, type_url: str, version: str, error: str, names: Sequence[str]) -> None:
+        short = _short_type(type_url)
+        self.metrics.nacks.labels(short).inc()
+        n = self.nodes.get(node.instance)
+        if n is not None:
+            n.nacked[short] = {"version": version, "error": error}
+        self.nack_seq += 1
+        self._nacks[(node.instance, type_url)] = {
+            "node": node.node_id, "instance": node.instance, "group": node.group, "type": short,
+            "type_url": type_url, "version": version, "error": error, "resources": list(names),
+            "seq": self.nack_seq, "at": time.time(),
+        }
+        log.warning("Envoy rejected config", extra={"node": node.node_id, "instance": node.instance, "type": short,
+                                                    "version": version, "error": error, "resources": list(names)})
+        self._changed()
+
+    def on_unsubscribe(self, node: NodeRef, type_url: str, names: Sequence[str]) -> None:
+        n = self.nodes.get(node.instance)
+        if n is not None:
+            have = n.resources.get(type_url, {})
+            for name in names:
+                have.pop(name, None)
+        self._changed()
 
     # -- views ---------------------------------------------------------------------------------
     def in_sync(self, node: NodeStatus) -> bool:
@@ -126,10 +210,22 @@ class ControlPlaneStatus:
         return (self.snapshot is not None and node.sent_snapshot == self.snapshot.version
                 and all(node.acked.get(t) == v for t, v in node.pushed.items()))
 
+    def duplicate_ids(self) -> set[str]:
+        """node.ids used by more than one connected instance."""
+        seen: dict[str, int] = {}
+        for n in self.nodes.values():
+            seen[n.node_id] = seen.get(n.node_id, 0) + 1
+        return {k for k, count in seen.items() if count > 1}
+
+    def label(self, node: NodeStatus) -> str:
+        """How /status and logs name a node: its id, or its instance when the id is shared."""
+        return node.instance if node.node_id in self.duplicate_ids() else node.node_id
+
     def ready(self) -> bool:
         return self.version is not None and self.ever_acked
 
     def as_json(self) -> dict[str, Any]:
+        duplicates = self.duplicate_ids()
         return {
             "config_version": self.version,
             "config": self.summary,
@@ -137,9 +233,14 @@ class ControlPlaneStatus:
             "last_error": self.last_error,
             "ready": self.ready(),
             "pending_stages": self.pending_stages,
+            "publish": self.publish,
+            "nacks": [{k: v for k, v in n.items() if k != "type_url"} for n in self.nacks()],
+            # Keyed by node.id; by instance ("<id>#<n>") for ids that several Envoys share.
             "nodes": {
-                n.node_id: {"group": n.group, "streams": n.streams, "acked": n.acked, "nacked": n.nacked,
-                            "in_sync": self.in_sync(n)}
+                (n.instance if n.node_id in duplicates else n.node_id): {
+                    "node_id": n.node_id, "instance": n.instance, "duplicate_id": n.node_id in duplicates,
+                    "group": n.group, "stream": n.kind, "streams": n.streams, "acked": n.acked,
+                    "nacked": n.nacked, "in_sync": self.in_sync(n)}
                 for n in self.nodes.values()
             },
             **{k: v() if callable(v) else v for k, v in self.extra.items()},

@@ -11,12 +11,30 @@ Envoy docs: https://www.envoyproxy.io/docs/envoy/latest/api-v3/config/bootstrap/
 from __future__ import annotations
 
 import ipaddress
+import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
 # Name of the static cluster that points at the meshgate xDS server. Dynamic clusters sent over
 # ADS must never use this name, or they would replace the control-plane connection.
 XDS_CLUSTER_NAME = "meshgate_xds"
+
+# For `meshgate bootstrap --node-id`.
+NODE_ID_HELP = ("Envoy node.id, which must be unique per Envoy (default: $POD_NAME if set, else "
+                "HOSTNAME-PID of the meshgate process that renders the bootstrap); replicas share --group "
+                "(node.cluster), never the id")
+
+
+def default_node_id() -> str:
+    """A node.id unique per Envoy: ``$POD_NAME`` (Kubernetes, via the downward API), else
+    ``<hostname>-<pid>`` of this process.
+
+    The control plane tells Envoys apart by node.id in its logs and /status; replicas rendered
+    from one template must not share one (the group they share is node.cluster).
+    """
+    pod = os.environ.get("POD_NAME", "").strip()
+    return pod or f"{socket.gethostname()}-{os.getpid()}"
 
 
 @dataclass
@@ -25,7 +43,8 @@ class BootstrapOptions:
 
     xds_port: int
     xds_host: str = "127.0.0.1"
-    node_id: str = "meshgate-local"
+    # None: default_node_id() at render time.
+    node_id: str | None = None
     # meshgate keys snapshots by node.cluster (the "node group"): every Envoy with the same
     # node_cluster receives the same configuration.
     node_cluster: str = "edge"
@@ -44,7 +63,7 @@ def render_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
     api_type = "DELTA_GRPC" if opts.delta else "GRPC"
     return {
         # node identifies this Envoy to the control plane; it is sent on the xDS stream.
-        "node": {"id": opts.node_id, "cluster": opts.node_cluster},
+        "node": {"id": opts.node_id or default_node_id(), "cluster": opts.node_cluster},
         # The admin interface serves /ready, /stats, /config_dump. Its own access log is
         # discarded: health checks poll it often and would only add noise.
         "admin": {

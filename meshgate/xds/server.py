@@ -18,7 +18,7 @@ https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol and Istio's ``
 
 Each stream runs a reader task that records requests into per-type state, and a writer loop that
 wakes on a request or a snapshot change, works out what each type owes the client, and writes it
-in make-before-break order (CDS, EDS, LDS, RDS). The server only delivers: it never builds config.
+in make-before-break order (SDS, CDS, EDS, LDS, RDS). The server only delivers: it never builds config.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -38,22 +38,19 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from meshgate.xds.snapshot import (
     CLUSTER,
     ENDPOINT,
-    LISTENER,
+    NAMED_TYPES,
     TYPE_ORDER,
     Snapshot,
     SnapshotCache,
     combine_versions,
 )
 
-__all__ = ["AdsServer", "NullObserver", "XdsObserver", "start_xds_server", "response_version", "SERVER_OPTIONS"]
+__all__ = ["AdsServer", "NodeRef", "NullObserver", "XdsObserver", "start_xds_server", "response_version",
+           "SERVER_OPTIONS"]
 
 log = logging.getLogger("meshgate.xds.server")
 
 WILDCARD = "*"
-
-# Listener and Cluster responses are "full state": a resource missing from a SotW response is
-# deleted by Envoy. For other types a response only adds/updates; deletions follow the parent.
-_FULL_STATE_TYPES = frozenset({LISTENER, CLUSTER})
 
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
@@ -73,36 +70,65 @@ SERVER_OPTIONS = [
 ]
 
 
-class XdsObserver(Protocol):
-    """Receives what happens on ADS streams (for status APIs and metrics)."""
+@dataclass(frozen=True)
+class NodeRef:
+    """One Envoy instance as the server sees it: one ADS stream.
 
-    def on_stream_open(self, node_id: str, group: str, stream_kind: str) -> None: ...
-    def on_stream_close(self, node_id: str, group: str, stream_kind: str) -> None: ...
-    def on_push(self, node_id: str, type_url: str, version: str, count: int) -> None: ...
-    def on_ack(self, node_id: str, type_url: str, version: str) -> None: ...
-    def on_nack(self, node_id: str, type_url: str, version: str, error: str) -> None: ...
-    def on_snapshot_sent(self, node_id: str, snapshot_version: str) -> None: ...
+    ``node.id`` is chosen by whoever writes the bootstrap, and replicas started from one bootstrap
+    share it; so each stream gets its own ``instance`` key, unique in this process, and two
+    Envoys with the same id stay two nodes.
+    """
+
+    instance: str  # "<node.id>#<stream number>"
+    node_id: str
+    group: str  # the snapshot group (node.cluster by default)
+    kind: str  # "sotw" or "delta"
+    peer: str = ""  # the gRPC peer address, for logs
+
+
+class XdsObserver(Protocol):
+    """Receives what happens on ADS streams (for status APIs and metrics).
+
+    Resource maps are ``{name: resource version}`` (``Snapshot.resource_version``).
+    """
+
+    def on_stream_open(self, node: NodeRef) -> None: ...
+    def on_stream_close(self, node: NodeRef) -> None: ...
+    # A response was written; `resources` is what it carried (in delta: only the changed ones).
+    def on_push(self, node: NodeRef, type_url: str, version: str, resources: Mapping[str, str]) -> None: ...
+    # The client ACKed a response of version `version`; `resources` is everything of this type
+    # it now runs, as far as its ACKs tell (SotW: that response's content; delta: accumulated).
+    def on_ack(self, node: NodeRef, type_url: str, version: str, resources: Mapping[str, str]) -> None: ...
+    # The client rejected the response of version `version` that carried `names` (a NACK).
+    def on_nack(self, node: NodeRef, type_url: str, version: str, error: str, names: Sequence[str]) -> None: ...
+    # The client stopped asking for names it had ACKed: it no longer has them.
+    def on_unsubscribe(self, node: NodeRef, type_url: str, names: Sequence[str]) -> None: ...
+    # Everything the snapshot owes this client is written (possibly nothing).
+    def on_snapshot_sent(self, node: NodeRef, snapshot_version: str) -> None: ...
 
 
 class NullObserver:
-    """An XdsObserver that records nothing."""
+    """An XdsObserver that records nothing (subclass it to implement only some events)."""
 
-    def on_stream_open(self, node_id: str, group: str, stream_kind: str) -> None:
+    def on_stream_open(self, node: NodeRef) -> None:
         pass
 
-    def on_stream_close(self, node_id: str, group: str, stream_kind: str) -> None:
+    def on_stream_close(self, node: NodeRef) -> None:
         pass
 
-    def on_push(self, node_id: str, type_url: str, version: str, count: int) -> None:
+    def on_push(self, node: NodeRef, type_url: str, version: str, resources: Mapping[str, str]) -> None:
         pass
 
-    def on_ack(self, node_id: str, type_url: str, version: str) -> None:
+    def on_ack(self, node: NodeRef, type_url: str, version: str, resources: Mapping[str, str]) -> None:
         pass
 
-    def on_nack(self, node_id: str, type_url: str, version: str, error: str) -> None:
+    def on_nack(self, node: NodeRef, type_url: str, version: str, error: str, names: Sequence[str]) -> None:
         pass
 
-    def on_snapshot_sent(self, node_id: str, snapshot_version: str) -> None:
+    def on_unsubscribe(self, node: NodeRef, type_url: str, names: Sequence[str]) -> None:
+        pass
+
+    def on_snapshot_sent(self, node: NodeRef, snapshot_version: str) -> None:
         pass
 
 
@@ -138,6 +164,7 @@ class _Stream:
         self.context = context
         self.node = base_pb2.Node()
         self.group = ""
+        self.ref = NodeRef("", "", "", self.kind)
         self._nonces = itertools.count(1)
         self._wake = asyncio.Event()
         self._closed = False
@@ -155,9 +182,10 @@ class _Stream:
         self._wake.set()
 
     def _notify(self, method: str, *args: object) -> None:
-        """Call the observer; a broken observer must not break the stream."""
+        """Call the observer; a broken observer must not break the stream (logged at ERROR with
+        the traceback; the tests fail on such a log line)."""
         try:
-            getattr(self.server.observer, method)(*args)
+            getattr(self.server.observer, method)(self.ref, *args)
         except Exception:
             log.exception("xDS observer %s failed", method)
 
@@ -175,11 +203,21 @@ class _Stream:
             )
         self.node.CopyFrom(first.node)
         self.group = self.cache.group_of(self.node)
+        self.ref = NodeRef(f"{self.node_id}#{next(self.server._instances)}", self.node_id, self.group,
+                           self.kind, self.context.peer() or "")
         unwatch = self.cache.watch(self.group, self._wake.set)
+        twins = [s.ref for s in self.server._streams if s.node_id == self.node_id]
         self.server._streams.add(self)
-        log.info("xDS %s stream opened: node=%s group=%s peer=%s",
-                 self.kind, self.node_id, self.group, self.context.peer())
-        self._notify("on_stream_open", self.node_id, self.group, self.kind)
+        log.info("xDS %s stream opened: node=%s group=%s peer=%s instance=%s",
+                 self.kind, self.node_id, self.group, self.ref.peer, self.ref.instance)
+        if twins:
+            # Envoy sends node.id; replicas started from one bootstrap share it. They are served
+            # as separate nodes, but logs and metrics keyed by id would merge them.
+            log.warning("node.id %r is used by %d open xDS streams (peers %s): give each Envoy its own id "
+                        "(meshgate bootstrap uses $POD_NAME); an Envoy reconnecting before its old stream "
+                        "closed looks the same for a moment", self.node_id, len(twins) + 1,
+                        ", ".join([t.peer for t in twins] + [self.ref.peer]))
+        self._notify("on_stream_open")
         reader: asyncio.Task[None] | None = None
         try:
             self.handle_request(first)
@@ -192,8 +230,9 @@ class _Stream:
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await reader
-            log.info("xDS %s stream closed: node=%s group=%s", self.kind, self.node_id, self.group)
-            self._notify("on_stream_close", self.node_id, self.group, self.kind)
+            log.info("xDS %s stream closed: node=%s group=%s instance=%s",
+                     self.kind, self.node_id, self.group, self.ref.instance)
+            self._notify("on_stream_close")
 
     async def _read_requests(self) -> None:
         try:
@@ -230,7 +269,7 @@ class _Stream:
                         log.debug("xDS stream of %s: write failed: %r", self.node_id, exc)
                         return
                 # Everything this snapshot owes the client is written (possibly nothing).
-                self._notify("on_snapshot_sent", self.node_id, snapshot.version)
+                self._notify("on_snapshot_sent", snapshot.version)
             await self._wake.wait()
 
     def handle_request(self, request) -> None:  # noqa: ANN001 - SotW or delta request
@@ -240,10 +279,19 @@ class _Stream:
         """Yield the responses owed now, updating per-type state as each one is produced."""
         raise NotImplementedError
 
-    def record_nack(self, type_url: str, version: str, error: str) -> None:
+    def record_nack(self, type_url: str, version: str, error: str, names: Sequence[str]) -> None:
         log.warning("NACK from node=%s group=%s type=%s version=%s: %s",
                     self.node_id, self.group, _short(type_url), version, error)
-        self._notify("on_nack", self.node_id, type_url, version, error)
+        self._notify("on_nack", type_url, version, error, list(names))
+
+    def forget_acked(self, type_url: str, acked: dict[str, str], keep: Iterator[str] | set[str]) -> None:
+        """Drop from `acked` the names the client unsubscribed from (it dropped them too)."""
+        keep = set(keep)
+        gone = sorted(n for n in acked if n not in keep)
+        for name in gone:
+            del acked[name]
+        if gone:
+            self._notify("on_unsubscribe", type_url, gone)
 
 
 # ---- state of the world ------------------------------------------------------------------------
@@ -258,10 +306,13 @@ class _SotwType:
     # Legacy wildcard: a client that never named a resource wants all of them.
     ever_named: bool = False
     # name -> resource version of what we last sent (sent, not necessarily ACKed: a NACKed
-    # version must not be resent, only a newer one).
+    # version must not be resent, only a newer one). Trimmed when names are unsubscribed.
     sent: dict[str, str] = field(default_factory=dict)
     nonce: str = ""  # nonce of the latest response of this type; older nonces are stale
     version: str = ""  # version_info of that response
+    carried: dict[str, str] = field(default_factory=dict)  # what that response carried
+    settled: bool = True  # that response was ACKed or NACKed already
+    acked: dict[str, str] = field(default_factory=dict)  # what the client runs (last ACKed content)
     respond: bool = False  # answer at the next chance even if nothing changed
 
 
@@ -294,21 +345,27 @@ class _SotwStream(_Stream):
                           self.node_id, _short(type_url), nonce, st.nonce)
             return
         if nonce and request.HasField("error_detail"):
-            # NACK: Envoy keeps its last good config. Record it, send nothing: resending the same
-            # content would be rejected again (go-control-plane#962). The next different content
-            # is sent when a new snapshot brings it.
-            self.record_nack(type_url, st.version, request.error_detail.message)
+            if not st.settled:
+                # NACK: Envoy keeps its last good config. Record it, send nothing: resending the
+                # same content would be rejected again (go-control-plane#962). The next different
+                # content is sent when a new snapshot brings it.
+                st.settled = True
+                self.record_nack(type_url, st.version, request.error_detail.message, sorted(st.carried))
             return
-        if nonce:
-            self._notify("on_ack", self.node_id, type_url, request.version_info)
-        else:
+        if nonce and not st.settled and request.version_info == st.version:
+            # ACK: the latest nonce AND that response's version. After a NACK, Envoy's later
+            # requests (e.g. a subscription change) echo the latest nonce with the version it
+            # still runs and no error_detail: those are not ACKs, and a nonce is settled once.
+            st.settled = True
+            st.acked = dict(st.carried)
+            self._notify("on_ack", type_url, st.version, dict(st.acked))
+        elif not nonce:
             # Empty nonce: first request for this type on the stream (new Envoy or reconnect).
             # Always answer, even if the client claims to have a version already.
             st.respond = True
-        self._update_names(st, request.resource_names)
+        self._update_names(type_url, st, request.resource_names)
 
-    @staticmethod
-    def _update_names(st: _SotwType, resource_names) -> None:  # noqa: ANN001
+    def _update_names(self, type_url: str, st: _SotwType, resource_names) -> None:  # noqa: ANN001
         names = set(resource_names)
         if names:
             st.ever_named = True
@@ -322,6 +379,7 @@ class _SotwStream(_Stream):
             # Forget what we sent for names no longer wanted: if they are asked for again, they
             # must be sent again even if unchanged (Envoy may have dropped them).
             st.sent = {n: v for n, v in st.sent.items() if n in subscribed}
+            self.forget_acked(type_url, st.acked, subscribed)
 
     def responses(self, snapshot: Snapshot) -> Iterator[discovery_pb2.DiscoveryResponse]:
         for type_url in _ordered(list(self.types)):
@@ -339,15 +397,16 @@ class _SotwStream(_Stream):
             wanted = sorted(n for n in st.subscribed if n in available)
         desired = {n: snapshot.resource_version(type_url, n) for n in wanted}
 
-        if type_url in _FULL_STATE_TYPES:
-            # Full state: additions, changes and removals all need a response, and an empty
-            # response is meaningful ("you have no listeners").
+        if type_url not in NAMED_TYPES:
+            # Full state (LDS, CDS and any type but RDS/EDS/SDS/VHDS, companion config included):
+            # additions, changes and removals all need a response, and an empty response is
+            # meaningful ("you have no listeners").
             changed = desired != st.sent
             send = changed or st.respond
         else:
-            # RDS/EDS: only new or changed resources need a response; removals follow the parent
-            # (an empty response means nothing to Envoy), and if none of the requested names
-            # exist yet we wait until one appears.
+            # RDS/EDS/SDS: only new or changed resources need a response; removals follow the
+            # parent (an empty response means nothing to Envoy), and if none of the requested
+            # names exist yet we wait until one appears.
             changed = any(st.sent.get(n) != v for n, v in desired.items())
             send = bool(desired) and (changed or st.respond)
         st.respond = False
@@ -356,11 +415,13 @@ class _SotwStream(_Stream):
 
         previous = st.sent
         st.sent = desired
+        st.carried = dict(desired)
+        st.settled = False
         st.nonce = self.next_nonce()
         st.version = response_version(snapshot, type_url)
         if type_url == CLUSTER:
             self._mark_endpoints_stale(snapshot, previous, desired)
-        self._notify("on_push", self.node_id, type_url, st.version, len(desired))
+        self._notify("on_push", type_url, st.version, dict(desired))
         log.debug("push node=%s %s version=%s nonce=%s count=%d",
                   self.node_id, _short(type_url), st.version, st.nonce, len(desired))
         return discovery_pb2.DiscoveryResponse(
@@ -393,17 +454,29 @@ class _SotwStream(_Stream):
 
 
 @dataclass
+class _DeltaSent:
+    """One delta response not yet ACKed/NACKed: what it told the client."""
+
+    version: str  # its system_version_info
+    resources: dict[str, str]  # name -> resource version it carried
+    removed: list[str]  # names in its removed_resources
+
+
+@dataclass
 class _DeltaType:
     """What one delta stream knows about one resource type."""
 
     # Explicitly subscribed names; "*" is the wildcard subscription.
     subscribed: set[str] = field(default_factory=set)
-    # name -> version the client has; None means we told it the resource does not exist.
+    # name -> version we told the client; None means we told an explicit subscriber the
+    # resource does not exist (so we don't repeat it). Removed wildcard-only names are dropped.
     known: dict[str, str | None] = field(default_factory=dict)
     # Names that need an answer (resource or removal) even if the client state seems current.
     must_answer: set[str] = field(default_factory=set)
-    # Nonces sent and not yet ACKed/NACKed -> system_version_info they carried.
-    pending: dict[str, str] = field(default_factory=dict)
+    # Nonces sent and not yet ACKed/NACKed -> what they carried.
+    pending: dict[str, _DeltaSent] = field(default_factory=dict)
+    # What the client runs as far as its ACKs tell: ACKed resources minus ACKed removals.
+    acked: dict[str, str] = field(default_factory=dict)
     initial: bool = True  # no response sent yet for this type
 
 
@@ -437,7 +510,9 @@ class _DeltaStream(_Stream):
             # A (re)subscribed name must be sent even if we believe the client has it: it may
             # have forgotten it.
             st.known.pop(name, None)
+        unsubscribed = False
         for name in request.resource_names_unsubscribe:
+            unsubscribed = True
             if name == WILDCARD:
                 st.subscribed.discard(WILDCARD)
                 # The client drops what it only had through the wildcard.
@@ -449,6 +524,8 @@ class _DeltaStream(_Stream):
                 # The client can't tell whether the wildcard still covers this name, so it must
                 # be told: resent if it exists, removed otherwise (xds_protocol "Unsubscribing").
                 st.must_answer.add(name)
+        if unsubscribed and WILDCARD not in st.subscribed:
+            self.forget_acked(type_url, st.acked, st.subscribed)
 
         if first:
             # Reconnect: the client says which versions it already has; send only what differs.
@@ -458,18 +535,23 @@ class _DeltaStream(_Stream):
         nonce = request.response_nonce
         if not nonce:
             return
-        version = st.pending.get(nonce)
-        if version is None:
+        sent = st.pending.get(nonce)
+        if sent is None:
+            # Already settled, or from another stream: only the subscription changes count.
             log.debug("node=%s %s: stale delta nonce %s", self.node_id, _short(type_url), nonce)
             return
-        # This ACK/NACK settles this response and every older one of this type.
+        # This ACK/NACK settles this response; older unanswered ones are superseded.
         st.pending = {n: v for n, v in st.pending.items() if int(n) > int(nonce)}
         if request.HasField("error_detail"):
             # NACK: the client keeps its previous resources. `known` already holds what we sent,
             # so the rejected versions are not resent; a newer version will be.
-            self.record_nack(type_url, version, request.error_detail.message)
+            self.record_nack(type_url, sent.version, request.error_detail.message,
+                             sorted([*sent.resources, *sent.removed]))
         else:
-            self._notify("on_ack", self.node_id, type_url, version)
+            st.acked.update(sent.resources)
+            for name in sent.removed:
+                st.acked.pop(name, None)
+            self._notify("on_ack", type_url, sent.version, dict(st.acked))
 
     def responses(self, snapshot: Snapshot) -> Iterator[discovery_pb2.DeltaDiscoveryResponse]:
         for type_url in _ordered(list(self.types)):
@@ -488,6 +570,7 @@ class _DeltaStream(_Stream):
             candidates |= set(available) | set(st.known)
 
         resources: list[discovery_pb2.Resource] = []
+        carried: dict[str, str] = {}
         removed: list[str] = []
         for name in sorted(candidates):
             if name in available:
@@ -496,6 +579,7 @@ class _DeltaStream(_Stream):
                     resources.append(discovery_pb2.Resource(
                         name=name, version=version, resource=snapshot.packed(type_url, name)))
                     st.known[name] = version
+                    carried[name] = version
             else:
                 # The client has it and it's gone, or it asked for a name that doesn't exist
                 # and hasn't been told yet: say so in removed_resources.
@@ -503,7 +587,12 @@ class _DeltaStream(_Stream):
                 never_told = name not in st.known and (name in explicit or name in st.must_answer)
                 if has_it or never_told:
                     removed.append(name)
-                st.known[name] = None
+                if name in explicit:
+                    st.known[name] = None  # told "doesn't exist": don't repeat it
+                else:
+                    # Removed and not asked for by name: the client drops it for good, and so do
+                    # we (otherwise every deletion would stay in `known` for the stream's life).
+                    st.known.pop(name, None)
         st.must_answer.clear()
 
         # The first response for a wildcard type is owed even if empty: Envoy waits for it to
@@ -515,10 +604,10 @@ class _DeltaStream(_Stream):
 
         nonce = self.next_nonce()
         version = response_version(snapshot, type_url)
-        st.pending[nonce] = version
+        st.pending[nonce] = _DeltaSent(version, carried, removed)
         if type_url == CLUSTER:
             self._mark_endpoints_stale(snapshot, [r.name for r in resources])
-        self._notify("on_push", self.node_id, type_url, version, len(resources))
+        self._notify("on_push", type_url, version, dict(carried))
         log.debug("delta push node=%s %s version=%s nonce=%s +%d -%d",
                   self.node_id, _short(type_url), version, nonce, len(resources), len(removed))
         return discovery_pb2.DeltaDiscoveryResponse(
@@ -551,6 +640,7 @@ class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
         self.cache = cache
         self.observer: XdsObserver = observer if observer is not None else NullObserver()
         self._streams: set[_Stream] = set()
+        self._instances = itertools.count(1)  # numbers each stream's NodeRef.instance
 
     @property
     def stream_count(self) -> int:

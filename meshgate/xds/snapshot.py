@@ -1,13 +1,13 @@
 """Versioned, internally consistent sets of Envoy resources, and the cache that holds them.
 
 A :class:`Snapshot` is what the ADS server delivers to one group of Envoys: every Listener,
-RouteConfiguration, Cluster and ClusterLoadAssignment they should run, keyed by type URL and
-resource name. It is an immutable value with content hashes, so "did anything change?" is a string
+RouteConfiguration, Cluster, ClusterLoadAssignment and Secret (SDS) they should run, plus any
+companion config type, keyed by type URL and resource name. It is an immutable value with content hashes, so "did anything change?" is a string
 comparison, and identical content gives identical versions in every process.
 
 :class:`SnapshotCache` keeps the current snapshot per node group and tells the ADS streams of that
 group when it changes. It refuses inconsistent snapshots (a cluster whose endpoints are missing, a
-listener whose routes are missing), because Envoy may apply the types in any order and would
+listener whose routes are missing, a TLS context whose SDS secret is missing), because Envoy may apply the types in any order and would
 otherwise wait forever for a resource that never comes.
 
 Protocol background: https://www.envoyproxy.io/docs/envoy/latest/api-docs/xds_protocol
@@ -28,6 +28,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
@@ -35,8 +36,11 @@ __all__ = [
     "CLUSTER",
     "ENDPOINT",
     "LISTENER",
+    "NAMED_TYPES",
     "ROUTE",
+    "SECRET",
     "TYPE_ORDER",
+    "VIRTUAL_HOST",
     "InconsistentSnapshot",
     "Snapshot",
     "SnapshotCache",
@@ -50,16 +54,29 @@ LISTENER = _TYPE_PREFIX + "envoy.config.listener.v3.Listener"
 ROUTE = _TYPE_PREFIX + "envoy.config.route.v3.RouteConfiguration"
 CLUSTER = _TYPE_PREFIX + "envoy.config.cluster.v3.Cluster"
 ENDPOINT = _TYPE_PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
+# SDS: TLS certificates, keys and validation contexts, fetched by name from the TLS contexts of
+# listeners (DownstreamTlsContext) and clusters (UpstreamTlsContext) instead of inlined in them.
+SECRET = _TYPE_PREFIX + "envoy.extensions.transport_sockets.tls.v3.Secret"
+# VHDS (on-demand virtual hosts); meshgate doesn't emit it, but it is a named type on the wire.
+VIRTUAL_HOST = _TYPE_PREFIX + "envoy.config.route.v3.VirtualHost"
 
-# Make-before-break: a cluster must exist (CDS) and have endpoints (EDS) before a listener (LDS)
-# or route (RDS) sends traffic to it. See "Eventual consistency considerations" in the xDS doc.
-TYPE_ORDER = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+# Make-before-break: secrets (SDS) before the clusters and listeners whose TLS uses them; a
+# cluster must exist (CDS) and have endpoints (EDS) before a listener (LDS) or route (RDS) sends
+# traffic to it. See "Eventual consistency considerations" in the xDS doc.
+TYPE_ORDER = (SECRET, CLUSTER, ENDPOINT, LISTENER, ROUTE)
+
+# The "named" types: in state-of-the-world xDS a response for these carries only the names the
+# client asked for, and a name missing from it is NOT deleted (deletion follows the parent:
+# listener -> routes, cluster -> endpoints, TLS context -> secret). Every other type, including
+# LDS, CDS and companion types such as ratelimit's RateLimitConfig, is "full state": each
+# response is the whole set, and a missing name means deleted (xds_protocol "Resource types").
+NAMED_TYPES = frozenset({ROUTE, ENDPOINT, SECRET, VIRTUAL_HOST})
 
 _HCM_FULL_NAME = hcm_pb2.HttpConnectionManager.DESCRIPTOR.full_name
 
 # Which field of each resource carries its name. Envoy matches resources by this field, so it must
 # equal the key the snapshot stores the resource under.
-_NAME_FIELD = {LISTENER: "name", ROUTE: "name", CLUSTER: "name", ENDPOINT: "cluster_name"}
+_NAME_FIELD = {LISTENER: "name", ROUTE: "name", CLUSTER: "name", ENDPOINT: "cluster_name", SECRET: "name"}
 
 _RESOURCE_VERSION_HEX = 16
 _SNAPSHOT_VERSION_HEX = 12
@@ -208,8 +225,9 @@ class Snapshot:
     def check_consistent(self) -> None:
         """Raise InconsistentSnapshot unless every reference resolves and nothing is orphaned.
 
-        Envoy fetches EDS names from clusters and RDS names from listeners, so a missing child
-        leaves the parent warming forever; an orphaned child is a translator bug.
+        Envoy fetches EDS names from clusters, RDS names from listeners and SDS secret names from
+        the TLS contexts of both, so a missing child leaves the parent warming forever; an
+        orphaned child is a translator bug.
         """
         problems: list[str] = []
         for type_url, field_name in _NAME_FIELD.items():
@@ -228,6 +246,12 @@ class Snapshot:
             for route_name in _rds_names(listener):
                 wanted_rds.setdefault(route_name, []).append(listener_name)
         problems += _reference_problems(wanted_rds, self.names(ROUTE), "listener", "RouteConfiguration", "listener")
+        # SDS over ADS: Envoy keeps a listener or cluster warming until its secrets arrive.
+        wanted_sds = secret_references(self.names(LISTENER), self.names(CLUSTER))
+        secrets = self.names(SECRET)
+        problems += [f"{', '.join(users)} need(s) Secret {name!r}, which is missing"
+                     for name, users in sorted(wanted_sds.items()) if name not in secrets]
+        problems += [f"Secret {name!r} is used by no listener or cluster" for name in secrets if name not in wanted_sds]
 
         if problems:
             raise InconsistentSnapshot(problems)
@@ -251,6 +275,59 @@ def _rds_names(listener: Message) -> Iterator[str]:
         # rds: Envoy fetches the route table by name over RDS instead of inline route_config.
         if hcm.HasField("rds"):
             yield hcm.rds.route_config_name
+
+
+_DOWNSTREAM_TLS = tls_pb2.DownstreamTlsContext.DESCRIPTOR.full_name
+_UPSTREAM_TLS = tls_pb2.UpstreamTlsContext.DESCRIPTOR.full_name
+
+
+def secret_references(listeners: Mapping[str, Message], clusters: Mapping[str, Message]) -> dict[str, list[str]]:
+    """SDS secret name -> ["listener NAME" / "cluster NAME", ...] for every secret those
+    listeners' filter chains and those clusters' transport sockets fetch over ADS.
+
+    Only ``sds_config: {ads: {}}`` references count: an SdsSecretConfig without ``sds_config``
+    names a static secret of the bootstrap, and one with another config source is served by
+    someone else.
+    """
+    wanted: dict[str, list[str]] = {}
+    for name, listener in listeners.items():
+        chains = list(listener.filter_chains)
+        if listener.HasField("default_filter_chain"):
+            chains.append(listener.default_filter_chain)
+        for chain in chains:
+            if chain.HasField("transport_socket"):
+                for secret in _tls_secret_names(chain.transport_socket, _DOWNSTREAM_TLS):
+                    wanted.setdefault(secret, []).append(f"listener {name}")
+    for name, cluster in clusters.items():
+        sockets = [m.transport_socket for m in cluster.transport_socket_matches if m.HasField("transport_socket")]
+        if cluster.HasField("transport_socket"):
+            sockets.append(cluster.transport_socket)
+        for socket in sockets:
+            for secret in _tls_secret_names(socket, _UPSTREAM_TLS):
+                wanted.setdefault(secret, []).append(f"cluster {name}")
+    return {k: sorted(set(v)) for k, v in wanted.items()}
+
+
+def _tls_secret_names(transport_socket: Message, full_name: str) -> Iterator[str]:
+    """Names of the SDS-over-ADS secrets a TLS transport socket (Downstream/UpstreamTlsContext)
+    uses: certificates, the validation context (plain or combined) and session ticket keys."""
+    typed = transport_socket.typed_config
+    if not transport_socket.HasField("typed_config") or typed.type_url.rsplit("/", 1)[-1] != full_name:
+        return
+    ctx = tls_pb2.DownstreamTlsContext() if full_name == _DOWNSTREAM_TLS else tls_pb2.UpstreamTlsContext()
+    typed.Unpack(ctx)
+    common = ctx.common_tls_context
+    configs = list(common.tls_certificate_sds_secret_configs)
+    if common.HasField("validation_context_sds_secret_config"):
+        configs.append(common.validation_context_sds_secret_config)
+    if common.HasField("combined_validation_context") and \
+            common.combined_validation_context.HasField("validation_context_sds_secret_config"):
+        configs.append(common.combined_validation_context.validation_context_sds_secret_config)
+    if full_name == _DOWNSTREAM_TLS and ctx.HasField("session_ticket_keys_sds_secret_config"):
+        configs.append(ctx.session_ticket_keys_sds_secret_config)
+    for cfg in configs:
+        if cfg.HasField("sds_config") and cfg.sds_config.HasField("ads"):
+            yield cfg.name
 
 
 def default_group_of(node: base_pb2.Node) -> str:
