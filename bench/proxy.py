@@ -165,7 +165,7 @@ def static_envoy_config(tmp: Path, name: str, listen_port: int, upstream_port: i
     config = yaml.safe_load(text)
     if access_log is not None:
         # The same JSON access log meshgate configures (format imported, not copied).
-        from meshgate.xds.translate import ACCESS_LOG_FORMAT
+        from meshgate.xds.translator import ACCESS_LOG_FORMAT
 
         hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
         hcm["access_log"] = [{

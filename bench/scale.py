@@ -4,8 +4,8 @@
 For each N (default 1,000 and 10,000 HTTPRoutes, one rule `Exact /r/<i>` each, over 100 Backends,
 written as 100 files of N/100 documents plus a Gateway file and a Backends file):
 
-1. translate: in a fresh Python process, wall time of load_config, build_ir, translate
-   (compile_config = build_ir + translate), Snapshot.build and the consistency check, and peak RSS
+1. translate: in a fresh Python process, wall time of load + validate + Gateway API translation
+   (load_config, which builds the IR), the Envoy translation, Snapshot.build and the consistency check, and peak RSS
    (ru_maxrss) of that process;
 2. push: `meshgate run` on the config; time from process start until /status shows the node
    `edge-local` runs the config built in step 1 (/status `in_sync` and `config_version`), peak RSS of the meshgate process (VmHWM) and RSS of its Envoy;
@@ -125,10 +125,8 @@ def worker(config_dir: str, access_log: str, profile: bool) -> None:
 
     t = time.perf_counter()
     from meshgate.api.config import load_config
-    from meshgate.controlplane.pipeline import compile_config  # noqa: F401  (what meshgate calls)
-    from meshgate.xds.ir import build_ir
     from meshgate.xds.snapshot import Snapshot
-    from meshgate.xds.translate import TranslateOptions, translate
+    from meshgate.xds.translator import TranslateOptions, translate
 
     imports_s = time.perf_counter() - t
     rss_after_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -137,13 +135,10 @@ def worker(config_dir: str, access_log: str, profile: bool) -> None:
 
     stages: dict[str, float] = {}
     t = time.perf_counter()
-    config = load_config([config_dir])
+    translation = load_config([config_dir])  # load, validate, Gateway API translation -> IR
     stages["load_config"] = time.perf_counter() - t
     t = time.perf_counter()
-    model = build_ir(config)
-    stages["build_ir"] = time.perf_counter() - t
-    t = time.perf_counter()
-    resources = translate(model, options)
+    resources = translate(translation.ir, options)
     stages["translate"] = time.perf_counter() - t
     t = time.perf_counter()
     snapshot = Snapshot.build(resources)

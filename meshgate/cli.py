@@ -103,7 +103,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_translate(args: argparse.Namespace) -> int:
     from meshgate.controlplane.pipeline import compile_config
     from meshgate.xds.render import resources_to_dict
-    from meshgate.xds.translate import TranslateOptions
+    from meshgate.xds.translator import TranslateOptions
 
     config = _load_or_report(args)
     if config is None:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from meshgate.api.config import Config
+from meshgate.gatewayapi import Translation
 from meshgate.errors import MeshgateError
 from meshgate.api.models import Backend
 from meshgate.envoy.bootstrap import BootstrapOptions, render_bootstrap
@@ -25,7 +25,7 @@ from meshgate.envoy.process import EnvoyError, EnvoyProcess
 from meshgate.xds.server import start_xds_server
 from meshgate.xds.snapshot import SnapshotCache
 from meshgate.controlplane.status_server import start_status_server
-from meshgate.xds.translate import TranslateOptions
+from meshgate.xds.translator import TranslateOptions
 
 log = logging.getLogger("meshgate.run")
 
@@ -64,7 +64,7 @@ class SampleUpstreams:
         self.servers: dict[tuple[str, int], object] = {}
         self.pending: list[asyncio.Task] = []
 
-    def sync(self, config: Config) -> None:
+    def sync(self, config: Translation) -> None:
         for (namespace, name), backend in config.backends.items():
             if backend.metadata.annotations.get(SAMPLE_UPSTREAM_ANNOTATION) != "echo":
                 continue
@@ -183,8 +183,11 @@ async def run_local(opts: RunOptions) -> int:
     )
     async with contextlib.AsyncExitStack() as stack:  # stops everything started, in reverse order
         stack.push_async_callback(upstreams.stop)
-        if not plane.reload():
-            return 1  # errors already printed; nothing started
+        plane.reload()
+        if plane.status.last_error:
+            # At start, any problem stops us (errors already printed): a first config is all the
+            # user's and should be whole. Later reloads publish the valid objects and keep the rest.
+            return 1
         xds_port, status_port = await _start_servers(stack, opts, cache, status)
         bootstrap = render_bootstrap(BootstrapOptions(
             xds_host=opts.xds_host, xds_port=xds_port, node_cluster=opts.group,

@@ -25,7 +25,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from meshgate.api import models  # noqa: E402
-from meshgate.api.models import KINDS  # noqa: E402
+from meshgate.api.config import KINDS  # noqa: E402
 from meshgate.api.schema import model_schema  # noqa: E402
 from meshgate.runner import SAMPLE_UPSTREAM_ANNOTATION  # noqa: E402
 

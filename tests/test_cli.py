@@ -87,6 +87,7 @@ def test_schema_lists_every_kind() -> None:
     assert set(schemas) == {
         "gateway.networking.k8s.io/v1/Gateway", "gateway.networking.k8s.io/v1/HTTPRoute",
         "gateway.networking.k8s.io/v1/GRPCRoute", "gateway.networking.k8s.io/v1beta1/ReferenceGrant",
+        "gateway.networking.k8s.io/v1/ReferenceGrant", "meshgate.io/v1alpha1/ClientTrafficPolicy",
         "meshgate.io/v1alpha1/Backend", "meshgate.io/v1alpha1/HTTPRoute", "v1/Secret",
     }
     backend = json.loads(meshgate("schema", "Backend").stdout)["meshgate.io/v1alpha1/Backend"]

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from meshgate.api.config import effective_hostnames
+from meshgate.gatewayapi.checks import effective_hostnames
 from meshgate.api.models import check_path_template, duration_seconds, template_variables
-from meshgate.xds.ir import HeaderMatch, Match, PathMatch, _precedence
+from meshgate.gatewayapi.routes import precedence as _precedence
+from meshgate.ir import HeaderMatch, Match, PathMatch
 
 
 @pytest.mark.parametrize("route,listener,expected", [

@@ -1,7 +1,9 @@
 """Golden files for the translation pipeline: config YAML in, Envoy resources YAML out.
 
 Each `tests/golden/translate/NAME.in.yaml` is a config (one feature per file); the matching
-`NAME.out.yaml` is what `meshgate translate` must print for it. Regenerate deliberately with
+`NAME.out.yaml` is what `meshgate translate` must print for it, and `NAME.status.yaml` the status
+of every object when some are (partly) invalid: what Gateway API's partial validity programs and
+what it reports. Regenerate deliberately with
 `pytest tests/test_translate_golden.py --update-golden` and review the diff like code.
 """
 
@@ -12,11 +14,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from meshgate.api.config import load_config
+from meshgate.api.config import load_config, load_translation
 from meshgate.controlplane.pipeline import compile_config
 from meshgate.xds.render import resources_to_dict
 from meshgate.xds.snapshot import Snapshot
-from meshgate.xds.translate import TranslateOptions
+from meshgate.xds.translator import TranslateOptions
 
 GOLDEN = Path(__file__).parent / "golden" / "translate"
 CASES = sorted(p.name[: -len(".in.yaml")] for p in GOLDEN.glob("*.in.yaml"))
@@ -24,15 +26,24 @@ CASES = sorted(p.name[: -len(".in.yaml")] for p in GOLDEN.glob("*.in.yaml"))
 
 @pytest.mark.parametrize("name", CASES)
 def test_translate_golden(name: str, request: pytest.FixtureRequest) -> None:
-    config = load_config([str(GOLDEN / f"{name}.in.yaml")], environ={})
-    resources = compile_config(config, TranslateOptions(access_log_path="/dev/stdout"))
+    translation, problems = load_translation([str(GOLDEN / f"{name}.in.yaml")], environ={})
+    resources = compile_config(translation, TranslateOptions(access_log_path="/dev/stdout"))
     Snapshot.build(resources).check_consistent()  # what we'd push must be internally consistent
-    actual = yaml.safe_dump(resources_to_dict(resources), sort_keys=False, width=120)
-    out = GOLDEN / f"{name}.out.yaml"
+    _compare(request, GOLDEN / f"{name}.out.yaml", yaml.safe_dump(resources_to_dict(resources), sort_keys=False, width=120))
+    status = GOLDEN / f"{name}.status.yaml"
+    if problems or status.exists():
+        objects = [s.as_dict() for _, s in sorted(translation.status.objects.items())]
+        document = {"problems": [str(p) for p in problems], "objects": objects}
+        # File names as in the golden folder, wherever the checkout is.
+        text = yaml.safe_dump(document, sort_keys=False, width=120).replace(f"{GOLDEN}/", "")
+        _compare(request, status, text)
+
+
+def _compare(request: pytest.FixtureRequest, golden: Path, actual: str) -> None:
     if request.config.getoption("--update-golden"):
-        out.write_text(actual)
-    assert out.exists(), f"missing {out.name}: run with --update-golden"
-    assert actual == out.read_text(), f"{out.name} differs (run with --update-golden and review the diff)"
+        golden.write_text(actual)
+    assert golden.exists(), f"missing {golden.name}: run with --update-golden"
+    assert actual == golden.read_text(), f"{golden.name} differs (run with --update-golden and review the diff)"
 
 
 def test_translation_is_deterministic() -> None:

@@ -60,6 +60,8 @@ class ObjectMeta(Model):
     namespace: ObjectName = "default"
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
+    creation_timestamp: str | None = Field(
+        None, description="Set by Kubernetes; orders conflicting objects (the oldest wins, then by name).")
 
 
 class Resource(Model):
@@ -641,9 +643,9 @@ class ReferenceGrantSpec(Model):
 
 
 class ReferenceGrant(Resource):
-    """gateway.networking.k8s.io/v1beta1 ReferenceGrant: admits references into its namespace."""
+    """gateway.networking.k8s.io/v1 (or v1beta1) ReferenceGrant: admits references into its namespace."""
 
-    api_version: Literal["gateway.networking.k8s.io/v1beta1"]
+    api_version: Literal["gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta1"]
     kind: Literal["ReferenceGrant"]
     spec: ReferenceGrantSpec
 
@@ -659,4 +661,5 @@ KINDS: dict[tuple[str, str], type[Resource]] = {
     (MESHGATE_V1ALPHA1, "Backend"): Backend,
     ("v1", "Secret"): Secret,
     ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant"): ReferenceGrant,
+    (GATEWAY_API_V1, "ReferenceGrant"): ReferenceGrant,
 }

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema
 
-from meshgate.api.models import KINDS
+from meshgate.api.config import KINDS
 
 
 class _SchemaWithFactoryDefaults(GenerateJsonSchema):

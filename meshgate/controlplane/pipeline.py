@@ -1,10 +1,10 @@
-"""The control plane loop: config files → validated Config → IR → Envoy resources → snapshot.
+"""The control plane loop: config files → object store → Gateway API translation (IR + a status
+per object) → Envoy resources → snapshot → staged publish.
 
-`ControlPlane.reload()` runs the pure pipeline once and publishes the result to the
-`SnapshotCache` only if it is valid and different; a bad edit is logged with the same
-`FILE:LINE: field: message` lines as `meshgate validate` and the last good snapshot keeps serving.
-`ControlPlane.watch()` polls the config files and reloads on change. `ControlPlaneStatus` records
-what the ADS server sees (nodes, ACKs, NACKs) for `/status`, `/readyz` and `/metrics`.
+`ControlPlane.reload()` runs the pipeline once. Valid objects are always published; an invalid
+one is reported (`/status` `objects`, `last_error`, the log, once per problem) and left out, or,
+if it was valid before, its last valid version keeps serving. `ControlPlane.watch()` reloads when
+config files change.
 """
 
 from __future__ import annotations
@@ -15,22 +15,38 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
-from meshgate.api.config import Config, load_config
-from meshgate.errors import ConfigErrors, MeshgateError
-from meshgate.api.loader import DocumentCache
+from meshgate.api.config import all_problems
+from meshgate.providers.file.loader import DocumentCache, load_documents
 from meshgate.controlplane.publish import StagedPublisher
 from meshgate.controlplane.status import ControlPlaneStatus
-from meshgate.xds.ir import build_ir
+from meshgate.errors import MeshgateError
+from meshgate.gatewayapi import Translation, translate_view
+from meshgate.providers.store import ObjectStore
 from meshgate.xds.snapshot import InconsistentSnapshot, Snapshot, SnapshotCache
-from meshgate.xds.translate import Resources, TranslateOptions, translate
+from meshgate.xds.translator import Resources, TranslateOptions, translate
 
 log = logging.getLogger("meshgate.controlplane.pipeline")
 
+# Seconds without a reload after which the garbage of past reloads is collected (see _collect).
+GC_IDLE_SECONDS = 5.0
 
-def compile_config(config: Config, options: TranslateOptions) -> Resources:
-    """The pure part of the pipeline, shared by `meshgate translate` and the control plane."""
-    return translate(build_ir(config), options)
+
+def compile_config(translation: Translation, options: TranslateOptions) -> Resources:
+    """IR → Envoy resources, shared by `meshgate translate` and the control plane."""
+    return translate(translation.ir, options)
+
+
+@dataclass
+class Compiled:
+    """One run of the pure pipeline."""
+
+    translation: Translation | None
+    snapshot: Snapshot | None
+    problems: list[str]  # FILE:LINE: field: message, every problem of the current files
+    fatal: str | None = None  # why nothing could be published at all (a bug, not a config problem)
+    documents: int = 0
 
 
 class ControlPlane:
@@ -46,7 +62,7 @@ class ControlPlane:
         options: TranslateOptions = TranslateOptions(),
         status: ControlPlaneStatus | None = None,
         environ: Mapping[str, str] | None = None,
-        on_config: Callable[[Config], None] | None = None,
+        on_config: Callable[[Translation], None] | None = None,
         on_rejected: Callable[[list[str]], None] | None = None,
     ) -> None:
         self.paths = list(paths)
@@ -56,16 +72,27 @@ class ControlPlane:
         self.options = options
         self.status = status or ControlPlaneStatus()
         self.environ = environ
-        self.on_config = on_config  # called with every config that was published
-        self.on_rejected = on_rejected  # called with the error lines of a rejected config
+        self.on_config = on_config  # called with every translation that was published
+        self.on_rejected = on_rejected  # called with problem lines not reported before
         self.publisher = StagedPublisher(cache, group, self.status)
         self._stamp: tuple | None = None
         self.documents = DocumentCache()  # parsed files, reused while unchanged
+        self.store = ObjectStore()  # objects with their last valid versions, across reloads
+        self.translation: Translation | None = None  # the last translation published
+        self._reported: set[str] = set()  # problem lines already logged
+        self._gc_timer: asyncio.TimerHandle | None = None
+        self.status.extra["objects"] = self.objects_status
 
     @property
     def snapshot(self) -> Snapshot | None:
         """The last snapshot published (possibly an intermediate stage of a staged publish)."""
         return self.publisher.snapshot
+
+    def objects_status(self) -> list[dict]:
+        """Every object with its conditions, for `/status`."""
+        if self.translation is None:
+            return []
+        return [s.as_dict() for _, s in sorted(self.translation.status.objects.items())]
 
     def reload(self) -> bool:
         """Run the pipeline once. Returns True when a new snapshot was published."""
@@ -76,65 +103,98 @@ class ControlPlane:
         keep answering while a large config is translated."""
         return self._apply(await asyncio.to_thread(self._compile))
 
-    def _compile(self) -> tuple[Config, Snapshot] | tuple[str, list[str]]:
-        """The pure part: files -> snapshot, or (result kind, error lines). No shared state but
-        the document cache, so it may run on a worker thread."""
+    def _compile(self) -> Compiled:
+        """The pure part: files -> snapshot and problems. No shared state but the document cache
+        and the object store, so it may run on a worker thread (one at a time)."""
         started = time.perf_counter()
         gc_was_enabled = gc.isenabled()
         # The pipeline allocates ~100 objects per route; the cyclic GC would otherwise rescan
         # everything alive many times over (measured: build_ir 0.5 s -> 0.15 s at 10,000 routes).
         gc.disable()
         try:
-            config = load_config(self.paths, env=self.env, environ=self.environ, cache=self.documents)
-            desired = Snapshot.build(compile_config(config, self.options))
-            desired.check_consistent()
-            return config, desired
-        except ConfigErrors as exc:
-            return "invalid", [str(e) for e in exc.errors]
+            docs, load_errors = load_documents(self.paths, env=self.env, environ=self.environ, cache=self.documents)
+            view = self.store.update(docs, load_errors)
+            translation = translate_view(view)
+            problems = [str(e) for e in all_problems(view, translation)]
+            snapshot = Snapshot.build(compile_config(translation, self.options))
+            snapshot.check_consistent()
+            return Compiled(translation, snapshot, problems, documents=view.documents)
         except InconsistentSnapshot as exc:
-            return "inconsistent", [f"internal error, snapshot refused: {exc}"]
+            return Compiled(None, None, [], fatal=f"internal error, snapshot refused: {exc}")
         except MeshgateError as exc:
-            return "error", [str(exc)]
+            return Compiled(None, None, [], fatal=str(exc))
         finally:
             if gc_was_enabled:
                 # What survived is mostly the config, alive until the next reload: move it out of
-                # the collector's sight (gc.freeze), so a later collection doesn't walk millions
-                # of objects in the middle of a push. It is still freed by reference counting.
+                # the collector's sight (gc.freeze), so a collection doesn't walk millions of
+                # objects in the middle of a push. Frozen objects are never collected, so the
+                # garbage cycles of past reloads are collected later, when reloads pause.
                 gc.collect(0)
                 gc.freeze()
                 gc.enable()
             self.status.metrics.translation.observe(time.perf_counter() - started)
 
-    def _apply(self, result: tuple[Config, Snapshot] | tuple[str, list[str]]) -> bool:
-        """Publish a compiled config (in stages when clusters come or go), or record why not."""
+    def _apply(self, result: Compiled) -> bool:
+        """Publish the valid part of a compiled config (in stages when clusters come or go) and
+        report its problems."""
         metrics = self.status.metrics
-        if isinstance(result[0], str):
-            kind, lines = result
-            self._reject(lines, kind)
-            metrics.config_errors.set(len(lines) if kind == "invalid" else 0)
+        self._schedule_collect()
+        if result.snapshot is None or result.translation is None:
+            self.status.last_error = [result.fatal or "unknown error"]
+            metrics.reloads.labels("error").inc()
+            kept = f"; still serving version {self.snapshot.version}" if self.snapshot else ""
+            log.error("config could not be translated%s", kept, extra={"errors": self.status.last_error})
+            if self.on_rejected is not None:
+                self.on_rejected(self.status.last_error)
             return False
-        config, desired = result
-        published = self.publisher.publish(desired)
-        metrics.config_errors.set(0)
-        self.status.last_error = []
-        self.status.summary = config.summary()
+        self._report(result)
+        published = self.publisher.publish(result.snapshot)
+        self.translation = result.translation
+        self.status.summary = result.translation.summary()
         self.status.last_reload = time.time()
         if not published:
             metrics.reloads.labels("unchanged").inc()
-            log.info("config unchanged", extra={"version": desired.version})
+            log.info("config unchanged", extra={"version": result.snapshot.version})
             return False
-        metrics.reloads.labels("published").inc()
+        metrics.reloads.labels("published" if not result.problems else "published_partially").inc()
         if self.on_config is not None:
-            self.on_config(config)
+            self.on_config(result.translation)
         return True
 
-    def _reject(self, lines: list[str], result: str) -> None:
-        self.status.last_error = lines
-        self.status.metrics.reloads.labels(result).inc()
-        kept = f"; still serving version {self.snapshot.version}" if self.snapshot else ""
-        log.error("config rejected%s", kept, extra={"errors": lines})
-        if self.on_rejected is not None:
-            self.on_rejected(lines)
+    def _report(self, result: Compiled) -> None:
+        """Log each problem once (while it lasts), and say when the config is valid again."""
+        problems = result.problems
+        if result.documents == 0:
+            problems = [f"{', '.join(self.paths)}: no objects found (an empty config serves nothing)"]
+        self.status.metrics.config_errors.set(len(result.problems))
+        self.status.last_error = problems
+        new = [p for p in problems if p not in self._reported]
+        if new:
+            kept = "; valid objects are published, rejected ones keep their last valid version or are left out"
+            log.error("config has problems%s", kept, extra={"errors": new})
+            if self.on_rejected is not None:
+                self.on_rejected(new)
+        elif self._reported and not problems:
+            log.info("config is valid again")
+        self._reported = set(problems)
+
+    # -- memory --------------------------------------------------------------------------------
+    def _schedule_collect(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # a synchronous caller (tests, `validate`): nothing runs later anyway
+        if self._gc_timer is not None:
+            self._gc_timer.cancel()
+        self._gc_timer = loop.call_later(GC_IDLE_SECONDS, self.collect_garbage)
+
+    @staticmethod
+    def collect_garbage() -> None:
+        """Collect what past reloads left in reference cycles (frozen, so never collected
+        otherwise), then freeze what lives. Runs when reloads pause, not in the middle of one."""
+        gc.unfreeze()
+        gc.collect()
+        gc.freeze()
 
     # -- watching ------------------------------------------------------------------------------
     def _files_stamp(self) -> tuple:

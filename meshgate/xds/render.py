@@ -12,10 +12,10 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
-from meshgate.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE
-from meshgate.xds.translate import Resources
+from meshgate.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
+from meshgate.xds.translator import Resources
 
-SECTIONS = (("listeners", LISTENER), ("routes", ROUTE), ("clusters", CLUSTER), ("endpoints", ENDPOINT))
+SECTIONS = (("listeners", LISTENER), ("routes", ROUTE), ("clusters", CLUSTER), ("endpoints", ENDPOINT), ("secrets", SECRET))
 
 
 def resources_to_dict(resources: Resources) -> dict[str, list[dict[str, Any]]]:

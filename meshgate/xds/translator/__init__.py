@@ -1,5 +1,8 @@
-"""IR → Envoy resources: listeners (LDS), route configurations (RDS), clusters (CDS) and
-cluster load assignments (EDS), as protobuf messages from `xds-protos`.
+"""IR → Envoy resources: listeners (LDS), route configurations (RDS), clusters (CDS), cluster
+load assignments (EDS) and TLS secrets (SDS), as protobuf messages from `xds-protos`.
+
+HTTP filters come from the registry in `meshgate.xds.translator.filters`: this module never names
+a filter but the connection manager itself.
 
 A pure function: `translate(ir, options)` returns `{type_url: {name: message}}`, which
 `meshgate.xds.snapshot.Snapshot.build` turns into a versioned snapshot. Envoy's API reference for
@@ -19,20 +22,21 @@ from envoy.config.accesslog.v3 import accesslog_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.access_loggers.file.v3 import file_pb2
-from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.connection_limit.v3 import connection_limit_pb2
 from envoy.extensions.filters.listener.tls_inspector.v3 import tls_inspector_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2 as hcm_pb2
 from envoy.extensions.path.match.uri_template.v3 import uri_template_match_pb2
 from envoy.extensions.path.rewrite.uri_template.v3 import uri_template_rewrite_pb2
 from envoy.extensions.transport_sockets.tls.v3 import common_pb2 as tls_common_pb2
-from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
-from meshgate.xds import ir
-from meshgate.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from meshgate import ir
+from meshgate.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
+from meshgate.xds.translator.filters import HTTP_FILTERS
 
 Resources = dict[str, dict[str, Message]]
 
@@ -65,7 +69,9 @@ ACCESS_LOG_FORMAT = {
 
 
 def translate(model: ir.IR, options: TranslateOptions = TranslateOptions()) -> Resources:
-    resources: Resources = {LISTENER: {}, ROUTE: {}, CLUSTER: {}, ENDPOINT: {}}
+    resources: Resources = {LISTENER: {}, ROUTE: {}, CLUSTER: {}, ENDPOINT: {}, SECRET: {}}
+    for secret in model.secrets:
+        resources[SECRET][secret.name] = translate_secret(secret)
     for cluster in model.clusters:
         resources[CLUSTER][cluster.name] = translate_cluster(cluster)
         if not cluster.dns:
@@ -97,16 +103,29 @@ def _ads() -> config_source_pb2.ConfigSource:
 
 
 def translate_listener(listener: ir.Listener, options: TranslateOptions) -> listener_pb2.Listener:
+    settings = listener.settings
     hcm = _pack(_connection_manager(listener, options))
     out = listener_pb2.Listener(
         name=listener.name,
         address=address_pb2.Address(
             socket_address=address_pb2.SocketAddress(address=options.bind_address, port_value=listener.port)
         ),
+        # Bytes buffered per connection before Envoy stops reading from it (edge best practice: 32 KiB).
+        per_connection_buffer_limit_bytes=wrappers_pb2.UInt32Value(value=settings.buffer_limit_bytes),
     )
-    network_filter = listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager", typed_config=hcm)
+    network_filters = []
+    if settings.connection_limit is not None:
+        # Closes connections over the limit (after `delay`), before any HTTP is parsed.
+        limit = connection_limit_pb2.ConnectionLimit(
+            stat_prefix=_stat_name(listener.name), max_connections=wrappers_pb2.UInt64Value(value=settings.connection_limit))
+        if settings.connection_limit_close_delay_s:
+            limit.delay.CopyFrom(_duration(settings.connection_limit_close_delay_s))
+        network_filters.append(listener_components_pb2.Filter(name="envoy.filters.network.connection_limit",
+                                                              typed_config=_pack(limit)))
+    network_filters.append(listener_components_pb2.Filter(name="envoy.filters.network.http_connection_manager",
+                                                          typed_config=hcm))
     if not listener.tls:
-        out.filter_chains.add(filters=[network_filter])
+        out.filter_chains.add(filters=network_filters)
         return out
     # The TLS inspector reads the ClientHello's SNI so Envoy can pick the filter chain (and so
     # the certificate) for the requested host name.
@@ -114,32 +133,53 @@ def translate_listener(listener: ir.Listener, options: TranslateOptions) -> list
         name="envoy.filters.listener.tls_inspector", typed_config=_pack(tls_inspector_pb2.TlsInspector())
     )
     for tls in listener.tls:
-        chain = out.filter_chains.add(filters=[network_filter])
+        chain = out.filter_chains.add(filters=network_filters)
         if tls.server_names:
             chain.filter_chain_match.server_names.extend(tls.server_names)
         chain.transport_socket.name = "envoy.transport_sockets.tls"
-        chain.transport_socket.typed_config.Pack(_downstream_tls(tls.certificate), deterministic=True)
+        chain.transport_socket.typed_config.Pack(_downstream_tls(tls.secret), deterministic=True)
     return out
 
 
-def _downstream_tls(cert) -> tls_pb2.DownstreamTlsContext:
-    if cert.cert_file:
-        # Envoy reads the files itself; they are re-read when the listener config changes.
-        chain = base_pb2.DataSource(filename=cert.cert_file)
-        key = base_pb2.DataSource(filename=cert.key_file)
-    else:
-        chain = base_pb2.DataSource(inline_bytes=cert.cert_pem)
-        key = base_pb2.DataSource(inline_bytes=cert.key_pem)
+def _downstream_tls(secret_name: str) -> tls_pb2.DownstreamTlsContext:
     ctx = tls_pb2.DownstreamTlsContext()
-    ctx.common_tls_context.tls_certificates.add(certificate_chain=chain, private_key=key)
+    # The certificate and key come by name over SDS (the same ADS stream): never inline in the
+    # listener, and a rotated certificate is a new Secret, applied without touching the listener
+    # or its connections.
+    ctx.common_tls_context.tls_certificate_sds_secret_configs.add(name=secret_name, sds_config=_ads())
     # ALPN: offer HTTP/2 first, then HTTP/1.1.
     ctx.common_tls_context.alpn_protocols.extend(["h2", "http/1.1"])
     ctx.common_tls_context.tls_params.tls_minimum_protocol_version = tls_common_pb2.TlsParameters.TLSv1_2
     return ctx
 
 
+def translate_secret(secret: ir.Secret) -> secret_pb2.Secret:
+    out = secret_pb2.Secret(name=secret.name)
+    out.tls_certificate.certificate_chain.inline_bytes = secret.cert_pem
+    out.tls_certificate.private_key.inline_bytes = secret.key_pem
+    return out
+
+
+_ESCAPED_SLASHES = {
+    "KeepUnchanged": hcm_pb2.HttpConnectionManager.KEEP_UNCHANGED,
+    "RejectRequest": hcm_pb2.HttpConnectionManager.REJECT_REQUEST,
+    "UnescapeAndRedirect": hcm_pb2.HttpConnectionManager.UNESCAPE_AND_REDIRECT,
+    "UnescapeAndForward": hcm_pb2.HttpConnectionManager.UNESCAPE_AND_FORWARD,
+}
+_UNDERSCORES = {
+    "Allow": protocol_pb2.HttpProtocolOptions.ALLOW,
+    "RejectRequest": protocol_pb2.HttpProtocolOptions.REJECT_REQUEST,
+    "DropHeader": protocol_pb2.HttpProtocolOptions.DROP_HEADER,
+}
+
+
 def _connection_manager(listener: ir.Listener, options: TranslateOptions) -> hcm_pb2.HttpConnectionManager:
-    """The HTTP connection manager: Envoy's HTTP stack (codec, routing, access log) on a listener."""
+    """The HTTP connection manager: Envoy's HTTP stack (codec, routing, access log) on a listener.
+
+    Its defaults are a hardened edge (Envoy's "edge proxy best practices"), each overridable by a
+    ClientTrafficPolicy: https://www.envoyproxy.io/docs/envoy/latest/configuration/best_practices/edge
+    """
+    s = listener.settings
     hcm = hcm_pb2.HttpConnectionManager(
         stat_prefix=_stat_name(listener.name),
         # AUTO: HTTP/1.1 and HTTP/2 (h2c prior knowledge, or h2 via ALPN) on the same port.
@@ -148,17 +188,35 @@ def _connection_manager(listener: ir.Listener, options: TranslateOptions) -> hcm
         # We are the edge: trust the TCP peer address, not a client-supplied X-Forwarded-For.
         use_remote_address=wrappers_pb2.BoolValue(value=True),
         # Route on the normalized path (RFC 3986 dot segments, duplicate slashes) so that
-        # "/a/../admin" can't slip past a route meant for "/admin".
+        # "/public/../admin" can't slip past a route meant for "/admin".
         normalize_path=wrappers_pb2.BoolValue(value=True),
-        merge_slashes=True,
+        merge_slashes=s.merge_slashes,
+        # %2F / %5C in a path: upstreams disagree on whether they are separators, so by default
+        # the client is redirected to the unescaped path and every hop routes on the same one.
+        path_with_escaped_slashes_action=_ESCAPED_SLASHES[s.escaped_slashes],
+        # Slow clients: time to send the headers, to send the whole request, and idle streams.
+        request_headers_timeout=_duration(s.request_headers_timeout_s),
+        request_timeout=_duration(s.request_received_timeout_s),
+        stream_idle_timeout=_duration(s.stream_idle_timeout_s),
     )
+    hcm.common_http_protocol_options.idle_timeout.CopyFrom(_duration(s.idle_timeout_s))
+    hcm.common_http_protocol_options.headers_with_underscores_action = _UNDERSCORES[s.headers_with_underscores]
+    # HTTP/2 limits: streams per connection and flow-control windows bound what one client can
+    # make Envoy buffer.
+    h2 = hcm.http2_protocol_options
+    h2.max_concurrent_streams.value = s.http2_max_concurrent_streams
+    h2.initial_stream_window_size.value = s.http2_initial_stream_window_bytes
+    h2.initial_connection_window_size.value = s.http2_initial_connection_window_bytes
     if options.access_log_path:
         log = file_pb2.FileAccessLog(path=options.access_log_path)
         fmt = struct_pb2.Struct()
         fmt.update(ACCESS_LOG_FORMAT)
         log.log_format.json_format.CopyFrom(fmt)
         hcm.access_log.append(accesslog_pb2.AccessLog(name="envoy.access_loggers.file", typed_config=_pack(log)))
-    hcm.http_filters.add(name="envoy.filters.http.router", typed_config=_pack(router_pb2.Router()))
+    for module in HTTP_FILTERS:
+        config = module.listener_config(listener)
+        if config is not None:
+            hcm.http_filters.add(name=module.NAME, typed_config=_pack(config))
     return hcm
 
 
@@ -208,6 +266,11 @@ def translate_route(route: ir.Route) -> rc.Route:
     for name, value in route.response_headers.add:
         out.response_headers_to_add.append(_header(name, value, overwrite=False))
     out.response_headers_to_remove.extend(route.response_headers.remove)
+    for module in HTTP_FILTERS:
+        route_config = getattr(module, "route_config", None)
+        config = route_config(route) if route_config else None
+        if config is not None:
+            out.typed_per_filter_config[module.NAME].Pack(config, deterministic=True)
     return out
 
 
@@ -263,16 +326,23 @@ def _set_redirect(out: rc.RedirectAction, redirect: ir.Redirect) -> None:
         out.prefix_rewrite = redirect.prefix
 
 
+NO_BACKEND = "meshgate/no-backend"  # a cluster that never exists: Envoy answers 500 (see below)
+
+
 def _set_action(out: rc.RouteAction, route: ir.Route) -> None:
+    # A share whose backendRef could not be resolved goes to a cluster name that doesn't exist,
+    # which Envoy answers with `cluster_not_found_response_code` (500, as Gateway API requires).
+    names = [d.cluster or NO_BACKEND for d in route.destinations]
     if len(route.destinations) == 1:
-        out.cluster = route.destinations[0].cluster
+        out.cluster = names[0]
     elif route.destinations:
         # Split traffic by weight; Envoy picks a cluster per request.
-        for d in route.destinations:
-            out.weighted_clusters.clusters.add(name=d.cluster, weight=wrappers_pb2.UInt32Value(value=d.weight))
+        for d, name in zip(route.destinations, names):
+            out.weighted_clusters.clusters.add(name=name, weight=wrappers_pb2.UInt32Value(value=d.weight))
     else:
         # Every backendRef has weight 0: Gateway API says answer 500.
-        out.cluster = "meshgate/no-backend"
+        out.cluster = NO_BACKEND
+    if NO_BACKEND in names or not route.destinations:
         out.cluster_not_found_response_code = rc.RouteAction.INTERNAL_SERVER_ERROR
     if route.timeout_s is not None:
         out.timeout.CopyFrom(_duration(route.timeout_s))  # 0 disables Envoy's default 15 s
@@ -372,4 +442,4 @@ def translate_endpoints(cluster: ir.Cluster) -> endpoint_pb2.ClusterLoadAssignme
     return cla
 
 
-_ = (extension_pb2, protocol_pb2)  # imported so their types are in the descriptor pool for Any
+_ = extension_pb2  # imported so its types are in the descriptor pool for Any

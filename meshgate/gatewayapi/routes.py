@@ -1,0 +1,203 @@
+"""Routes and Backends → IR: matches in Gateway API precedence order, filters, weighted
+destinations, and the clusters Backends become. Used by `meshgate.gatewayapi.translator`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from meshgate.api.models import (
+    Backend,
+    GRPCRoute,
+    HTTPHeaderFilter,
+    HTTPRouteFilter,
+    duration_seconds,
+)
+from meshgate.ir import (
+    Cluster,
+    Destination,
+    Endpoint,
+    HashPolicy,
+    HeaderMatch,
+    HeaderMods,
+    Match,
+    PathMatch,
+    Redirect,
+    Rewrite,
+    Route,
+)
+
+
+def cluster_name(backend: Backend) -> str:
+    return f"backend/{backend.metadata.namespace}/{backend.metadata.name}"
+
+
+def backend_cluster(backend: Backend) -> Cluster:
+    spec = backend.spec
+    return Cluster(
+        name=cluster_name(backend),
+        endpoints=tuple(Endpoint(e.address, e.port, e.weight) for e in spec.endpoints),
+        lb=spec.load_balancer.type,
+        protocol=spec.protocol,
+        connect_timeout_s=duration_seconds(spec.connect_timeout),
+        dns=any(not _is_ip(e.address) for e in spec.endpoints),
+    )
+
+
+def _is_ip(address: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(address)
+        return True
+    except ValueError:
+        return False
+
+
+# A rule's backendRef -> the Backend it resolves to, or None when it can't be resolved.
+BackendResolver = Callable[[object, int, int], Backend | None]
+
+
+def build_routes(route, resolve: BackendResolver):  # noqa: ANN001, ANN201 - HTTPRoute | GRPCRoute
+    """Yield (precedence key, IR Route) for every match of every rule of a route.
+
+    A backendRef that can't be resolved keeps its weight, with no cluster: Envoy answers that
+    share of the rule's requests with HTTP 500, as Gateway API requires.
+    """
+    kind = "grpcroute" if isinstance(route, GRPCRoute) else "httproute"
+    meta = route.metadata
+    for r, rule in enumerate(route.spec.rules):
+        destinations, hash_policy = [], None
+        for b, ref in enumerate(rule.backend_refs):
+            if ref.weight == 0:
+                continue
+            backend = resolve(route, r, b)
+            destinations.append(Destination(cluster_name(backend) if backend else None, ref.weight))
+            if backend is not None:
+                hash_policy = hash_policy or _hash_policy(backend)
+        filters = {f.type: f for f in rule.filters}
+        timeouts = getattr(rule, "timeouts", None)
+        for m, match in enumerate(rule.matches):
+            ir_match = _grpc_match(match) if kind == "grpcroute" else _http_match(match)
+            built = Route(
+                name=f"{kind}/{meta.namespace}/{meta.name}/rule/{r}/match/{m}",
+                match=ir_match,
+                destinations=tuple(destinations),
+                redirect=_redirect(filters.get("RequestRedirect")),
+                rewrite=_rewrite(filters.get("URLRewrite")),
+                request_headers=_header_mods(filters.get("RequestHeaderModifier"), "request_header_modifier"),
+                response_headers=_header_mods(filters.get("ResponseHeaderModifier"), "response_header_modifier"),
+                timeout_s=duration_seconds(timeouts.request) if timeouts and timeouts.request else None,
+                per_try_timeout_s=(
+                    duration_seconds(timeouts.backend_request) if timeouts and timeouts.backend_request else None
+                ),
+                hash_policy=hash_policy,
+                grpc=kind == "grpcroute",
+            )
+            yield precedence(ir_match, meta.namespace, meta.name, r, m), built
+
+
+_PATH_RANK = {"exact": 0, "template": 1, "regex": 2, "prefix": 3}
+
+
+def precedence(match: Match, namespace: str, name: str, rule: int, index: int) -> tuple:
+    """Sort key implementing Gateway API route precedence (first wins in Envoy).
+
+    Exact paths, then templates and regexes (more literal characters first), then the longest
+    prefix; ties go to the match with a method, then more headers, then more query params, then
+    to the route's namespace/name and the rule's order.
+    """
+    literal = len(match.path.value)
+    if match.path.kind == "template":
+        literal = sum(len(s) for s in match.path.value.split("/") if not s.startswith("{") and "*" not in s)
+    return (
+        _PATH_RANK[match.path.kind],
+        -literal,
+        match.method is None,
+        -len(match.headers),
+        -len(match.query),
+        namespace,
+        name,
+        rule,
+        index,
+    )
+
+
+def _http_match(match) -> Match:
+    kind = {"Exact": "exact", "PathPrefix": "prefix", "RegularExpression": "regex", "Template": "template"}
+    return Match(
+        path=PathMatch(kind[match.path.type], match.path.value),
+        method=match.method,
+        headers=tuple(HeaderMatch(h.name.lower(), h.value, h.type == "RegularExpression") for h in match.headers),
+        query=tuple(HeaderMatch(q.name, q.value, q.type == "RegularExpression") for q in match.query_params),
+    )
+
+
+def _grpc_match(match) -> Match:
+    # gRPC calls are HTTP/2 POSTs to /<package.Service>/<Method>.
+    method = match.method
+    if method is None:
+        path = PathMatch("prefix", "/")
+    elif method.type == "Exact":
+        if method.service and method.method:
+            path = PathMatch("exact", f"/{method.service}/{method.method}")
+        elif method.service:
+            path = PathMatch("prefix", f"/{method.service}/")
+        else:
+            path = PathMatch("regex", rf"/[^/]+/{method.method}")
+    else:
+        path = PathMatch("regex", f"/{method.service or '[^/]+'}/{method.method or '[^/]+'}")
+    headers = tuple(HeaderMatch(h.name.lower(), h.value, h.type == "RegularExpression") for h in match.headers)
+    return Match(path=path, headers=headers)
+
+
+def _header_mods(f: HTTPRouteFilter | None, attr: str) -> HeaderMods:
+    if f is None:
+        return HeaderMods()
+    mods: HTTPHeaderFilter = getattr(f, attr)
+    return HeaderMods(
+        set=tuple((h.name, h.value) for h in mods.set),
+        add=tuple((h.name, h.value) for h in mods.add),
+        remove=tuple(mods.remove),
+    )
+
+
+def _rewrite(f: HTTPRouteFilter | None) -> Rewrite | None:
+    if f is None:
+        return None
+    rw = f.url_rewrite
+    path = rw.path
+    return Rewrite(
+        host=rw.hostname,
+        full_path=path.replace_full_path if path else None,
+        prefix=path.replace_prefix_match if path else None,
+    )
+
+
+def _redirect(f: HTTPRouteFilter | None) -> Redirect | None:
+    if f is None:
+        return None
+    rd = f.request_redirect
+    path = rd.path
+    return Redirect(
+        scheme=rd.scheme,
+        host=rd.hostname,
+        port=rd.port,
+        full_path=path.replace_full_path if path else None,
+        prefix=path.replace_prefix_match if path else None,
+        status_code=rd.status_code,
+    )
+
+
+def _hash_policy(backend: Backend) -> HashPolicy | None:
+    key = backend.spec.load_balancer.hash_key
+    if key is None:
+        return None
+    return HashPolicy(
+        header=key.header.lower() if key.header else None,
+        cookie=key.cookie.name if key.cookie else None,
+        cookie_ttl_s=duration_seconds(key.cookie.ttl) if key.cookie and key.cookie.ttl else None,
+        query_param=key.query_param,
+        source_ip=bool(key.source_ip),
+    )
+
+

@@ -1,0 +1,458 @@
+"""Resources → IR, with a status for every object (Envoy Gateway's `internal/gatewayapi`).
+
+`translate(objects)` takes the valid objects of a store (each with the document it came from) and
+returns the IR and a `StatusBook`. It follows Gateway API's rules for partial validity: an invalid
+object, listener, parentRef or backendRef is reported on its own object and left out (or, for a
+backendRef, answered with HTTP 500), and everything else is programmed:
+
+- a listener whose port is taken by another protocol, or whose (port, hostname) is taken, is
+  `Conflicted` and not programmed; one with an unusable certificate is `ResolvedRefs=False`;
+- a parentRef naming a missing Gateway or `sectionName`, or a listener whose `allowedRoutes`
+  excludes the route's namespace, or whose hostname doesn't intersect the route's, leaves the
+  route unattached there (`Accepted=False`), attached elsewhere;
+- a backendRef that is missing, of an unknown kind or cross-namespace without a ReferenceGrant is
+  `ResolvedRefs=False` and its share of the rule's requests gets HTTP 500;
+- of two rules with identical matches on the same port and host, the older route wins (then the
+  alphabetically first); the other match is `Conflicted` and left out.
+
+Order between objects ("oldest first, then alphabetical") uses `metadata.creationTimestamp` when
+the object has one (Kubernetes), else namespace/name.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from meshgate.providers.file.loader import SourceDocument
+from meshgate.api.models import (
+    CERT_FILE_OPTION,
+    KEY_FILE_OPTION,
+    Backend,
+    Gateway,
+    GRPCRoute,
+    HTTPRoute,
+    Listener,
+    MeshgateHTTPRoute,
+    ReferenceGrant,
+    Resource,
+    Secret,
+)
+from meshgate.api.policies import ClientTrafficPolicy
+from meshgate.errors import format_field_path
+from meshgate.gatewayapi import policies
+from meshgate.gatewayapi.checks import effective_hostnames, match_identity, pem_problem
+from meshgate.gatewayapi.routes import backend_cluster, build_routes
+from meshgate.gatewayapi.status import Condition, ObjectKey, ObjectStatus, StatusBook, object_key
+from meshgate.providers.store import StoreView
+from meshgate import ir
+
+AnyRoute = HTTPRoute | MeshgateHTTPRoute | GRPCRoute
+ReadFile = Callable[[str], bytes]
+
+ACCEPTED = Condition("Accepted", "True", "Accepted")
+PROGRAMMED = Condition("Programmed", "True", "Programmed")
+RESOLVED = Condition("ResolvedRefs", "True", "ResolvedRefs")
+
+
+def _read_file(path: str) -> bytes:
+    """Certificate files: regular files only, bounded, so a wrong path can't hang or exhaust us."""
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(f"{path} is not a regular file")
+        data = os.read(fd, 1 << 20 + 1)
+        if len(data) > 1 << 20:
+            raise OSError(f"{path} is larger than 1 MiB")
+        return data
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class Translation:
+    """What translation produced: the IR, every object's status, and the objects themselves."""
+
+    ir: ir.IR
+    status: StatusBook
+    gateways: list[Gateway] = field(default_factory=list)
+    routes: list[AnyRoute] = field(default_factory=list)
+    backends: dict[tuple[str, str], Backend] = field(default_factory=dict)  # (namespace, name)
+    policies: list[Resource] = field(default_factory=list)
+    # Files whose content is part of the config (certificates named by path): watched for changes.
+    files: set[str] = field(default_factory=set)
+
+    def summary(self) -> dict[str, int]:
+        return {
+            "gateways": len(self.gateways),
+            "listeners": sum(len(g.spec.listeners) for g in self.gateways),
+            "routes": len(self.routes),
+            "backends": len(self.backends),
+            "policies": len(self.policies),
+        }
+
+
+def precedence_order(resources: Iterable[Resource]) -> list:
+    """Oldest first (creationTimestamp, when known), then by namespace and name."""
+    return sorted(resources, key=lambda r: (getattr(r.metadata, "creation_timestamp", None) or "",
+                                            r.metadata.namespace, r.metadata.name))
+
+
+@dataclass(frozen=True)
+class _Attachment:
+    gateway: Gateway
+    listener: Listener
+    hostnames: tuple[str, ...]
+
+
+class _Translator:
+    def __init__(self, objects: Sequence[tuple[Resource, SourceDocument]], invalid: set[ObjectKey],
+                 read_file: ReadFile) -> None:
+        self.status = StatusBook()
+        self.invalid = invalid  # keys of objects that exist but failed validation (their own errors say why)
+        self.read_file = read_file
+        self.docs: dict[ObjectKey, SourceDocument] = {}
+        self.gateways: list[Gateway] = []
+        self.routes: list[AnyRoute] = []
+        self.backends: dict[tuple[str, str], Backend] = {}
+        self.secrets: dict[tuple[str, str], Secret] = {}
+        self.grants: list[ReferenceGrant] = []
+        self.policies: list[Resource] = []
+        self.files: set[str] = set()
+        for resource, doc in objects:
+            self._add(resource, doc)
+        self.gateways = precedence_order(self.gateways)
+        self.routes = precedence_order(self.routes)
+
+    def _add(self, resource: Resource, doc: SourceDocument) -> None:
+        key = object_key(resource)
+        if key in self.docs:
+            first = self.docs[key]
+            # Not tracked: the status slot belongs to the first definition.
+            self.status.problems.append(doc.error(("metadata", "name"),
+                                                  f"duplicate {resource.ref}, first defined at {first.file}:{first.line}"))
+            return
+        self.docs[key] = doc
+        self.status.track(key, doc, resource.kind)
+        self.status.condition(resource, ACCEPTED)
+        ns_name = (resource.metadata.namespace, resource.metadata.name)
+        if isinstance(resource, Gateway):
+            self.gateways.append(resource)
+        elif isinstance(resource, (HTTPRoute, MeshgateHTTPRoute, GRPCRoute)):
+            self.routes.append(resource)
+        elif isinstance(resource, Backend):
+            self.backends[ns_name] = resource
+        elif isinstance(resource, Secret):
+            self.secrets[ns_name] = resource
+        elif isinstance(resource, ReferenceGrant):
+            self.grants.append(resource)
+        elif isinstance(resource, ClientTrafficPolicy):
+            self.policies.append(resource)
+
+    # -- ReferenceGrant ----------------------------------------------------------------------
+
+    def granted(self, source: Resource, to_group: str, to_kind: str, to_ns: str, to_name: str) -> bool:
+        """Whether a ReferenceGrant in the target namespace admits this cross-namespace reference."""
+        group = source.api_version.split("/")[0] if "/" in source.api_version else ""
+        for grant in self.grants:
+            if grant.metadata.namespace != to_ns:
+                continue
+            from_ok = any(f.group == group and f.kind == source.kind and f.namespace == source.metadata.namespace
+                          for f in grant.spec.from_)
+            to_ok = any(t.group == to_group and t.kind == to_kind and t.name in (None, to_name) for t in grant.spec.to)
+            if from_ok and to_ok:
+                return True
+        return False
+
+    def _missing(self, group: str, kind: str, ns: str, name: str) -> str:
+        if (group, kind, ns, name) in self.invalid:
+            return f"{kind} {ns}/{name} is invalid (see its own errors)"
+        return f"{kind} {ns}/{name} not found"
+
+    # -- Gateways ----------------------------------------------------------------------------
+
+    def gateway_listeners(self) -> tuple[list[tuple[Gateway, Listener]], dict[tuple, str], dict[str, ir.Secret]]:
+        """Listeners that can be programmed, their certificate (SDS secret name), and the secrets."""
+        programmed: list[tuple[Gateway, Listener]] = []
+        cert_of: dict[tuple, str] = {}
+        secrets: dict[str, ir.Secret] = {}
+        protocol_of_port: dict[int, tuple[str, Gateway, Listener]] = {}
+        owner: dict[tuple[int, str | None], tuple[Gateway, Listener]] = {}
+        for gateway in self.gateways:
+            for i, listener in enumerate(gateway.spec.listeners):
+                where = ("spec", "listeners", i)
+                name = listener.name
+                first = protocol_of_port.setdefault(listener.port, (listener.protocol, gateway, listener))
+                if first[0] != listener.protocol:
+                    self.status.listener(gateway, name, Condition(
+                        "Conflicted", "True", "ProtocolConflict",
+                        f"port {listener.port} is already used with protocol {first[0]}"), (*where, "protocol"))
+                    self.status.listener(gateway, name, Condition("Programmed", "False", "Invalid", "protocol conflict"))
+                    continue
+                taken = owner.setdefault((listener.port, listener.hostname), (gateway, listener))
+                if taken != (gateway, listener):
+                    self.status.listener(gateway, name, Condition(
+                        "Conflicted", "True", "HostnameConflict",
+                        f"port {listener.port} with hostname {listener.hostname or '(any)'} is already used by "
+                        f"{taken[0].ref} listener {taken[1].name}"), (*where, "port"))
+                    self.status.listener(gateway, name, Condition("Programmed", "False", "Invalid", "hostname conflict"))
+                    continue
+                if listener.tls is not None:
+                    secret = self.certificate(gateway, listener, where)
+                    if secret is None:
+                        self.status.listener(gateway, name, Condition("Programmed", "False", "Invalid",
+                                                                      "no usable certificate"))
+                        continue
+                    secrets[secret.name] = secret
+                    cert_of[(object_key(gateway), name)] = secret.name
+                self.status.listener(gateway, name, Condition("Conflicted", "False", "NoConflicts"))
+                self.status.listener(gateway, name, RESOLVED)
+                self.status.listener(gateway, name, ACCEPTED)
+                self.status.listener(gateway, name, PROGRAMMED)
+                programmed.append((gateway, listener))
+        for gateway in self.gateways:
+            ok = any(g is gateway for g, _ in programmed)
+            self.status.condition(gateway, PROGRAMMED if ok else Condition(
+                "Programmed", "False", "Invalid", "no listener of this Gateway could be programmed"))
+        return programmed, cert_of, secrets
+
+    def certificate(self, gateway: Gateway, listener: Listener, where: tuple) -> ir.Secret | None:
+        """The listener's certificate and key, checked the way Envoy would, or None (reported)."""
+        name, tls = listener.name, listener.tls
+        bad = lambda path, message: self.status.listener(  # noqa: E731
+            gateway, name, Condition("ResolvedRefs", "False", "InvalidCertificateRef", message), path)
+        if CERT_FILE_OPTION in tls.options:
+            base = os.path.dirname(self.docs[object_key(gateway)].file)
+            pem: dict[str, bytes] = {}
+            for option in (CERT_FILE_OPTION, KEY_FILE_OPTION):
+                path = os.path.normpath(os.path.join(base, tls.options[option]))  # as the user sees it
+                self.files.add(os.path.abspath(path))
+                try:
+                    pem[option] = self.read_file(path)
+                except OSError as exc:
+                    reason = exc.strerror.lower() if exc.strerror else str(exc)
+                    bad((*where, "tls", "options", option), f"cannot read file {path} ({reason})")
+            if len(pem) < 2:
+                return None
+            problem = pem_problem(pem[CERT_FILE_OPTION], pem[KEY_FILE_OPTION])
+            if problem:
+                bad((*where, "tls", "options"), problem)
+                return None
+            cert_path = os.path.abspath(os.path.join(base, tls.options[CERT_FILE_OPTION]))
+            return ir.Secret(f"file{cert_path}", pem[CERT_FILE_OPTION], pem[KEY_FILE_OPTION])
+        ref = tls.certificate_refs[0]
+        ref_path = (*where, "tls", "certificateRefs", 0)
+        ns = ref.namespace or gateway.metadata.namespace
+        secret = self.secrets.get((ns, ref.name))
+        if secret is None:
+            bad((*ref_path, "name"), self._missing("", "Secret", ns, ref.name))
+            return None
+        if ns != gateway.metadata.namespace and not self.granted(gateway, "", "Secret", ns, ref.name):
+            self.status.listener(gateway, name, Condition(
+                "ResolvedRefs", "False", "RefNotPermitted",
+                f"Secret {ns}/{ref.name} is in another namespace and no ReferenceGrant allows it"), (*ref_path, "namespace"))
+            return None
+        cert, key = self._secret_pem(secret)
+        if cert is None or key is None:
+            bad(ref_path, f"Secret {ns}/{ref.name} needs tls.crt and tls.key (data or stringData)")
+            return None
+        problem = pem_problem(cert, key)
+        if problem:
+            bad(ref_path, f"Secret {ns}/{ref.name}: {problem}")
+            return None
+        return ir.Secret(f"secret/{ns}/{ref.name}", cert, key)
+
+    def _secret_pem(self, secret: Secret) -> tuple[bytes | None, bytes | None]:
+        def get(name: str) -> bytes | None:
+            if name in secret.string_data:
+                return secret.string_data[name].encode()
+            if name in secret.data:
+                try:
+                    return base64.b64decode(secret.data[name], validate=True)
+                except ValueError:
+                    self.status.condition(secret, Condition("Accepted", "False", "Invalid", "not valid base64"),
+                                          ("data", name))
+            return None
+
+        return get("tls.crt"), get("tls.key")
+
+    # -- Routes ------------------------------------------------------------------------------
+
+    def attach(self, route: AnyRoute, programmed: list[tuple[Gateway, Listener]]) -> list[_Attachment]:
+        """Where a route attaches, by Gateway API's rules; a status per parentRef."""
+        attachments: list[_Attachment] = []
+        gateways = {(g.metadata.namespace, g.metadata.name): g for g in self.gateways}
+        for i, ref in enumerate(route.spec.parent_refs):
+            where = ("spec", "parentRefs", i)
+            ns = ref.namespace or route.metadata.namespace
+            label = f"Gateway {ns}/{ref.name}" + (f"/{ref.section_name}" if ref.section_name else "")
+            refuse = lambda reason, message, path: self.status.parent(  # noqa: E731
+                route, i, label, Condition("Accepted", "False", reason, message), path)
+            gateway = gateways.get((ns, ref.name))
+            if gateway is None:
+                refuse("NoMatchingParent", self._missing("gateway.networking.k8s.io", "Gateway", ns, ref.name), (*where, "name"))
+                continue
+            listeners = list(gateway.spec.listeners)
+            if ref.section_name is not None:
+                listeners = [l for l in listeners if l.name == ref.section_name]
+                if not listeners:
+                    refuse("NoMatchingParent", f"{gateway.ref} has no listener named {ref.section_name!r}",
+                           (*where, "sectionName"))
+                    continue
+            if ref.port is not None:
+                listeners = [l for l in listeners if l.port == ref.port]
+                if not listeners:
+                    refuse("NoMatchingParent", f"{gateway.ref} has no listener on port {ref.port}", (*where, "port"))
+                    continue
+            listeners = [l for l in listeners if l.allowed_routes.namespaces.from_ == "All"
+                         or route.metadata.namespace == gateway.metadata.namespace]
+            if not listeners:
+                refuse("NotAllowedByListeners", f"{gateway.ref} only admits routes from namespace "
+                       f"{gateway.metadata.namespace}", (*where, "name"))
+                continue
+            found = []
+            for listener in listeners:
+                hostnames = effective_hostnames(route.spec.hostnames, listener.hostname)
+                if hostnames and any(g is gateway and l is listener for g, l in programmed):
+                    found.append(_Attachment(gateway, listener, hostnames))
+                elif hostnames:
+                    found.append(None)  # type: ignore[arg-type] - attached, but the listener isn't programmed
+            if not found:
+                refuse("NoMatchingListenerHostname", f"no hostname of this route is served by {gateway.ref} "
+                       f"(listener hostnames: {', '.join(sorted({l.hostname or '*' for l in listeners}))})",
+                       ("spec", "hostnames"))
+                continue
+            self.status.parent(route, i, label, ACCEPTED)
+            attachments.extend(a for a in found if a is not None)
+        return attachments
+
+    def resolve_backend(self, route: AnyRoute, r: int, b: int) -> Backend | None:
+        ref = route.spec.rules[r].backend_refs[b]
+        where = ("spec", "rules", r, "backendRefs", b)
+        ns = ref.namespace or route.metadata.namespace
+        unresolved = lambda reason, message, path: self.status.condition(  # noqa: E731
+            route, Condition("ResolvedRefs", "False", reason, message), path)
+        if (ref.group, ref.kind) != ("meshgate.io", "Backend"):
+            unresolved("InvalidKind", f"{ref.kind or 'Service'} {ns}/{ref.name}: only meshgate.io Backends can be "
+                       "referenced here (set group: meshgate.io and kind: Backend)", (*where, "kind"))
+            return None
+        backend = self.backends.get((ns, ref.name))
+        if backend is None:
+            unresolved("BackendNotFound", self._missing("meshgate.io", "Backend", ns, ref.name), (*where, "name"))
+            return None
+        if ns != route.metadata.namespace and not self.granted(route, "meshgate.io", "Backend", ns, ref.name):
+            unresolved("RefNotPermitted", f"Backend {ns}/{ref.name} is in another namespace and no ReferenceGrant "
+                       "allows it", (*where, "namespace"))
+            return None
+        if isinstance(route, GRPCRoute) and backend.spec.protocol == "HTTP1":
+            unresolved("UnsupportedProtocol", f"Backend {ns}/{ref.name} speaks HTTP1; a GRPCRoute needs protocol "
+                       "GRPC or HTTP2", (*where, "name"))
+            return None
+        return backend
+
+    # -- the whole translation -----------------------------------------------------------------
+
+    def run(self) -> Translation:
+        programmed, cert_of, secrets = self.gateway_listeners()
+        settings = policies.client_settings(self, programmed)
+
+        # port -> hostname -> [(precedence key, IR route)]; first definition of a match wins.
+        by_port: dict[int, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+        owners: dict[tuple, tuple[AnyRoute, tuple]] = {}
+        attached_count: dict[tuple, int] = defaultdict(int)
+        for route in self.routes:
+            attachments = self.attach(route, programmed)
+            self.status.condition(route, RESOLVED)
+            built = list(build_routes(route, self.resolve_backend))
+            rule_match = [(r, m) for r, rule in enumerate(route.spec.rules) for m in range(len(rule.matches))]
+            for att in attachments:
+                attached_count[(object_key(att.gateway), att.listener.name)] += 1
+                for host in att.hostnames:
+                    for (r, m), (key, ir_route) in zip(rule_match, built):
+                        match = route.spec.rules[r].matches[m]
+                        where = ("spec", "rules", r, "matches", m)
+                        first, first_where = owners.setdefault(
+                            (att.listener.port, host, match_identity(match)), (route, where))
+                        if first is not route or first_where[:3] != where[:3]:
+                            if first is not route or first_where != where:
+                                src = self.docs[object_key(first)]
+                                self.status.condition(route, Condition(
+                                    "Conflicted", "True", "IdenticalMatch",
+                                    f"same match as {first.ref} {format_field_path(first_where)} "
+                                    f"({src.file}:{src.locate(first_where)[1]}) on port {att.listener.port}, host {host}"),
+                                    where)
+                            continue
+                        by_port[att.listener.port][host].append((key, ir_route))
+            if not any(c.type == "Accepted" for cs in self.status.of(route).parents.values() for c in cs
+                       if c.status == "True"):
+                self.status.condition(route, Condition("Accepted", "False", "NotAttached",
+                                                       "the route is not attached to any listener"))
+
+        listeners = []
+        for port, (name, tls, port_settings) in sorted(self._ports(programmed, cert_of, settings).items()):
+            hosts = by_port.get(port, {})
+            vhosts = []
+            for host in sorted(hosts, key=_host_order):
+                routes = sorted(dict((r.name, (k, r)) for k, r in hosts[host]).values(), key=lambda kr: kr[0])
+                vhosts.append(ir.VirtualHost(name=f"{name}/{host}", domains=(host,), routes=tuple(r for _, r in routes)))
+            listeners.append(ir.Listener(name=name, port=port, tls=tls, virtual_hosts=tuple(vhosts), settings=port_settings))
+        clusters = tuple(backend_cluster(b) for _, b in sorted(self.backends.items()))
+        model = ir.IR(listeners=tuple(listeners), clusters=clusters,
+                      secrets=tuple(secrets[n] for n in sorted(secrets)))
+        return Translation(model, self.status, self.gateways, self.routes, self.backends, self.policies, self.files)
+
+    def _ports(self, programmed, cert_of, settings):  # noqa: ANN001, ANN202
+        """One Envoy listener per port, named after the first Gateway listener on it."""
+        ports: dict[int, tuple[str, list[ir.TLSServerName], ir.ClientSettings]] = {}
+        for gateway, listener in programmed:
+            name = f"{gateway.metadata.namespace}/{gateway.metadata.name}/{listener.port}"
+            _, tls, _ = ports.setdefault(listener.port, (name, [], settings[(object_key(gateway), listener.name)]))
+            secret = cert_of.get((object_key(gateway), listener.name))
+            if secret is not None:
+                tls.append(ir.TLSServerName((listener.hostname,) if listener.hostname else (), secret))
+        # The certificate without SNI names is the default; it goes last so named ones win.
+        return {port: (name, tuple(sorted(tls, key=lambda t: (not t.server_names, t.server_names))), s)
+                for port, (name, tls, s) in ports.items()}
+
+
+def _host_order(host: str) -> tuple:
+    # Envoy picks the most specific domain itself; sorting only keeps the output deterministic.
+    return (host == "*", host.startswith("*"), host)
+
+
+def translate(objects: Sequence[tuple[Resource, SourceDocument]], *, invalid: Iterable[ObjectKey] = (),
+              read_file: ReadFile = _read_file) -> Translation:
+    """Valid objects (with their documents) → IR and a status per object. Pure but for reading the
+    certificate files Gateways name (through `read_file`)."""
+    return _Translator(objects, set(invalid), read_file).run()
+
+
+def translate_view(view: StoreView, read_file: ReadFile = _read_file) -> Translation:
+    """`translate` the objects of a store update, and give the objects whose current version is
+    invalid their status: `Accepted=False` (reason `Invalid`), and `Programmed` True while their
+    last valid version keeps serving, False when they never had one."""
+    translation = translate(view.objects, invalid=view.invalid, read_file=read_file)
+    book = translation.status
+    for key in sorted(view.invalid):
+        errors = view.errors_by_key.get(key, [])
+        message = "; ".join(f"{e.field + ': ' if e.field else ''}{e.message}"
+                            for e in errors[:3]) or "its file could not be read"
+        status = book.objects.get(key)
+        if status is None:
+            origin = f"{errors[0].file}:{errors[0].line}" if errors else ""
+            status = book.objects[key] = ObjectStatus(key[1], key[2], key[3], origin)
+        status.conditions[:] = [c for c in status.conditions if c.type not in ("Accepted", "Programmed")]
+        status.conditions.insert(0, Condition("Accepted", "False", "Invalid", message))
+        if key in view.stale:
+            status.conditions.insert(1, Condition(
+                "Programmed", "True", "LastValidVersion",
+                f"the last valid version (generation {view.stale[key]}) keeps serving until this is fixed"))
+        else:
+            status.conditions.insert(1, Condition("Programmed", "False", "Invalid", "never had a valid version"))
+    return translation

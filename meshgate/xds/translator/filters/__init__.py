@@ -1,0 +1,28 @@
+"""The HTTP filter registry: every Envoy HTTP filter meshgate can put in a listener's chain.
+
+Envoy runs a listener's HTTP filters in the order of the HttpConnectionManager's `http_filters`
+list, the router (which forwards the request upstream) last. Each module here describes one filter:
+
+- `NAME`: the Envoy filter name (also the key of its per-route config);
+- `listener_config(listener) -> message | None`: its config in the chain of this listener, or
+  None when the listener doesn't need it;
+- `route_config(route) -> message | None` (optional): its per-route config, put in the route's
+  `typed_per_filter_config` (e.g. to enable or tune the filter for one route only).
+
+Adding a feature = one module here and one line in `HTTP_FILTERS`, at its place in the chain.
+Envoy's list of HTTP filters: https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_filters/http_filters
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from meshgate.xds.translator.filters import health_check, router
+
+# Chain order. Filters that answer on their own (health check) come first; the router is last.
+HTTP_FILTERS: tuple[ModuleType, ...] = (
+    health_check,
+    router,
+)
+
+__all__ = ["HTTP_FILTERS"]
