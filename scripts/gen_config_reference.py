@@ -25,7 +25,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from meshgate.api import models  # noqa: E402
-from meshgate.api.config import KINDS  # noqa: E402
+from meshgate.api.config import KINDS as ALL_KINDS  # noqa: E402
+from meshgate.api.policies import SIZE_RE  # noqa: E402
+
+# One section per model: ReferenceGrant is documented under v1 (v1beta1 is accepted too).
+KINDS = {key: model for key, model in ALL_KINDS.items() if key != ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant")}
 from meshgate.api.schema import model_schema  # noqa: E402
 from meshgate.runner import SAMPLE_UPSTREAM_ANNOTATION  # noqa: E402
 
@@ -40,6 +44,8 @@ FORMATS: dict[str, tuple[str, str, str]] = {
                      "starts and ends with a letter or digit; at most 253 characters", "`edge`, `shop-api`"),
     models.HOSTNAME_RE: ("Hostname", "DNS name, lowercase, optionally starting with `*.` (any one or more leading "
                          "labels); at most 253 characters", "`api.example.com`, `*.example.com`"),
+    SIZE_RE: ("Size", "bytes as a number, or a quantity with a suffix (`Ki`, `Mi`, `Gi`: powers of 1024; "
+                       "`k`, `M`, `G`: powers of 1000)", "`32768`, `32Ki`, `1Mi`"),
     models.HEADER_NAME_RE: ("HeaderName", "HTTP header name (RFC 7230 token); at most 256 characters",
                             "`x-request-id`, `Authorization`"),
 }
@@ -53,7 +59,7 @@ KIND_NOTES: dict[tuple[str, str], str] = {
         f"- `tls.options` `{models.CERT_FILE_OPTION}` and `{models.KEY_FILE_OPTION}`: PEM files, paths relative "
         "to the YAML file holding the Gateway; Envoy reads the files itself; or\n"
         "- `tls.certificateRefs`: a [`v1` Secret](#kind-v1-secret) of type `kubernetes.io/tls` (only the first "
-        "reference is used; one in another namespace needs a [ReferenceGrant](#kind-gateway-networking-k8s-io-v1beta1-referencegrant)).\n\n"
+        "reference is used; one in another namespace needs a [ReferenceGrant](#kind-gateway-networking-k8s-io-v1-referencegrant)).\n\n"
         "meshgate checks the pair before Envoy sees it: a PEM X.509 certificate, an unencrypted PEM key, and "
         "a key that belongs to the certificate. Several HTTPS listeners on one port serve their certificates "
         "by SNI (the listener `hostname`); the one without a hostname is the default."
@@ -87,7 +93,9 @@ KIND_NOTES: dict[tuple[str, str], str] = {
         "`tls.crt` and `tls.key`, in `data` (base64) or `stringData` (plain text, wins over `data`). The "
         "placeholder below validates on its own; a Gateway that uses it needs a real certificate and key."
     ),
-    ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant"): (
+    (models.GATEWAY_API_V1, "ReferenceGrant"): (
+        "Also accepted as `apiVersion: gateway.networking.k8s.io/v1beta1`. Deleting a grant takes effect on "
+        "the next reload: the references it admitted become unresolved (their share of requests gets HTTP 500).\n\n"
         "Namespaces are tenancy boundaries: a route's `backendRefs` to a Backend in another namespace, or a "
         "Gateway's `certificateRefs` to a Secret in another namespace, is refused unless a ReferenceGrant "
         "**in the target's namespace** lists the referring object in `from` (its API group, kind and "
@@ -116,7 +124,7 @@ TYPE_NOTES: dict[str, str] = {
 FIELD_NOTES: dict[tuple[str, str], str] = {
     ("ObjectMeta", "name"): "Unique per API group, kind and namespace.",
     ("ObjectMeta", "namespace"): "The tenancy boundary: references across namespaces need a "
-                                 "[ReferenceGrant](#kind-gateway-networking-k8s-io-v1beta1-referencegrant).",
+                                 "[ReferenceGrant](#kind-gateway-networking-k8s-io-v1-referencegrant).",
     ("ObjectMeta", "annotations"): f"`{SAMPLE_UPSTREAM_ANNOTATION}: echo` on a Backend: see "
                                    "[Backend](#kind-meshgate-io-v1alpha1-backend).",
     ("GatewaySpec", "gatewayClassName"): "Accepted for compatibility; not used.",
@@ -336,9 +344,45 @@ stringData:
     (PEM private key)
     -----END PRIVATE KEY-----
 """,
-    ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant"): """\
+    (models.MESHGATE_V1ALPHA1, "ClientTrafficPolicy"): """\
+# The Gateway's listeners keep meshgate's hardened defaults but for what the policies change;
+# the `public` listener gets its own policy on top (field by field: see Policy attachment).
+apiVersion: meshgate.io/v1alpha1
+kind: ClientTrafficPolicy
+metadata:
+  name: edge-clients
+spec:
+  targetRefs:
+    - {group: gateway.networking.k8s.io, kind: Gateway, name: edge}
+  timeout:
+    http: {idleTimeout: 15m, requestHeadersTimeout: 5s}
+  healthCheck: {path: /healthz}
+---
+apiVersion: meshgate.io/v1alpha1
+kind: ClientTrafficPolicy
+metadata:
+  name: public-clients
+spec:
+  targetRefs:
+    - {group: gateway.networking.k8s.io, kind: Gateway, name: edge, sectionName: public}
+  path: {escapedSlashesAction: RejectRequest}
+  headers: {withUnderscoresAction: DropHeader}
+  connection:
+    connectionLimit: {value: 10000, closeDelay: 1s}
+    bufferLimit: 64Ki
+  http2: {maxConcurrentStreams: 200, initialStreamWindowSize: 128Ki}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge}
+spec:
+  listeners:
+    - {name: public, protocol: HTTP, port: 8080}
+    - {name: internal, protocol: HTTP, port: 9080}
+""",
+    (models.GATEWAY_API_V1, "ReferenceGrant"): """\
 # A route in namespace "shop" sends to the Backend "payments" in namespace "payments".
-apiVersion: gateway.networking.k8s.io/v1beta1
+apiVersion: gateway.networking.k8s.io/v1
 kind: ReferenceGrant
 metadata:
   name: shop-routes
@@ -435,7 +479,7 @@ These apply to HTTPRoute (both API groups) and GRPCRoute.
   the same port and hostname are an error: the second could never be used.
 - **Backends.** In file mode `backendRefs` must say `group: meshgate.io, kind: Backend` (Gateway API's
   default, a `Service`, is refused). A Backend in another namespace needs a
-  [ReferenceGrant](#kind-gateway-networking-k8s-io-v1beta1-referencegrant) in that namespace. Several
+  [ReferenceGrant](#kind-gateway-networking-k8s-io-v1-referencegrant) in that namespace. Several
   backendRefs split the rule's requests by `weight`.
 - **No match:** Envoy answers 404.
 
@@ -504,7 +548,7 @@ def type_text(schema: dict[str, Any]) -> str:
         name = ref_name(schema["$ref"])
         return f"[{name}](#{type_anchor(name)})"
     if "anyOf" in schema:
-        return " or ".join(type_text(s) for s in schema["anyOf"])
+        return " or ".join(type_text(s) for s in schema["anyOf"] if s.get("type") != "null")
     kind = schema.get("type")
     if kind == "array":
         return f"list of {type_text(schema['items'])}"
