@@ -421,7 +421,7 @@ class _DocumentBuilder:
         try:
             if isinstance(node, SequenceNode):
                 if node.tag != _SEQ_TAG:
-                    self._error(node, path, f"unsupported tag {clip_value(repr(node.tag))} on a list")
+                    self._error(node, path, f"unsupported tag {clip_value(node.tag, quote=True)} on a list")
                     return None
                 items = []
                 for index, item in enumerate(node.value):
@@ -430,7 +430,7 @@ class _DocumentBuilder:
                     items.append(self._value(item, item_path, positions))
                 return items
             if node.tag != _MAP_TAG:
-                self._error(node, path, f"unsupported tag {clip_value(repr(node.tag))} on a mapping")
+                self._error(node, path, f"unsupported tag {clip_value(node.tag, quote=True)} on a mapping")
                 return None
             return self._mapping(node, path, positions)
         finally:
@@ -503,7 +503,7 @@ class _DocumentBuilder:
             self._error(node, path, clip_value(exc.problem or str(exc), 200))
         except Exception:  # noqa: BLE001 - PyYAML's constructors raise ValueError and others
             kind = clip_value(node.tag.rsplit(":", 1)[-1])
-            self._error(node, path, f"{clip_value(repr(node.value))} is not a valid {kind}")
+            self._error(node, path, f"{clip_value(node.value, quote=True)} is not a valid {kind}")
         finally:
             # A failed construction leaves the node marked "in progress"; clear it so an alias
             # to the same node reports the real problem instead of a recursion error.
@@ -548,7 +548,8 @@ def _substitute(text: str, environ: Mapping[str, str]) -> str:
         if has_default and not value:
             value = default
         elif value is None:
-            name = clip_value(name)
+            if clip_value(name) != name:  # too long to repeat in a hint
+                raise _SubstitutionError(f"environment variable {clip_value(name)} is not set")
             raise _SubstitutionError(
                 f"environment variable {name} is not set (use ${{{name}:-default}} for a default)"
             )

@@ -103,8 +103,10 @@ def read_regular_file(path: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> byt
         os.close(fd)
 
 
-def clip_value(text: str, limit: int = 80) -> str:
-    """`text` cut to `limit` characters for an error message, saying how long it was."""
+def clip_value(text: str, limit: int = 80, *, quote: bool = False) -> str:
+    """`text` cut to `limit` characters for an error message, saying how long it was; with
+    `quote`, in Python quotes (``'abc'``)."""
     if len(text) <= limit:
-        return text
-    return f"{text[:limit]}… ({len(text)} characters)"
+        return repr(text) if quote else text
+    head = repr(text[:limit]) if quote else text[:limit]
+    return f"{head}… ({len(text)} characters)"

@@ -10,8 +10,9 @@ a ConfigMap's ``..data`` link swap and a new overlay for the environment all cou
 event on an unrelated file beside a config file costs a filter call and nothing else.
 
 Settling: after an event, wait until no further event for `settle` seconds, then until the
-changed files' stamps are equal across two looks `stable_check` apart; all within `max_settle`,
-so a file written without end still reloads (at most every `max_settle` seconds).
+changed files' stamps have stayed the same for `settle`, looked at every `stable_check`; all
+within about `max_settle`, so a file written without end still reloads (at most every
+`max_settle` seconds). With the defaults a change is reported ~0.2-0.3 s after the last write.
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ class FileProvider:
         self._wake: threading.Event | None = None  # stops the current watch to change roots
         self._roots: frozenset[str] = frozenset()  # directories the current watch covers
         self._targets: frozenset[str] = frozenset()  # where linked config files point
+        self.watching: frozenset[str] = frozenset()
+        """The directories watched once `changes` is live (its first look done); else empty."""
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -102,8 +105,10 @@ class FileProvider:
         Their state at this call is the base a change is measured from."""
         extra = {os.path.abspath(f) for f in files}
         with self._lock:
-            self._extra = extra
+            dropped, self._extra = self._extra - extra - self._named, extra
             if self._known is not None:
+                for file in dropped:  # no longer watched: not a change
+                    self._known.pop(file, None)
                 for file in extra:
                     self._known.setdefault(file, file_stamp(file))
         self._rewatch_if_needed()
@@ -129,23 +134,26 @@ class FileProvider:
                 try:
                     # Anything that changed before the watch started is found by this first look.
                     batch = await self._settled(set(), loop, executor)
+                    self.watching = roots
                     if batch:
                         yield batch
                     while not wake.is_set():
                         raw = await loop.run_in_executor(
-                            executor, watcher.watch, int(self.max_settle * 1000), int(self.settle * 1000), 0, wake
+                            executor, watcher.watch, int(self.max_settle * 500), int(self.settle * 1000), 0, wake
                         )
                         if not isinstance(raw, set):
                             continue  # "stop" (the loop ends) or a spurious "timeout"/"signal"
                         events = {path for _, path in raw if self._relevant(path)}
-                        if events:
-                            batch = await self._settled(events, loop, executor)
-                            if batch:
-                                yield batch
+                        if not events:
+                            continue  # e.g. a log file written beside a config file
+                        batch = await self._settled(events, loop, executor)
+                        if batch:
+                            yield batch
                         # New folders to watch, or watched ones gone: start over with new roots.
                         if (await loop.run_in_executor(executor, self._watch_roots))[0] != roots:
                             break
                 finally:
+                    self.watching = frozenset()
                     wake.set()
                     # The executor's one thread closes the watcher after `watch` has returned.
                     executor.submit(watcher.close)
@@ -155,24 +163,31 @@ class FileProvider:
     async def _settled(
         self, events: set[str], loop: asyncio.AbstractEventLoop, executor: concurrent.futures.Executor
     ) -> set[str]:
-        """What changed, once the files involved have stopped changing; commits it as seen."""
-        deadline = time.monotonic() + self.max_settle
+        """What changed, once the files involved have stopped changing; commits it as seen.
+
+        watchfiles' quiet period only notices events on *new* paths (a second write to the same
+        file does not extend it), and the first look after a (re)start has no quiet period at
+        all: so the stamps of the files involved must also stay the same for `settle`, looked
+        at every `stable_check`. Half of `max_settle` goes to each phase."""
+        deadline = time.monotonic() + self.max_settle / 2
         changed = await loop.run_in_executor(executor, self._scan, False)
         involved = changed | events
-        while involved:
-            before = await loop.run_in_executor(executor, _stamps, involved)
-            await asyncio.sleep(self.stable_check)
-            after = await loop.run_in_executor(executor, _stamps, involved)
-            if before == after:
-                break
-            if time.monotonic() >= deadline:
-                log.warning("config files still changing after %.1f s; reloading anyway", self.max_settle)
-                break
-        changed = await loop.run_in_executor(executor, self._scan, True)
-        with self._lock:
-            known = set(self._known or ())
-        # An event on a known file counts even when its stamp looks the same (coarse mtimes).
-        return changed | (events & known)
+        if involved:
+            last = await loop.run_in_executor(executor, _stamps, involved)
+            quiet_since = time.monotonic()
+            while True:
+                await asyncio.sleep(self.stable_check)
+                now_stamps = await loop.run_in_executor(executor, _stamps, involved)
+                now = time.monotonic()
+                if now_stamps != last:
+                    last, quiet_since = now_stamps, now
+                elif now - quiet_since >= max(self.settle, self.stable_check):
+                    break
+                if now >= deadline:
+                    log.warning("config files still changing after %.1f s; reloading anyway", self.max_settle)
+                    break
+        # Only stamps decide: an event already covered by an earlier look is not reported twice.
+        return await loop.run_in_executor(executor, self._scan, True)
 
     def _scan(self, commit: bool) -> set[str]:
         """The files whose stamp differs from the known one; with `commit`, make the new stamps
