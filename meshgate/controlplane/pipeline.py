@@ -22,7 +22,7 @@ from meshgate.providers.file.loader import DocumentCache, load_documents
 from meshgate.controlplane.publish import StagedPublisher
 from meshgate.controlplane.status import ControlPlaneStatus
 from meshgate.errors import MeshgateError
-from meshgate.gatewayapi import Translation, translate_view
+from meshgate.gatewayapi import Translation, TranslationMemo, translate_view
 from meshgate.providers.store import ObjectStore
 from meshgate.xds.snapshot import InconsistentSnapshot, Snapshot, SnapshotCache
 from meshgate.xds.translator import Resources, TranslateOptions, translate
@@ -78,6 +78,7 @@ class ControlPlane:
         self._stamp: tuple | None = None
         self.documents = DocumentCache()  # parsed files, reused while unchanged
         self.store = ObjectStore()  # objects with their last valid versions, across reloads
+        self.memo = TranslationMemo()  # per-route translations, reused while unchanged
         self.translation: Translation | None = None  # the last translation published
         self._reported: set[str] = set()  # problem lines already logged
         self._gc_timer: asyncio.TimerHandle | None = None
@@ -114,7 +115,7 @@ class ControlPlane:
         try:
             docs, load_errors = load_documents(self.paths, env=self.env, environ=self.environ, cache=self.documents)
             view = self.store.update(docs, load_errors)
-            translation = translate_view(view)
+            translation = translate_view(view, memo=self.memo)
             problems = [str(e) for e in all_problems(view, translation)]
             snapshot = Snapshot.build(compile_config(translation, self.options))
             snapshot.check_consistent()

@@ -63,6 +63,7 @@ class ObjectStatus:
     listeners: dict[str, list[Condition]] = field(default_factory=dict)
     parents: dict[int, list[Condition]] = field(default_factory=dict)
     parent_refs: dict[int, str] = field(default_factory=dict)  # index -> "Gateway ns/name[/section]"
+    attached_routes: dict[str, int] = field(default_factory=dict)  # Gateways: routes per listener
 
     @property
     def ok(self) -> bool:
@@ -76,7 +77,8 @@ class ObjectStatus:
             "conditions": [c.as_dict() for c in self.conditions],
         }
         if self.listeners:
-            out["listeners"] = [{"name": n, "conditions": [c.as_dict() for c in cs]} for n, cs in self.listeners.items()]
+            out["listeners"] = [{"name": n, "attachedRoutes": self.attached_routes.get(n, 0),
+                                 "conditions": [c.as_dict() for c in cs]} for n, cs in self.listeners.items()]
         if self.parents:
             out["parents"] = [{"parentRef": self.parent_refs.get(i, str(i)), "conditions": [c.as_dict() for c in cs]}
                               for i, cs in sorted(self.parents.items())]
@@ -118,6 +120,11 @@ class StatusBook:
         _upsert(self.objects[key].listeners.setdefault(name, []), condition)
         if where is not None:
             self._report(key, where, condition.message)
+
+    def attached(self, gateway: Resource, listener: str) -> None:
+        """Count one route attached to a listener (Gateway API's `attachedRoutes`)."""
+        counts = self.objects[object_key(gateway)].attached_routes
+        counts[listener] = counts.get(listener, 0) + 1
 
     def parent(self, route: Resource, index: int, ref: str, condition: Condition, where: tuple | None = None) -> None:
         key = object_key(route)

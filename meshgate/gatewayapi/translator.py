@@ -105,6 +105,28 @@ def precedence_order(resources: Iterable[Resource]) -> list:
 
 
 @dataclass(frozen=True)
+class _RouteResult:
+    """What translating one route produced: where it attached, its IR routes, its status."""
+
+    route: Resource
+    context: tuple
+    attachments: list
+    built: list  # (precedence key, IR route) per match
+    matches: list  # (field path, identity) per match, for conflict detection
+    conditions: tuple
+    parents: dict
+    parent_refs: dict
+    problems: tuple
+
+
+@dataclass
+class TranslationMemo:
+    """Per-route results kept between reloads, so that an edit re-translates only what changed."""
+
+    routes: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class _Attachment:
     gateway: Gateway
     listener: Listener
@@ -113,8 +135,9 @@ class _Attachment:
 
 class _Translator:
     def __init__(self, objects: Sequence[tuple[Resource, SourceDocument]], invalid: set[ObjectKey],
-                 read_file: ReadFile) -> None:
+                 read_file: ReadFile, memo: TranslationMemo | None = None) -> None:
         self.status = StatusBook()
+        self.memo = memo
         self.invalid = invalid  # keys of objects that exist but failed validation (their own errors say why)
         self.read_file = read_file
         self.docs: dict[ObjectKey, SourceDocument] = {}
@@ -129,7 +152,12 @@ class _Translator:
             self._add(resource, doc)
         self.gateways = precedence_order(self.gateways)
         self.routes = precedence_order(self.routes)
-
+        # What a route's translation can depend on besides itself: every object that is not a
+        # route (the same objects, by identity, when their documents didn't change) and which
+        # objects are invalid. A route is re-translated when it or this changes.
+        self.context = (tuple(id(r) for r, _ in objects if not isinstance(r, (HTTPRoute, MeshgateHTTPRoute, GRPCRoute))),
+                        frozenset(invalid))
+        self._context_objects = [r for r, _ in objects]  # keeps the ids above from being reused
     def _add(self, resource: Resource, doc: SourceDocument) -> None:
         key = object_key(resource)
         if key in self.docs:
@@ -358,6 +386,32 @@ class _Translator:
 
     # -- the whole translation -----------------------------------------------------------------
 
+    def _route(self, route: AnyRoute, programmed: list[tuple[Gateway, Listener]]) -> _RouteResult:
+        """Attach and build one route, recording its status; reused from `memo` while neither the
+        route nor anything it can refer to changed."""
+        key = object_key(route)
+        cached = self.memo.routes.get(key) if self.memo is not None else None
+        if cached is not None and cached.route is route and cached.context == self.context:
+            status = self.status.objects[key]
+            status.conditions[:] = list(cached.conditions)
+            status.parents = {i: list(cs) for i, cs in cached.parents.items()}
+            status.parent_refs = dict(cached.parent_refs)
+            self.status.problems.extend(cached.problems)
+            return cached
+        first_problem = len(self.status.problems)
+        attachments = self.attach(route, programmed)
+        self.status.condition(route, RESOLVED)
+        built = list(build_routes(route, self.resolve_backend))
+        matches = [(("spec", "rules", r, "matches", m), match_identity(match))
+                   for r, rule in enumerate(route.spec.rules) for m, match in enumerate(rule.matches)]
+        status = self.status.objects[key]
+        result = _RouteResult(route, self.context, attachments, built, matches, tuple(status.conditions),
+                              {i: tuple(cs) for i, cs in status.parents.items()}, dict(status.parent_refs),
+                              tuple(self.status.problems[first_problem:]))
+        if self.memo is not None:
+            self.memo.routes[key] = result
+        return result
+
     def run(self) -> Translation:
         programmed, cert_of, secrets = self.gateway_listeners()
         settings = policies.client_settings(self, programmed)
@@ -365,20 +419,13 @@ class _Translator:
         # port -> hostname -> [(precedence key, IR route)]; first definition of a match wins.
         by_port: dict[int, dict[str, list]] = defaultdict(lambda: defaultdict(list))
         owners: dict[tuple, tuple[AnyRoute, tuple]] = {}
-        attached_count: dict[tuple, int] = defaultdict(int)
         for route in self.routes:
-            attachments = self.attach(route, programmed)
-            self.status.condition(route, RESOLVED)
-            built = list(build_routes(route, self.resolve_backend))
-            rule_match = [(r, m) for r, rule in enumerate(route.spec.rules) for m in range(len(rule.matches))]
-            for att in attachments:
-                attached_count[(object_key(att.gateway), att.listener.name)] += 1
+            result = self._route(route, programmed)
+            for att in result.attachments:
+                self.status.attached(att.gateway, att.listener.name)
                 for host in att.hostnames:
-                    for (r, m), (key, ir_route) in zip(rule_match, built):
-                        match = route.spec.rules[r].matches[m]
-                        where = ("spec", "rules", r, "matches", m)
-                        first, first_where = owners.setdefault(
-                            (att.listener.port, host, match_identity(match)), (route, where))
+                    for (where, identity), (key, ir_route) in zip(result.matches, result.built):
+                        first, first_where = owners.setdefault((att.listener.port, host, identity), (route, where))
                         if first is not route or first_where[:3] != where[:3]:
                             if first is not route or first_where != where:
                                 src = self.docs[object_key(first)]
@@ -389,10 +436,14 @@ class _Translator:
                                     where)
                             continue
                         by_port[att.listener.port][host].append((key, ir_route))
-            if not any(c.type == "Accepted" for cs in self.status.of(route).parents.values() for c in cs
-                       if c.status == "True"):
+            if not result.attachments and not any(
+                    c.type == "Accepted" and c.status == "True" for cs in result.parents.values() for c in cs):
                 self.status.condition(route, Condition("Accepted", "False", "NotAttached",
                                                        "the route is not attached to any listener"))
+        if self.memo is not None:  # forget routes that are gone
+            present = {object_key(r) for r in self.routes}
+            for key in [k for k in self.memo.routes if k not in present]:
+                del self.memo.routes[key]
 
         listeners = []
         for port, (name, tls, port_settings) in sorted(self._ports(programmed, cert_of, settings).items()):
@@ -427,17 +478,18 @@ def _host_order(host: str) -> tuple:
 
 
 def translate(objects: Sequence[tuple[Resource, SourceDocument]], *, invalid: Iterable[ObjectKey] = (),
-              read_file: ReadFile = _read_file) -> Translation:
+              read_file: ReadFile = _read_file, memo: TranslationMemo | None = None) -> Translation:
     """Valid objects (with their documents) → IR and a status per object. Pure but for reading the
-    certificate files Gateways name (through `read_file`)."""
-    return _Translator(objects, set(invalid), read_file).run()
+    certificate files Gateways name (through `read_file`). With a `memo` (kept by the caller
+    across reloads), routes unchanged since the last call are not translated again."""
+    return _Translator(objects, set(invalid), read_file, memo).run()
 
 
-def translate_view(view: StoreView, read_file: ReadFile = _read_file) -> Translation:
+def translate_view(view: StoreView, read_file: ReadFile = _read_file, memo: TranslationMemo | None = None) -> Translation:
     """`translate` the objects of a store update, and give the objects whose current version is
     invalid their status: `Accepted=False` (reason `Invalid`), and `Programmed` True while their
     last valid version keeps serving, False when they never had one."""
-    translation = translate(view.objects, invalid=view.invalid, read_file=read_file)
+    translation = translate(view.objects, invalid=view.invalid, read_file=read_file, memo=memo)
     book = translation.status
     for key in sorted(view.invalid):
         errors = view.errors_by_key.get(key, [])

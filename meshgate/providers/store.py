@@ -93,7 +93,12 @@ class ObjectStore:
                 duplicates.append(StoredObject(resource, doc, 0))  # the translator reports it
                 continue
             previous = self._last_good.get(key)
-            generation = 1 if previous is None else previous.generation + (previous.doc.data != doc.data)
+            if previous is None:
+                generation = 1
+            elif previous.doc is doc:  # the provider reused the document: its file didn't change
+                generation = previous.generation
+            else:
+                generation = previous.generation + (previous.doc.data != doc.data)
             objects[key] = StoredObject(resource, doc, generation)
 
         # Files that failed as a whole: their objects are as invalid as an invalid document.
