@@ -25,7 +25,7 @@ from meshgate.errors import MeshgateError
 from meshgate.gatewayapi import Translation, TranslationMemo, translate_view
 from meshgate.providers.store import ObjectStore
 from meshgate.xds.snapshot import InconsistentSnapshot, Snapshot, SnapshotCache
-from meshgate.xds.translator import Resources, TranslateOptions, translate
+from meshgate.xds.translator import Resources, TranslateMemo, TranslateOptions, translate
 
 log = logging.getLogger("meshgate.controlplane.pipeline")
 
@@ -33,9 +33,9 @@ log = logging.getLogger("meshgate.controlplane.pipeline")
 GC_IDLE_SECONDS = 5.0
 
 
-def compile_config(translation: Translation, options: TranslateOptions) -> Resources:
+def compile_config(translation: Translation, options: TranslateOptions, memo: TranslateMemo | None = None) -> Resources:
     """IR → Envoy resources, shared by `meshgate translate` and the control plane."""
-    return translate(translation.ir, options)
+    return translate(translation.ir, options, memo)
 
 
 @dataclass
@@ -79,6 +79,7 @@ class ControlPlane:
         self.documents = DocumentCache()  # parsed files, reused while unchanged
         self.store = ObjectStore()  # objects with their last valid versions, across reloads
         self.memo = TranslationMemo()  # per-route translations, reused while unchanged
+        self.xds_memo = TranslateMemo()  # per-route Envoy messages, likewise
         self.translation: Translation | None = None  # the last translation published
         self._reported: set[str] = set()  # problem lines already logged
         self._gc_timer: asyncio.TimerHandle | None = None
@@ -117,7 +118,7 @@ class ControlPlane:
             view = self.store.update(docs, load_errors)
             translation = translate_view(view, memo=self.memo)
             problems = [str(e) for e in all_problems(view, translation)]
-            snapshot = Snapshot.build(compile_config(translation, self.options))
+            snapshot = Snapshot.build(compile_config(translation, self.options, self.xds_memo))
             snapshot.check_consistent()
             return Compiled(translation, snapshot, problems, documents=view.documents)
         except InconsistentSnapshot as exc:

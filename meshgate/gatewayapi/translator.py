@@ -25,7 +25,7 @@ import base64
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from meshgate.providers.file.loader import SourceDocument
 from meshgate.api.models import (
@@ -100,8 +100,11 @@ class Translation:
 
 def precedence_order(resources: Iterable[Resource]) -> list:
     """Oldest first (creationTimestamp, when known), then by namespace and name."""
-    return sorted(resources, key=lambda r: (getattr(r.metadata, "creation_timestamp", None) or "",
-                                            r.metadata.namespace, r.metadata.name))
+    return sorted(resources, key=_order_key)
+
+
+def _order_key(r: Resource) -> tuple:
+    return (r.metadata.creation_timestamp or "", r.metadata.namespace, r.metadata.name)
 
 
 @dataclass(frozen=True)
@@ -110,12 +113,10 @@ class _RouteResult:
 
     route: Resource
     context: tuple
-    attachments: list
+    attachments: list  # (gateway key, listener name, port, hostnames)
     built: list  # (precedence key, IR route) per match
     matches: list  # (field path, identity) per match, for conflict detection
-    conditions: tuple
-    parents: dict
-    parent_refs: dict
+    status: ObjectStatus
     problems: tuple
 
 
@@ -124,6 +125,8 @@ class TranslationMemo:
     """Per-route results kept between reloads, so that an edit re-translates only what changed."""
 
     routes: dict = field(default_factory=dict)
+    context: tuple = ()
+    keys: dict = field(default_factory=dict)  # id(resource) -> (resource, key, precedence sort key)
 
 
 @dataclass(frozen=True)
@@ -148,18 +151,40 @@ class _Translator:
         self.grants: list[ReferenceGrant] = []
         self.policies: list[Resource] = []
         self.files: set[str] = set()
+        self.key_of: dict[int, ObjectKey] = {}  # id(resource) -> its key, computed once
+        self.route_docs: dict[ObjectKey, SourceDocument] = {}
         for resource, doc in objects:
             self._add(resource, doc)
         self.gateways = precedence_order(self.gateways)
-        self.routes = precedence_order(self.routes)
-        # What a route's translation can depend on besides itself: every object that is not a
-        # route (the same objects, by identity, when their documents didn't change) and which
-        # objects are invalid. A route is re-translated when it or this changes.
-        self.context = (tuple(id(r) for r, _ in objects if not isinstance(r, (HTTPRoute, MeshgateHTTPRoute, GRPCRoute))),
-                        frozenset(invalid))
+        if memo is not None:
+            self.routes.sort(key=lambda r: memo.keys[id(r)][2])
+            if len(memo.keys) > 2 * len(objects) + 64:  # forget objects long gone
+                alive = {id(r) for r, _ in objects}
+                memo.keys = {k: v for k, v in memo.keys.items() if k in alive}
+        else:
+            self.routes = precedence_order(self.routes)
+        # What a route's translation can depend on besides itself: the objects that are not
+        # routes (Backends only through what routes use of them: name, protocol, hash key, so
+        # that an endpoint change re-translates nothing) and which objects are invalid.
+        self.context = (
+            tuple(id(r) for r, _ in objects if not isinstance(r, (HTTPRoute, MeshgateHTTPRoute, GRPCRoute, Backend))),
+            tuple(sorted((k, b.spec.protocol, b.spec.load_balancer.model_dump_json()) for k, b in self.backends.items())),
+            frozenset(invalid))
         self._context_objects = [r for r, _ in objects]  # keeps the ids above from being reused
+        if memo is not None:
+            if memo.context == self.context:
+                self.context = memo.context  # the same object: memo hits compare by identity
+            memo.context = self.context
+
     def _add(self, resource: Resource, doc: SourceDocument) -> None:
-        key = object_key(resource)
+        known = self.memo.keys.get(id(resource)) if self.memo is not None else None
+        if known is not None and known[0] is resource:
+            key = known[1]
+        else:
+            key = object_key(resource)
+            if self.memo is not None:
+                self.memo.keys[id(resource)] = (resource, key, _order_key(resource))
+        self.key_of[id(resource)] = key
         if key in self.docs:
             first = self.docs[key]
             # Not tracked: the status slot belongs to the first definition.
@@ -167,13 +192,14 @@ class _Translator:
                                                   f"duplicate {resource.ref}, first defined at {first.file}:{first.line}"))
             return
         self.docs[key] = doc
+        if isinstance(resource, (HTTPRoute, MeshgateHTTPRoute, GRPCRoute)):
+            self.routes.append(resource)  # its status is made (or reused) in _route
+            return
         self.status.track(key, doc, resource.kind)
         self.status.condition(resource, ACCEPTED)
         ns_name = (resource.metadata.namespace, resource.metadata.name)
         if isinstance(resource, Gateway):
             self.gateways.append(resource)
-        elif isinstance(resource, (HTTPRoute, MeshgateHTTPRoute, GRPCRoute)):
-            self.routes.append(resource)
         elif isinstance(resource, Backend):
             self.backends[ns_name] = resource
         elif isinstance(resource, Secret):
@@ -387,26 +413,30 @@ class _Translator:
     # -- the whole translation -----------------------------------------------------------------
 
     def _route(self, route: AnyRoute, programmed: list[tuple[Gateway, Listener]]) -> _RouteResult:
-        """Attach and build one route, recording its status; reused from `memo` while neither the
-        route nor anything it can refer to changed."""
-        key = object_key(route)
+        """Attach and build one route, with its status; reused from `memo` while neither the route
+        nor anything it can refer to changed (then this costs two dictionary lookups)."""
+        key = self.key_of[id(route)]
         cached = self.memo.routes.get(key) if self.memo is not None else None
-        if cached is not None and cached.route is route and cached.context == self.context:
-            status = self.status.objects[key]
-            status.conditions[:] = list(cached.conditions)
-            status.parents = {i: list(cs) for i, cs in cached.parents.items()}
-            status.parent_refs = dict(cached.parent_refs)
+        if cached is not None and cached.route is route and cached.context is self.context:
+            self.status.objects[key] = cached.status  # shared, never mutated (see run)
             self.status.problems.extend(cached.problems)
             return cached
         first_problem = len(self.status.problems)
+        self.status.track(key, self.docs[key], route.kind)
+        self.status.condition(route, ACCEPTED)
         attachments = self.attach(route, programmed)
         self.status.condition(route, RESOLVED)
         built = list(build_routes(route, self.resolve_backend))
-        matches = [(("spec", "rules", r, "matches", m), match_identity(match))
+        # The identity as a string: strings cache their hash, so the conflict map below, rebuilt
+        # on every reload, costs one cheap lookup per match.
+        matches = [(("spec", "rules", r, "matches", m), repr(match_identity(match)))
                    for r, rule in enumerate(route.spec.rules) for m, match in enumerate(rule.matches)]
         status = self.status.objects[key]
-        result = _RouteResult(route, self.context, attachments, built, matches, tuple(status.conditions),
-                              {i: tuple(cs) for i, cs in status.parents.items()}, dict(status.parent_refs),
+        if not any(c.type == "Accepted" and c.status == "True" for cs in status.parents.values() for c in cs):
+            self.status.condition(route, Condition("Accepted", "False", "NotAttached",
+                                                   "the route is not attached to any listener"))
+        attached = [(self.key_of[id(a.gateway)], a.listener.name, a.listener.port, a.hostnames) for a in attachments]
+        result = _RouteResult(route, self.context, attached, built, matches, status,
                               tuple(self.status.problems[first_problem:]))
         if self.memo is not None:
             self.memo.routes[key] = result
@@ -419,31 +449,37 @@ class _Translator:
         # port -> hostname -> [(precedence key, IR route)]; first definition of a match wins.
         by_port: dict[int, dict[str, list]] = defaultdict(lambda: defaultdict(list))
         owners: dict[tuple, tuple[AnyRoute, tuple]] = {}
+        attached: dict[tuple[ObjectKey, str], int] = defaultdict(int)
+        conflicts: list[tuple[AnyRoute, Condition, tuple]] = []
         for route in self.routes:
             result = self._route(route, programmed)
-            for att in result.attachments:
-                self.status.attached(att.gateway, att.listener.name)
-                for host in att.hostnames:
-                    for (where, identity), (key, ir_route) in zip(result.matches, result.built):
-                        first, first_where = owners.setdefault((att.listener.port, host, identity), (route, where))
-                        if first is not route or first_where[:3] != where[:3]:
-                            if first is not route or first_where != where:
-                                src = self.docs[object_key(first)]
-                                self.status.condition(route, Condition(
-                                    "Conflicted", "True", "IdenticalMatch",
-                                    f"same match as {first.ref} {format_field_path(first_where)} "
-                                    f"({src.file}:{src.locate(first_where)[1]}) on port {att.listener.port}, host {host}"),
-                                    where)
-                            continue
-                        by_port[att.listener.port][host].append((key, ir_route))
-            if not result.attachments and not any(
-                    c.type == "Accepted" and c.status == "True" for cs in result.parents.values() for c in cs):
-                self.status.condition(route, Condition("Accepted", "False", "NotAttached",
-                                                       "the route is not attached to any listener"))
+            for gateway_key, listener_name, port, hostnames in result.attachments:
+                attached[(gateway_key, listener_name)] += 1
+                for host in hostnames:
+                    vhost = by_port[port][host]
+                    for (where, identity), built in zip(result.matches, result.built):
+                        first, first_where = owners.setdefault((port, host, identity), (route, where))
+                        if first is route and (first_where is where or first_where[:3] == where[:3]):
+                            vhost.append(built)
+                        elif first is not route or first_where != where:
+                            src = self.docs[self.key_of[id(first)]]
+                            conflicts.append((route, Condition(
+                                "Conflicted", "True", "IdenticalMatch",
+                                f"same match as {first.ref} {format_field_path(first_where)} "
+                                f"({src.file}:{src.locate(first_where)[1]}) on port {port}, host {host}"), where))
+        for (gateway_key, listener_name), count in attached.items():
+            self.status.objects[gateway_key].attached_routes[listener_name] = count
+        for route, condition, where in conflicts:
+            key = self.key_of[id(route)]
+            status = self.status.objects[key]
+            if status is self.memo_status(key):  # copy before changing a status the memo shares
+                self.status.objects[key] = status = replace(status, conditions=list(status.conditions))
+            self.status.condition(route, condition, where)
         if self.memo is not None:  # forget routes that are gone
-            present = {object_key(r) for r in self.routes}
-            for key in [k for k in self.memo.routes if k not in present]:
-                del self.memo.routes[key]
+            if len(self.memo.routes) > len(self.routes):
+                present = {self.key_of[id(r)] for r in self.routes}
+                for key in [k for k in self.memo.routes if k not in present]:
+                    del self.memo.routes[key]
 
         listeners = []
         for port, (name, tls, port_settings) in sorted(self._ports(programmed, cert_of, settings).items()):
@@ -457,6 +493,10 @@ class _Translator:
         model = ir.IR(listeners=tuple(listeners), clusters=clusters,
                       secrets=tuple(secrets[n] for n in sorted(secrets)))
         return Translation(model, self.status, self.gateways, self.routes, self.backends, self.policies, self.files)
+
+    def memo_status(self, key: ObjectKey) -> ObjectStatus | None:
+        cached = self.memo.routes.get(key) if self.memo is not None else None
+        return cached.status if cached is not None else None
 
     def _ports(self, programmed, cert_of, settings):  # noqa: ANN001, ANN202
         """One Envoy listener per port, named after the first Gateway listener on it."""

@@ -58,39 +58,40 @@ class StoreView:
     documents: int = 0  # how many documents the providers gave (0: the paths hold no objects)
 
 
+@dataclass
+class _FileEntry:
+    """What one file's documents validated to (reused while the provider reuses the documents)."""
+
+    docs: list[SourceDocument]
+    objects: list[tuple[ObjectKey, StoredObject]]
+    invalid: list[ObjectKey]
+    errors: list[ConfigError]
+    errors_by_key: dict[ObjectKey, list[ConfigError]]
+
+
 class ObjectStore:
-    """Validated objects by key, with generations and last valid versions (see module doc)."""
+    """Validated objects by key, with generations and last valid versions (see module doc).
+
+    Work is per file: a file whose documents the provider reused (it didn't change) costs a
+    dictionary merge, so an edit to one file of many validates that file only.
+    """
 
     def __init__(self) -> None:
         self._last_good: dict[ObjectKey, StoredObject] = {}
-        self._keys_of_file: dict[str, set[ObjectKey]] = {}
+        self._files: dict[str, _FileEntry] = {}
 
-    def update(self, docs: Iterable[SourceDocument], load_errors: Iterable[ConfigError]) -> StoreView:
+    def _validate_file(self, docs: list[SourceDocument]) -> _FileEntry:
         from meshgate.api.config import parse_document
 
-        load_errors = list(load_errors)
-        failed_files = {e.file for e in load_errors}
-        problems: list[ConfigError] = list(load_errors)
-        objects: dict[ObjectKey, StoredObject] = {}
-        invalid: set[ObjectKey] = set()
-        errors_by_key: dict[ObjectKey, list[ConfigError]] = {}
-        keys_of_file: dict[str, set[ObjectKey]] = {}
-        duplicates: list[StoredObject] = []
-        count = 0
+        entry = _FileEntry(docs, [], [], [], {})
         for doc in docs:
-            count += 1
             key = document_key(doc.data)
-            if key is not None:
-                keys_of_file.setdefault(doc.file, set()).add(key)
             resource, errors = parse_document(doc)
-            problems.extend(errors)
+            entry.errors.extend(errors)
             if resource is None:
                 if key is not None:
-                    invalid.add(key)
-                    errors_by_key.setdefault(key, []).extend(errors)
-                continue
-            if key in objects:
-                duplicates.append(StoredObject(resource, doc, 0))  # the translator reports it
+                    entry.invalid.append(key)
+                    entry.errors_by_key.setdefault(key, []).extend(errors)
                 continue
             previous = self._last_good.get(key)
             if previous is None:
@@ -99,29 +100,67 @@ class ObjectStore:
                 generation = previous.generation
             else:
                 generation = previous.generation + (previous.doc.data != doc.data)
-            objects[key] = StoredObject(resource, doc, generation)
+            entry.objects.append((key, StoredObject(resource, doc, generation)))
+        return entry
 
-        # Files that failed as a whole: their objects are as invalid as an invalid document.
-        for file in failed_files:
-            for key in self._keys_of_file.get(file, ()):
-                if key not in objects:
-                    invalid.add(key)
-                    keys_of_file.setdefault(file, set()).add(key)
+    def update(self, docs: Iterable[SourceDocument], load_errors: Iterable[ConfigError]) -> StoreView:
+        load_errors = list(load_errors)
+        failed_files = {e.file for e in load_errors}
+        by_file: dict[str, list[SourceDocument]] = {}
+        count = 0
+        for doc in docs:
+            count += 1
+            by_file.setdefault(doc.file, []).append(doc)
+
+        files: dict[str, _FileEntry] = {}
+        for file, file_docs in by_file.items():
+            previous = self._files.get(file)
+            if previous is not None and len(previous.docs) == len(file_docs) and all(
+                    a is b for a, b in zip(previous.docs, file_docs)):
+                files[file] = previous
+            else:
+                files[file] = self._validate_file(file_docs)
+        # A file that failed as a whole (syntax error, unreadable): its objects are as invalid as
+        # an invalid document, so they keep their last valid versions.
+        for file in failed_files - set(by_file):
+            previous = self._files.get(file)
+            if previous is not None:
+                keys = [k for k, _ in previous.objects] + previous.invalid
+                files[file] = _FileEntry([], [], keys, [], {})
+
+        objects: dict[ObjectKey, StoredObject] = {}
+        duplicates: list[StoredObject] = []
+        invalid: set[ObjectKey] = set()
+        problems: list[ConfigError] = list(load_errors)
+        errors_by_key: dict[ObjectKey, list[ConfigError]] = {}
+        for entry in files.values():
+            for key, stored in entry.objects:
+                if key in objects:
+                    duplicates.append(stored)  # the translator reports it
+                else:
+                    objects[key] = stored
+            invalid.update(entry.invalid)
+            problems.extend(entry.errors)
+            for key, errors in entry.errors_by_key.items():
+                errors_by_key.setdefault(key, []).extend(errors)
+        invalid -= objects.keys()  # valid in one place wins over an invalid copy elsewhere
 
         stale: dict[ObjectKey, int] = {}
         for key in invalid:
             last = self._last_good.get(key)
-            if last is not None and key not in objects:
+            if last is not None:
                 objects[key] = last
                 stale[key] = last.generation
-        for key, stored in objects.items():
-            if key not in stale:
-                self._last_good[key] = stored
+        for file, entry in files.items():
+            if self._files.get(file) is not entry:
+                for key, stored in entry.objects:
+                    if objects.get(key) is stored:
+                        self._last_good[key] = stored
         # Objects gone from every file are deleted: forget their last valid version too.
-        present = {k for keys in keys_of_file.values() for k in keys}
-        for key in [k for k in self._last_good if k not in present]:
-            del self._last_good[key]
-        self._keys_of_file = keys_of_file
+        if len(self._last_good) > len(objects) or set(self._files) != set(files):
+            for key in [k for k in self._last_good if k not in objects]:
+                del self._last_good[key]
+        self._files = files
         return StoreView(
             objects=[(o.resource, o.doc) for o in [*objects.values(), *duplicates]],
             invalid=invalid, stale=stale, problems=problems, errors_by_key=errors_by_key, documents=count,
