@@ -18,7 +18,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2
 from google.rpc import status_pb2
 
-from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 
 from meshgate.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Snapshot
 
@@ -243,3 +243,113 @@ class AdsClient:
         except (asyncio.CancelledError, Exception):  # noqa: BLE001
             pass
         await self.channel.close()
+
+
+# ---- TLS over SDS --------------------------------------------------------------------------------
+
+
+def make_secret(name: str, cert: bytes = b"CERT", key: bytes = b"KEY") -> secret_pb2.Secret:
+    """A TLS certificate Secret (SDS). The default bytes are placeholders Envoy would reject."""
+    secret = secret_pb2.Secret(name=name)
+    secret.tls_certificate.certificate_chain.inline_bytes = cert
+    secret.tls_certificate.private_key.inline_bytes = key
+    return secret
+
+
+def sds_tls_socket(secret: str, *, upstream: bool = False) -> base_pb2.TransportSocket:
+    """A TLS transport socket whose certificate Envoy fetches over ADS (SDS) by name."""
+    ctx = tls_pb2.UpstreamTlsContext() if upstream else tls_pb2.DownstreamTlsContext()
+    sds = ctx.common_tls_context.tls_certificate_sds_secret_configs.add(name=secret)
+    sds.sds_config.CopyFrom(_ads_source())
+    typed = any_pb2.Any()
+    typed.Pack(ctx, deterministic=True)
+    return base_pb2.TransportSocket(name="envoy.transport_sockets.tls", typed_config=typed)
+
+
+def make_tls_listener(name: str, route_name: str, secret: str, port: int = 10443) -> listener_pb2.Listener:
+    listener = make_listener(name, route_name, port)
+    listener.filter_chains[0].transport_socket.CopyFrom(sds_tls_socket(secret))
+    return listener
+
+
+# ---- an Envoy-like client -------------------------------------------------------------------------
+
+
+def _eds_names(response) -> list[str]:  # noqa: ANN001
+    names = []
+    for res in response.resources:
+        c = cluster_pb2.Cluster()
+        res.Unpack(c)
+        if c.type == cluster_pb2.Cluster.EDS:
+            names.append(c.eds_cluster_config.service_name or c.name)
+    return sorted(names)
+
+
+def _rds_names(response) -> list[str]:  # noqa: ANN001
+    names = []
+    for res in response.resources:
+        listener = listener_pb2.Listener()
+        res.Unpack(listener)
+        for chain in listener.filter_chains:
+            for f in chain.filters:
+                hcm = hcm_pb2.HttpConnectionManager()
+                if f.typed_config.Unpack(hcm) and hcm.HasField("rds"):
+                    names.append(hcm.rds.route_config_name)
+    return sorted(set(names))
+
+
+class FakeEnvoy:
+    """Plays Envoy's side of a SotW ADS stream: wildcard CDS and LDS, EDS and RDS names taken from
+    the clusters and listeners it accepted, every response ACKed, or NACKed when `reject(response)`
+    returns an error message (the version it runs then stays the last ACKed one)."""
+
+    def __init__(self, client: AdsClient, reject=None) -> None:  # noqa: ANN001
+        self.client = client
+        self.reject = reject or (lambda response: None)
+        self.acked: dict[str, str] = {}  # type URL -> version_info it runs
+        self.nonce: dict[str, str] = {}  # type URL -> latest nonce received
+        self.names: dict[str, list[str]] = {ENDPOINT: [], ROUTE: []}
+        self.received: list = []
+        self.nacked: list = []
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> FakeEnvoy:
+        await self.client.request(CLUSTER)
+        await self.client.request(LISTENER)
+        self._task = asyncio.create_task(self._run())
+        return self
+
+    async def _run(self) -> None:
+        while True:
+            item = await self.client.responses.get()
+            if isinstance(item, BaseException):
+                return
+            await self._answer(item)
+
+    async def _answer(self, response) -> None:  # noqa: ANN001
+        t = response.type_url
+        self.received.append(response)
+        self.nonce[t] = response.nonce
+        names = self.names.get(t, [])
+        error = self.reject(response)
+        if error is not None:
+            self.nacked.append(response)
+            await self.client.request(t, names, nonce=response.nonce, version=self.acked.get(t, ""), error=error)
+            return
+        self.acked[t] = response.version_info
+        await self.client.request(t, names, nonce=response.nonce, version=response.version_info)
+        # Accepted clusters/listeners decide which endpoints/routes Envoy subscribes to.
+        child, wanted = {CLUSTER: (ENDPOINT, _eds_names), LISTENER: (ROUTE, _rds_names)}.get(t, (None, None))
+        if child is not None and wanted(response) != self.names[child]:
+            self.names[child] = wanted(response)
+            await self.client.request(child, self.names[child], nonce=self.nonce.get(child, ""),
+                                      version=self.acked.get(child, ""))
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+        await self.client.close()

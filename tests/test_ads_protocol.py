@@ -19,9 +19,13 @@ from ads_client import (
     make_cluster,
     make_listener,
     make_route,
+    make_secret,
     make_snapshot,
+    make_tls_listener,
     names_of,
+    sds_tls_socket,
 )
+from google.protobuf import wrappers_pb2
 
 from meshgate.xds.server import AdsServer, NodeRef, NullObserver, start_xds_server
 from meshgate.xds.snapshot import (
@@ -29,6 +33,7 @@ from meshgate.xds.snapshot import (
     ENDPOINT,
     LISTENER,
     ROUTE,
+    SECRET,
     InconsistentSnapshot,
     Snapshot,
     SnapshotCache,
@@ -187,6 +192,67 @@ async def test_nack_recorded_not_resent_then_new_version(env: Env, caplog):
     assert resp2.type_url == CLUSTER
     assert resp2.version_info == newer.type_version(CLUSTER) != resp.version_info
     assert resp2.nonce != resp.nonce
+
+
+async def test_request_after_nack_with_old_version_is_not_an_ack(env: Env):
+    """After a NACK, Envoy's next requests echo the latest nonce with the version it still runs
+    (e.g. when its subscription changes): that must not count as an ACK of anything."""
+    env.publish(make_snapshot(clusters={"a": [1], "b": [2]}, routes={"main": "a"}))
+    client = env.connect()
+    await client.request(ENDPOINT, ["a"])
+    good = await client.recv()
+    await client.ack(good, ["a"])
+    env.publish(make_snapshot(clusters={"a": [1, 3], "b": [2]}, routes={"main": "a"}))
+    bad = await client.recv()
+    await client.request(ENDPOINT, ["a"], nonce=bad.nonce, version=good.version_info, error="bad endpoints")
+    # Same nonce, old version, no error: a subscription change, not an ACK.
+    await client.request(ENDPOINT, ["a"], nonce=bad.nonce, version=good.version_info)
+    # Same nonce and even the NACKed version: that nonce was settled by the NACK already.
+    await client.request(ENDPOINT, ["a"], nonce=bad.nonce, version=bad.version_info)
+    await client.expect_no_response()
+    assert env.observer.of("ack") == [("ack", "envoy-1", ENDPOINT, good.version_info)]
+    assert env.observer.of("nack") == [("nack", "envoy-1", ENDPOINT, bad.version_info, "bad endpoints")]
+
+
+async def test_ack_reports_what_the_response_carried(env: Env):
+    """One SotW version can cover responses with different names (here EDS: the version is per
+    type, the names per request), so ACKs are reported per resource, not per version."""
+    snap = make_snapshot(clusters={"a": [1], "b": [2]}, routes={"main": "a"})
+    env.publish(snap)
+    client = env.connect()
+    await client.request(ENDPOINT, ["a"])
+    r1 = await client.recv()
+    await client.ack(r1, ["a"])
+    await client.ack(r1, ["a", "b"])
+    r2 = await client.recv()
+    assert r2.version_info == r1.version_info and names_of(r2) == ["a", "b"]
+    await client.ack(r2, ["a", "b"])
+    await client.request(ENDPOINT, ["b"], nonce=r2.nonce, version=r2.version_info)  # drops "a"
+    await client.expect_no_response()
+    v = {n: snap.resource_version(ENDPOINT, n) for n in ("a", "b")}
+    assert env.observer.of("acked") == [
+        ("acked", "envoy-1", ENDPOINT, {"a": v["a"]}),
+        ("acked", "envoy-1", ENDPOINT, {"a": v["a"], "b": v["b"]}),
+    ]
+    assert env.observer.of("unsubscribe") == [("unsubscribe", "envoy-1", ENDPOINT, ["a"])]
+
+
+async def test_delta_ack_reports_accumulated_resources(env: Env):
+    env.publish(make_snapshot(clusters={"a": [1], "b": [2]}, routes={"main": "a"}))
+    client = env.connect(delta=True)
+    await client.delta_request(CLUSTER)
+    r1 = await client.recv()
+    await client.delta_request(CLUSTER, nonce=r1.nonce)
+    newer = make_snapshot(clusters={"a": [1]}, routes={"main": "a"}, timeouts={"a": 3})
+    env.publish(newer)
+    r2 = await client.recv()
+    assert names_of(r2) == ["a"] and list(r2.removed_resources) == ["b"]
+    await client.delta_request(CLUSTER, nonce=r2.nonce)
+    await client.delta_request(CLUSTER, nonce=r2.nonce)  # settled: not a second ACK
+    await client.expect_no_response()
+    acked = env.observer.of("acked")
+    assert len(acked) == 2
+    assert acked[-1] == ("acked", "envoy-1", CLUSTER, {"a": newer.resource_version(CLUSTER, "a")})
 
 
 async def test_stale_nonce_is_ignored(env: Env):
@@ -555,6 +621,133 @@ async def test_delta_eds_resent_when_cluster_changes(env: Env):
     assert eds.type_url == ENDPOINT and names_of(eds) == ["b"]
 
 
+async def test_delta_forgets_removed_resources(env: Env):
+    """A removal sent for a name the client only had through the wildcard is not remembered:
+    otherwise every deletion would stay in the stream's state for its whole life."""
+    servicer = AdsServer(env.cache)
+    server = grpc.aio.server()
+    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    client = AdsClient(port, delta=True, cluster=GROUP)
+    try:
+        env.publish(make_snapshot(clusters={"a": [1], "b": [2]}, routes={"main": "a"}))
+        await client.delta_request(CLUSTER)
+        r1 = await client.recv()
+        await client.delta_request(CLUSTER, nonce=r1.nonce)
+        await client.delta_request(ENDPOINT, ["a", "ghost"])
+        await client.recv()
+        env.publish(make_snapshot(clusters={"a": [1]}, routes={"main": "a"}))
+        r2 = await client.recv()
+        assert list(r2.removed_resources) == ["b"]
+        await client.delta_request(CLUSTER, nonce=r2.nonce)
+        await client.expect_no_response()
+        (stream,) = servicer._streams
+        assert stream.types[CLUSTER].known == {"a": env.cache.get_snapshot(GROUP).resource_version(CLUSTER, "a")}
+        assert stream.types[CLUSTER].pending == {}
+        # An explicitly subscribed missing name is remembered (so "doesn't exist" isn't repeated).
+        assert stream.types[ENDPOINT].known["ghost"] is None
+    finally:
+        await client.close()
+        await server.stop(None)
+
+
+COMPANION = "type.googleapis.com/google.protobuf.StringValue"  # stands for e.g. RateLimitConfig
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
+async def test_companion_types_are_full_state(env: Env, delta: bool):
+    """A type that isn't RDS/EDS/SDS/VHDS is full state in SotW: a name missing from a response
+    is deleted, so a removal must be sent (and an empty set is an answer)."""
+    def snap(*names):
+        base = make_snapshot()
+        return Snapshot.build({**base.resources, COMPANION: {n: wrappers_pb2.StringValue(value=n) for n in names}})
+
+    env.publish(snap("x", "y"))
+    client = env.connect(delta=delta)
+    if delta:
+        await client.delta_request(COMPANION)
+    else:
+        await client.request(COMPANION)
+    r1 = await client.recv()
+    assert sorted(r.name for r in r1.resources) == ["x", "y"] if delta else len(r1.resources) == 2
+    if delta:
+        await client.delta_request(COMPANION, nonce=r1.nonce)
+    else:
+        await client.ack(r1)
+    env.publish(snap("x"))
+    r2 = await client.recv()
+    if delta:
+        assert list(r2.removed_resources) == ["y"]
+    else:
+        assert [wrappers_pb2.StringValue.FromString(r.value).value for r in r2.resources] == ["x"]
+        await client.ack(r2)
+        env.publish(snap())
+        r3 = await client.recv()  # "none left" is an answer too
+        assert list(r3.resources) == [] and r3.version_info == ""
+
+
+async def test_secrets_are_named_and_sent_first(env: Env):
+    """SDS over ADS: secrets are requested by name, pushed before the clusters and listeners
+    whose TLS uses them, and (a named type) not deleted by an empty response."""
+    def snap(cert: bytes, timeout: int = 1):
+        return Snapshot.build({
+            SECRET: {"cert": make_secret("cert", cert)},
+            CLUSTER: {"a": make_cluster("a", timeout)}, ENDPOINT: {"a": make_cla("a", [1])},
+            LISTENER: {"https": make_tls_listener("https", "main", "cert")},
+            ROUTE: {"main": make_route("main", "a")}})
+
+    env.publish(snap(b"v1"))
+    client = env.connect()
+    for type_url, names in ((LISTENER, []), (ROUTE, ["main"]), (CLUSTER, []), (ENDPOINT, ["a"]),
+                            (SECRET, ["cert"])):
+        await client.request(type_url, names)
+        await client.ack(await client.recv(), names)
+    await client.expect_no_response()
+
+    env.publish(snap(b"v2", timeout=2))  # rotated certificate and a changed cluster
+    order = [(await client.recv()) for _ in range(3)]
+    assert [r.type_url for r in order] == [SECRET, CLUSTER, ENDPOINT]
+    assert names_of(order[0]) == ["cert"]
+    for r, names in zip(order, (["cert"], [], ["a"])):
+        await client.ack(r, names)
+    # Unsubscribing the secret needs no answer (no empty "you have no secrets" response).
+    await client.request(SECRET, [], nonce=order[0].nonce, version=order[0].version_info)
+    await client.expect_no_response()
+
+
+async def test_same_node_id_on_two_streams_are_two_nodes(env: Env, caplog):
+    env.publish(make_snapshot())
+    one, two = env.connect(node_id="edge-1"), env.connect(node_id="edge-1")
+    with caplog.at_level(logging.WARNING, logger="meshgate.xds.server"):
+        for client in (one, two):
+            await client.request(CLUSTER)
+            await client.ack(await client.recv())
+            await client.expect_no_response()
+    refs = env.observer.refs
+    assert [r.node_id for r in refs] == ["edge-1", "edge-1"]
+    assert len({r.instance for r in refs}) == 2
+    assert any("node.id 'edge-1' is used by 2 open xDS streams" in r.getMessage() for r in caplog.records)
+
+
+async def test_broken_observer_is_logged_and_stream_survives(caplog):
+    class Broken(NullObserver):
+        def on_push(self, node, type_url, version, resources):
+            raise RuntimeError("observer bug")
+
+    cache = SnapshotCache()
+    cache.set_snapshot(GROUP, make_snapshot())
+    server, port = await start_xds_server(cache, Broken(), "127.0.0.1:0")
+    client = AdsClient(port, cluster=GROUP)
+    try:
+        await client.request(CLUSTER)
+        assert names_of(await client.recv()) == ["a"]
+    finally:
+        await client.close()
+        await server.stop(None)
+    assert any(r.levelno == logging.ERROR and "observer on_push failed" in r.getMessage() for r in caplog.records)
+
+
 # ---- snapshot ----------------------------------------------------------------------------------
 
 
@@ -582,6 +775,30 @@ def test_inconsistent_snapshot_refused_old_one_kept():
         cache.set_snapshot("g", orphans)
     assert len(err.value.problems) == 2
     assert cache.get_snapshot("g") is good
+
+
+def test_sds_references_are_checked():
+    def snap(secrets, *, listener_secret="cert", cluster_secret=None):
+        cluster = make_cluster("a")
+        if cluster_secret:
+            cluster.transport_socket.CopyFrom(sds_tls_socket(cluster_secret, upstream=True))
+        return Snapshot.build({
+            SECRET: {n: make_secret(n) for n in secrets},
+            CLUSTER: {"a": cluster}, ENDPOINT: {"a": make_cla("a", [1])},
+            LISTENER: {"https": make_tls_listener("https", "main", listener_secret)},
+            ROUTE: {"main": make_route("main", "a")}})
+
+    snap(["cert"]).check_consistent()
+    snap(["cert", "client"], cluster_secret="client").check_consistent()
+    with pytest.raises(InconsistentSnapshot, match="listener https need.*Secret 'cert', which is missing"):
+        snap([]).check_consistent()
+    with pytest.raises(InconsistentSnapshot, match="cluster a need.*Secret 'client', which is missing"):
+        snap(["cert"], cluster_secret="client").check_consistent()
+    with pytest.raises(InconsistentSnapshot, match="Secret 'old' is used by no listener or cluster"):
+        snap(["cert", "old"]).check_consistent()
+    wrong = Snapshot.build({SECRET: {"x": make_secret("y")}})
+    with pytest.raises(InconsistentSnapshot, match="stored as 'x' has name='y'"):
+        wrong.check_consistent()
 
 
 def test_rds_in_default_filter_chain_is_checked():

@@ -100,7 +100,8 @@ class StagedPublisher:
         task = self._task
         self.close()
         if task is not None:
-            with contextlib.suppress(asyncio.CancelledError):
+            # A failure was logged by _finished already.
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
     def _finished(self, task: asyncio.Task[None]) -> None:
