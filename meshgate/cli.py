@@ -63,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bootstrap", help="print an Envoy bootstrap (JSON) that connects to meshgate xds")
     b.add_argument("--xds-address", default="127.0.0.1:18000")
     b.add_argument("--group", default="edge")
-    b.add_argument("--node-id", default="edge-1")
+    b.add_argument("--node-id", default=None, help="Envoy node.id, unique per Envoy (default: $POD_NAME if set, else HOSTNAME-PID of this meshgate process)")
     b.add_argument("--admin-port", type=int, default=19901)
     b.add_argument("--delta", action="store_true")
 
