@@ -169,7 +169,7 @@ class _Translator:
         self.context = (
             tuple(id(r) for r, _ in objects if not isinstance(r, (HTTPRoute, MeshgateHTTPRoute, GRPCRoute, Backend))),
             tuple(sorted((k, b.spec.protocol, b.spec.load_balancer.model_dump_json()) for k, b in self.backends.items())),
-            frozenset(invalid))
+            frozenset(k for k in invalid if k[1] not in ("HTTPRoute", "GRPCRoute")))
         self._context_objects = [r for r, _ in objects]  # keeps the ids above from being reused
         if memo is not None:
             if memo.context == self.context:
