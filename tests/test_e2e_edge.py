@@ -165,3 +165,12 @@ def test_policy_status_is_accepted(gw: Meshgate) -> None:
     lines = (CONFIG / "edge.yaml").read_text().splitlines()
     line = next(i for i, text in enumerate(lines, 1) if text == "kind: ClientTrafficPolicy") - 1  # its apiVersion
     assert policy["origin"] == f"{CONFIG / 'edge.yaml'}:{line}"
+
+
+def test_envoy_runs_with_the_overload_manager(gw: Meshgate) -> None:
+    bootstrap = gw.dump_section("BootstrapConfigDump")["bootstrap"]
+    overload = bootstrap["overload_manager"]
+    monitors = {m["name"] for m in overload["resource_monitors"]}
+    assert monitors == {"envoy.resource_monitors.fixed_heap", "envoy.resource_monitors.global_downstream_max_connections"}
+    actions = {a["name"]: a["triggers"][0]["threshold"]["value"] for a in overload["actions"]}
+    assert actions == {"envoy.overload_actions.shrink_heap": 0.95, "envoy.overload_actions.stop_accepting_requests": 0.98}

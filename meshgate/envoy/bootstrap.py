@@ -16,6 +16,8 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+from meshgate.envoy.overload import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEAP_BYTES, overload_manager
+
 # Name of the static cluster that points at the meshgate xDS server. Dynamic clusters sent over
 # ADS must never use this name, or they would replace the control-plane connection.
 XDS_CLUSTER_NAME = "meshgate_xds"
@@ -54,6 +56,9 @@ class BootstrapOptions:
     admin_port: int = 19901
     # Incremental (delta) xDS instead of state-of-the-world.
     delta: bool = False
+    # Overload manager limits (see meshgate.envoy.overload): heap and total client connections.
+    max_heap_bytes: int = DEFAULT_MAX_HEAP_BYTES
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
 
 def render_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
@@ -97,6 +102,8 @@ def render_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
         "static_resources": {
             "clusters": [_xds_cluster(opts.xds_host, opts.xds_port)],
         },
+        # Degrade (503s, refused connections) before the heap or connection count runs out.
+        "overload_manager": overload_manager(opts.max_heap_bytes, opts.max_connections),
     }
 
 
