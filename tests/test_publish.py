@@ -12,7 +12,7 @@ import pytest
 from ads_client import AdsClient, FakeEnvoy, make_cla, make_cluster, make_listener, make_route, make_snapshot, names_of
 
 from meshgate.controlplane.publish import StagedPublisher
-from meshgate.controlplane.status import ControlPlaneStatus
+from meshgate.controlplane.status import ControlPlaneStatus, NodeStatus
 from meshgate.xds.server import start_xds_server
 from meshgate.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot, SnapshotCache
 
@@ -137,6 +137,18 @@ async def test_nack_stops_the_sequence_and_keeps_old_clusters(env: Env):
     assert envoy.nacked
     assert any("rejected Cluster" in line and "bad cluster b" in line for line in env.status.last_error)
 
+    # The same config again (e.g. an unrelated file edit): the rejected stage is not waited out
+    # until the timeout and pushed through, it stops at once.
+    env.publisher.timeout = 60
+    env.publisher.publish(make_snapshot())  # back to the old config...
+    await until(lambda: env.status.publish["state"] == "done", "the old config")
+    await until(lambda: in_sync(env), "the old config ACKed")
+    env.publisher.publish(with_b())  # ...and the rejected one: a fresh NACK stops it
+    await until(lambda: env.status.publish["state"] == "stopped", "the second stop")
+    env.publisher.publish(with_b())  # unchanged: no new NACK can come, the old one counts
+    state = await until(lambda: env.status.publish["state"] == "stopped" and env.status.publish, "the third stop")
+    assert "bad cluster b" in state["reason"]
+
 
 async def test_timeout_publishes_next_stage_and_says_who(env: Env, caplog):
     env.publisher.timeout = 0.2
@@ -223,7 +235,8 @@ def test_stages_handle_missing_types():
     status = ControlPlaneStatus()
     publisher = StagedPublisher(SnapshotCache(), GROUP, status)
     publisher.snapshot = Snapshot.build({CLUSTER: {"a": make_cluster("a")}, ENDPOINT: {"a": make_cla("a", [1])}})
-    status.nodes["n#1"] = type("N", (), {"group": GROUP})()  # a connected node of the group
+    node = status.nodes["n#1"] = NodeStatus("n", GROUP, "n#1")  # a connected node running a
+    node.resources[CLUSTER] = {"a": publisher.snapshot.resource_version(CLUSTER, "a")}
     desired = Snapshot.build({
         CLUSTER: {"b": make_cluster("b")}, ENDPOINT: {"b": make_cla("b", [2])},
         LISTENER: {"http": make_listener("http", "main")}, ROUTE: {"main": make_route("main", "b")}})
@@ -234,6 +247,7 @@ def test_stages_handle_missing_types():
     assert [sorted(s.snapshot.names(LISTENER)) for s in stages] == [[], ["http"], ["http"]]
     # And the other way round: everything but clusters goes.
     publisher.snapshot = desired
+    node.resources[CLUSTER] = {"b": desired.resource_version(CLUSTER, "b")}
     stages = publisher.stages(Snapshot.build({}))
     for stage in stages:
         stage.snapshot.check_consistent()

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 from google.protobuf.message import Message
 
 from meshgate.controlplane.status import ControlPlaneStatus, NodeStatus, _short_type
+from meshgate.xds.server import response_version
 from meshgate.xds.snapshot import (
     CLUSTER,
     ENDPOINT,
@@ -140,10 +141,14 @@ class StagedPublisher:
         Any type may be missing from either snapshot (e.g. a config with no listeners left).
         """
         current = self.snapshot
-        if current is None or not any(n.group == self.group for n in self.status.nodes.values()):
+        nodes = [n for n in self.status.nodes.values() if n.group == self.group]
+        if current is None or not nodes:
             return [Stage(desired, ())]
         now, new = current.names(CLUSTER), desired.names(CLUSTER)
-        added = [name for name in new if name not in now]
+        # Clusters every Envoy of the group runs: a cluster published but never ACKed (a stage
+        # that was NACKed or cancelled) still counts as new, so routes wait for it again.
+        running = set.intersection(*(set(n.resources.get(CLUSTER, ())) for n in nodes))
+        added = [name for name in new if name not in now or name not in running]
         removed = [name for name in now if name not in new]
         if not added and not removed:
             return [Stage(desired, ())]
@@ -194,19 +199,26 @@ class StagedPublisher:
         Returns ("acked", [], None), ("nacked", [], the NACK) or ("timed_out", [nodes], None).
         """
         wanted = _wanted(stage)
-        nack_seq = self.status.nack_seq  # NACKs recorded from now on are answers to this stage
+        # NACKs recorded from now on answer this stage; an older one counts if its Envoy is still
+        # connected and rejected this very content (the server won't resend it: no ACK will come).
+        nack_seq = self.status.nack_seq
+        versions = {t: response_version(stage.snapshot, t) for t in stage.wait_for}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
+        satisfied: set[str] = set()  # instances that ACKed everything (checked once each)
         changed = asyncio.Event()
         unsubscribe = self.status.subscribe(changed.set)
         try:
             while True:
                 changed.clear()
-                nodes = [n for n in self.status.nodes.values() if n.group == self.group]
                 for nack in self.status.nacks():
-                    if nack["seq"] > nack_seq and nack["group"] == self.group and nack["type_url"] in stage.wait_for:
+                    if nack["group"] == self.group and nack["type_url"] in stage.wait_for and (
+                        nack["seq"] > nack_seq or (nack["connected"] and nack["version"] == versions[nack["type_url"]])
+                    ):
                         return "nacked", [], nack
-                missing = [self.status.label(n) for n in nodes if not _has_all(n, wanted)]
+                nodes = [n for n in self.status.nodes.values() if n.group == self.group]
+                satisfied |= {n.instance for n in nodes if n.instance not in satisfied and _has_all(n, wanted)}
+                missing = [self.status.label(n) for n in nodes if n.instance not in satisfied]
                 if not missing:
                     return "acked", [], None
                 self._state("waiting", i, of, waiting_for=missing, timed_out=timed_out)

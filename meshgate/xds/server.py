@@ -29,6 +29,7 @@ import itertools
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Protocol
 
 import grpc
@@ -89,7 +90,8 @@ class NodeRef:
 class XdsObserver(Protocol):
     """Receives what happens on ADS streams (for status APIs and metrics).
 
-    Resource maps are ``{name: resource version}`` (``Snapshot.resource_version``).
+    Resource maps are ``{name: resource version}`` (``Snapshot.resource_version``), read-only
+    views of the stream's state: copy them to keep them.
     """
 
     def on_stream_open(self, node: NodeRef) -> None: ...
@@ -358,11 +360,14 @@ class _SotwStream(_Stream):
             # still runs and no error_detail: those are not ACKs, and a nonce is settled once.
             st.settled = True
             st.acked = dict(st.carried)
-            self._notify("on_ack", type_url, st.version, dict(st.acked))
+            self._notify("on_ack", type_url, st.version, MappingProxyType(st.acked))
         elif not nonce:
             # Empty nonce: first request for this type on the stream (new Envoy or reconnect).
             # Always answer, even if the client claims to have a version already.
             st.respond = True
+        else:
+            log.debug("node=%s %s: request with nonce %s, version %r: a subscription update, not an ACK",
+                      self.node_id, _short(type_url), nonce, request.version_info)
         self._update_names(type_url, st, request.resource_names)
 
     def _update_names(self, type_url: str, st: _SotwType, resource_names) -> None:  # noqa: ANN001
@@ -421,7 +426,7 @@ class _SotwStream(_Stream):
         st.version = response_version(snapshot, type_url)
         if type_url == CLUSTER:
             self._mark_endpoints_stale(snapshot, previous, desired)
-        self._notify("on_push", type_url, st.version, dict(desired))
+        self._notify("on_push", type_url, st.version, MappingProxyType(st.carried))
         log.debug("push node=%s %s version=%s nonce=%s count=%d",
                   self.node_id, _short(type_url), st.version, st.nonce, len(desired))
         return discovery_pb2.DiscoveryResponse(
@@ -551,7 +556,7 @@ class _DeltaStream(_Stream):
             st.acked.update(sent.resources)
             for name in sent.removed:
                 st.acked.pop(name, None)
-            self._notify("on_ack", type_url, sent.version, dict(st.acked))
+            self._notify("on_ack", type_url, sent.version, MappingProxyType(st.acked))
 
     def responses(self, snapshot: Snapshot) -> Iterator[discovery_pb2.DeltaDiscoveryResponse]:
         for type_url in _ordered(list(self.types)):
@@ -607,7 +612,7 @@ class _DeltaStream(_Stream):
         st.pending[nonce] = _DeltaSent(version, carried, removed)
         if type_url == CLUSTER:
             self._mark_endpoints_stale(snapshot, [r.name for r in resources])
-        self._notify("on_push", type_url, version, dict(carried))
+        self._notify("on_push", type_url, version, MappingProxyType(carried))
         log.debug("delta push node=%s %s version=%s nonce=%s +%d -%d",
                   self.node_id, _short(type_url), version, nonce, len(resources), len(removed))
         return discovery_pb2.DeltaDiscoveryResponse(
