@@ -237,6 +237,7 @@ def test_stages_handle_missing_types():
     publisher.snapshot = Snapshot.build({CLUSTER: {"a": make_cluster("a")}, ENDPOINT: {"a": make_cla("a", [1])}})
     node = status.nodes["n#1"] = NodeStatus("n", GROUP, "n#1")  # a connected node running a
     node.resources[CLUSTER] = {"a": publisher.snapshot.resource_version(CLUSTER, "a")}
+    node.pushed["Cluster"] = "v1"
     desired = Snapshot.build({
         CLUSTER: {"b": make_cluster("b")}, ENDPOINT: {"b": make_cla("b", [2])},
         LISTENER: {"http": make_listener("http", "main")}, ROUTE: {"main": make_route("main", "b")}})
@@ -314,3 +315,18 @@ async def test_control_plane_reload_is_staged_end_to_end(env: Env, tmp_path):
     assert state["stage"] == 1 and "cluster rejected" in state["reason"] and env.status.pending_stages == 0
     assert set(final_clusters) < set(plane.snapshot.names(CLUSTER))
     assert any("rejected Cluster" in line for line in env.status.as_json()["last_error"])
+
+
+async def test_clients_without_clusters_are_not_waited_for(env: Env):
+    """A companion reading only its own config type over ADS never ACKs clusters: it must not
+    hold stages back until the timeout."""
+    env.publisher.timeout = 60
+    env.publisher.publish(make_snapshot())
+    await env.envoy()
+    companion = AdsClient(env.port, node_id="companion", cluster=GROUP)
+    env.envoys.append(FakeEnvoy(companion))
+    await companion.request("type.googleapis.com/google.protobuf.StringValue")
+    await companion.ack(await companion.recv())
+    await until(lambda: len(env.status.nodes) == 2 and in_sync(env), "both ACKed")
+    env.publisher.publish(with_b())
+    await until(lambda: env.status.publish["state"] == "done", "the stages")

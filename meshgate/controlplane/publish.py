@@ -135,13 +135,19 @@ class StagedPublisher:
         }
 
     # -- stages -------------------------------------------------------------------------------
+    def _envoys(self) -> list[NodeStatus]:
+        """The group's nodes that take clusters (Envoys; not clients that only read, say,
+        companion config types): the ones a stage waits for."""
+        return [n for n in self.status.nodes.values()
+                if n.group == self.group and _short_type(CLUSTER) in n.pushed]
+
     def stages(self, desired: Snapshot) -> list[Stage]:
         """Snapshots to publish in order, each with the types the next one waits for.
 
         Any type may be missing from either snapshot (e.g. a config with no listeners left).
         """
         current = self.snapshot
-        nodes = [n for n in self.status.nodes.values() if n.group == self.group]
+        nodes = self._envoys()
         if current is None or not nodes:
             return [Stage(desired, ())]
         now, new = current.names(CLUSTER), desired.names(CLUSTER)
@@ -216,7 +222,7 @@ class StagedPublisher:
                         nack["seq"] > nack_seq or (nack["connected"] and nack["version"] == versions[nack["type_url"]])
                     ):
                         return "nacked", [], nack
-                nodes = [n for n in self.status.nodes.values() if n.group == self.group]
+                nodes = self._envoys()
                 satisfied |= {n.instance for n in nodes if n.instance not in satisfied and _has_all(n, wanted)}
                 missing = [self.status.label(n) for n in nodes if n.instance not in satisfied]
                 if not missing:
