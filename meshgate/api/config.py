@@ -11,11 +11,12 @@ file, line and field; validation never stops at the first one.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from meshgate.providers.file.loader import DocumentCache, SourceDocument, load_documents
+from meshgate.api.messages import describe_unknown_kind, describe_validation_error
 from meshgate.api.models import KINDS as _MODEL_KINDS
 from meshgate.api.models import Resource
 from meshgate.api.policies import POLICY_KINDS
@@ -81,25 +82,8 @@ def _parse_document(doc: SourceDocument) -> tuple[Resource | None, list[ConfigEr
         return None, [doc.error(("kind",), "required field is missing")]
     model = KINDS.get((api_version, kind))
     if model is None:
-        known = ", ".join(sorted({f"{v} {k}" for v, k in KINDS}))
-        return None, [doc.error(("kind",), f"unknown kind {kind!r} for apiVersion {api_version!r} (known: {known})")]
+        return None, [doc.error(("kind",), describe_unknown_kind(api_version, kind, KINDS))]
     try:
         return model.model_validate(data), []
     except ValidationError as exc:
-        return None, [doc.error(tuple(e["loc"]), _message(e)) for e in exc.errors()]
-
-
-def _message(error: Mapping[str, Any]) -> str:
-    """A pydantic error in words a YAML author understands."""
-    kind, msg = error["type"], error["msg"]
-    if kind == "extra_forbidden":
-        return "unknown field"
-    if kind == "missing":
-        return "required field is missing"
-    if msg.startswith("Value error, "):
-        return msg[len("Value error, ") :]
-    if kind == "string_pattern_mismatch":
-        return f"{error.get('input')!r} has the wrong format (expected pattern {error['ctx']['pattern']})"
-    return msg[0].lower() + msg[1:]
-
-
+        return None, [doc.error(tuple(e["loc"]), describe_validation_error(e, model, data)) for e in exc.errors()]

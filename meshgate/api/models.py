@@ -13,11 +13,14 @@ Every model forbids unknown fields, so a typo is an error with its file and line
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+
+from meshgate.api.messages import clip
 
 GATEWAY_API_V1 = "gateway.networking.k8s.io/v1"
 MESHGATE_V1ALPHA1 = "meshgate.io/v1alpha1"
@@ -29,6 +32,131 @@ _DURATION_PART = re.compile(r"([0-9]{1,5})(h|ms|m|s)")
 NAME_RE = r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$"
 HOSTNAME_RE = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 HEADER_NAME_RE = r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$"
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+# Characters Gateway API allows in Exact/PathPrefix values (RFC 3986 pchar and '/', or %XX escapes).
+_PATH_CHARS = re.compile(r"(?:[-A-Za-z0-9/._~!$&'()*+,;=:@]|%[0-9a-fA-F]{2})*")
+# Rewrite/redirect paths may also hold meshgate's {variables}.
+_REPLACE_PATH_CHARS = re.compile(r"(?:[-A-Za-z0-9/._~!$&'()*+,;=:@{}]|%[0-9a-fA-F]{2})*")
+_CHAR_NAMES = {"\0": "NUL", "\t": "a tab", "\n": "LF (newline)", "\r": "CR", "\x7f": "DEL", " ": "a space"}
+
+
+def _char(c: str) -> str:
+    """A character as a message names it: 'x', CR, NUL, U+0001."""
+    if c in _CHAR_NAMES:
+        return _CHAR_NAMES[c]
+    return repr(c) if c.isprintable() else f"U+{ord(c):04X}"
+
+
+def check_header_name(value: Any) -> Any:
+    """An RFC 9110 token, and no ':' pseudo-header (Envoy manages those itself)."""
+    if not isinstance(value, str) or not value:
+        return value  # the type and pattern checks report these
+    if value.startswith(":"):
+        raise ValueError(f"{clip(value)}: pseudo-headers like :path or :authority can't be used here")
+    bad = next((c for c in value if c not in _TOKEN_CHARS), None)
+    if bad is not None:
+        raise ValueError(f"{clip(value)} is not a valid header name: {_char(bad)} is not allowed "
+                         "(letters, digits and !#$%&'*+-.^_`|~ only)")
+    return value
+
+
+def _modifiable_header(value: str) -> str:
+    # Envoy rejects the whole route table otherwise ("host headers may not be modified").
+    if value.lower() == "host":
+        raise ValueError("the Host header can't be set or removed by a header modifier "
+                         "(to change the Host sent upstream, use a URLRewrite filter's hostname)")
+    return value
+
+
+def check_header_value(value: str) -> str:
+    """RFC 9110 field-value: visible characters, obs-text, spaces and tabs inside, no
+    control characters (CR/LF would split the header), no leading or trailing whitespace."""
+    for i, c in enumerate(value):
+        if (c < " " and c != "\t") or c == "\x7f":
+            raise ValueError(f"a header value can't contain control characters ({_char(c)} at position {i + 1})")
+    if value != value.strip(" \t"):
+        raise ValueError("a header value can't start or end with a space or tab")
+    return value
+
+
+def _dns_labels(value: str) -> str:
+    for label in value.split("."):
+        if len(label) > 63:
+            raise ValueError(f"DNS label {clip(label, 20)} is longer than 63 characters")
+    return value
+
+
+def _no_wildcard(value: str) -> str:
+    if value.startswith("*."):
+        raise ValueError("a wildcard can't be used here: give the exact hostname")
+    return value
+
+
+def check_address(value: str) -> str:
+    """An IP address, or a DNS name of RFC 1123 labels (Envoy resolves it)."""
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    problem = f"{clip(value)} is not an IP address or a DNS name"
+    if "://" in value or "/" in value:
+        raise ValueError(f"{problem}: give a host, not a URL")
+    host, colon, port = value.rpartition(":")
+    if colon and port.isdigit() and host and ":" not in host:
+        raise ValueError(f"{problem}: put the port in the port field")
+    if value.startswith("[") and value.endswith("]"):
+        raise ValueError(f"{problem}: write an IPv6 address without brackets")
+    labels = (value[:-1] if value.endswith(".") else value).split(".")
+    for label in labels:
+        bad = next((c for c in label if not (c.isascii() and (c.isalnum() or c == "-"))), None)
+        if bad is not None:
+            raise ValueError(f"{problem}: {_char(bad)} is not allowed (letters, digits, '-' and '.')")
+        if not label:
+            raise ValueError(f"{problem}: empty label")
+        if len(label) > 63:
+            raise ValueError(f"{problem}: label {clip(label, 20)} is longer than 63 characters")
+        if label.startswith("-") or label.endswith("-"):
+            raise ValueError(f"{problem}: a label can't start or end with '-'")
+    if labels[-1].isdigit():  # 1.2.3 or 999.1.1.1: a mistyped IP, not a name
+        raise ValueError(f"{problem}: it looks like an IPv4 address but isn't a valid one")
+    return value
+
+
+def _check_path_chars(value: str, allowed: re.Pattern[str]) -> None:
+    end = allowed.match(value).end()  # type: ignore[union-attr]
+    if end == len(value):
+        return
+    c = value[end]
+    if c == "?":
+        raise ValueError("a path can't contain '?' (the query string is not part of the path)")
+    if c == "#":
+        raise ValueError("a path can't contain '#' (a fragment is never sent to the server)")
+    if c == "%":
+        raise ValueError(f"'%' at position {end + 1} must start an escape like %20")
+    raise ValueError(f"a path can't contain {_char(c)} (at position {end + 1}); percent-encode it")
+
+
+def check_match_path(value: str) -> None:
+    """An Exact or PathPrefix value, by Gateway API's rules: an absolute, normalized path.
+    Envoy normalizes request paths before matching, so `//` or `/../` would never match."""
+    if not value.startswith("/"):
+        raise ValueError("value must start with '/'")
+    _check_path_chars(value, _PATH_CHARS)
+    for part in ("//", "/./", "/../"):
+        if part in value:
+            raise ValueError(f"value can't contain {part!r}")
+    if "%2f" in value.lower():
+        raise ValueError("value can't contain an escaped '/' (%2F)")
+    if value.endswith(("/.", "/..")):
+        raise ValueError("value can't end with '/.' or '/..'")
+
+
+def check_replace_path(value: str) -> None:
+    """A rewrite or redirect path: absolute, printable, without query or fragment."""
+    if not value.startswith("/"):
+        raise ValueError("a replacement path must start with '/'")
+    _check_path_chars(value, _REPLACE_PATH_CHARS)
 
 
 def duration_seconds(value: str) -> float:
@@ -38,9 +166,14 @@ def duration_seconds(value: str) -> float:
 
 
 Duration = Annotated[str, Field(pattern=DURATION_RE, examples=["10s", "500ms", "1m30s"])]
-Hostname = Annotated[str, Field(pattern=HOSTNAME_RE, max_length=253)]
+Hostname = Annotated[str, Field(pattern=HOSTNAME_RE, max_length=253), AfterValidator(_dns_labels)]
+# Gateway API's PreciseHostname (URLRewrite, RequestRedirect): a Hostname without wildcard.
+PreciseHostname = Annotated[Hostname, AfterValidator(_no_wildcard)]
 ObjectName = Annotated[str, Field(pattern=NAME_RE, max_length=253)]
-HeaderName = Annotated[str, Field(pattern=HEADER_NAME_RE, max_length=256)]
+HeaderName = Annotated[str, Field(pattern=HEADER_NAME_RE, max_length=256), BeforeValidator(check_header_name)]
+# A header a modifier sets, adds or removes.
+ModifiableHeaderName = Annotated[HeaderName, AfterValidator(_modifiable_header)]
+HeaderValue = Annotated[str, Field(max_length=4096), AfterValidator(check_header_value)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
@@ -192,14 +325,25 @@ class BackendRef(Model):
 
 
 class HTTPHeader(Model):
-    name: HeaderName
-    value: str = Field(max_length=4096)
+    name: ModifiableHeaderName
+    value: HeaderValue
 
 
 class HTTPHeaderFilter(Model):
     set: list[HTTPHeader] = Field(default_factory=list, max_length=16)
     add: list[HTTPHeader] = Field(default_factory=list, max_length=16)
-    remove: list[HeaderName] = Field(default_factory=list, max_length=16)
+    remove: list[ModifiableHeaderName] = Field(default_factory=list, max_length=16)
+
+    @field_validator("set", "add")
+    @classmethod
+    def _unique_names(cls, headers: list[HTTPHeader]) -> list[HTTPHeader]:
+        # Gateway API keys these lists by name (case-insensitive); a repeat is a mistake.
+        seen: set[str] = set()
+        for header in headers:
+            if header.name.lower() in seen:
+                raise ValueError(f"header {clip(header.name)} appears twice (names are case-insensitive)")
+            seen.add(header.name.lower())
+        return headers
 
 
 class _ValueMatch(Model):
@@ -218,6 +362,14 @@ class _ValueMatch(Model):
 class HTTPHeaderMatch(_ValueMatch):
     name: HeaderName
     value: str = Field(max_length=4096)
+
+    @field_validator("value")
+    @classmethod
+    def _header_value(cls, value: str, info) -> str:
+        # A request can't carry such a value (Envoy trims whitespace), so the match could never hit.
+        if info.data.get("type") == "Exact":
+            check_header_value(value)
+        return value
 
 
 class HTTPQueryParamMatch(_ValueMatch):
@@ -247,15 +399,22 @@ class ReplacePath(Model):
             raise ValueError(f"{to_camel(other)} is not allowed with type {self.type}")
         return self
 
+    @field_validator("replace_full_path", "replace_prefix_match")
+    @classmethod
+    def _replacement(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_replace_path(value)
+        return value
+
 
 class HTTPURLRewriteFilter(Model):
-    hostname: Hostname | None = None
+    hostname: PreciseHostname | None = None
     path: ReplacePath | None = None
 
 
 class HTTPRequestRedirectFilter(Model):
     scheme: Literal["http", "https"] | None = None
-    hostname: Hostname | None = None
+    hostname: PreciseHostname | None = None
     path: ReplacePath | None = None
     port: Port | None = None
     status_code: Literal[301, 302, 303, 307, 308] = 302
@@ -308,8 +467,8 @@ class HTTPPathMatch(Model):
 
     @model_validator(mode="after")
     def _valid_value(self) -> HTTPPathMatch:
-        if self.type in ("Exact", "PathPrefix") and not self.value.startswith("/"):
-            raise ValueError("value must start with '/'")
+        if self.type in ("Exact", "PathPrefix"):
+            check_match_path(self.value)
         if self.type == "RegularExpression":
             _check_regex(self.value)
         return self
@@ -553,6 +712,11 @@ class BackendEndpoint(Model):
     )
     port: Port
     weight: int = Field(1, ge=1, le=128, description="relative share of this endpoint within the Backend")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        return check_address(value)
 
 
 class CookieHashKey(Model):
