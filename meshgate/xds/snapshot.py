@@ -122,11 +122,22 @@ class Snapshot:
     _eds_name_of_cluster: Mapping[str, str] = field(init=False, repr=False)
 
     @classmethod
-    def build(cls, resources: Mapping[str, Mapping[str, Message]]) -> Snapshot:
-        """Build a snapshot from type URL -> name -> message (same as the constructor)."""
-        return cls(resources)
+    def build(cls, resources: Mapping[str, Mapping[str, Message]], previous: Snapshot | None = None) -> Snapshot:
+        """Build a snapshot from type URL -> name -> message.
+
+        With `previous`, a resource that is the very same message object as in `previous` keeps
+        its serialized form and version instead of being serialized again: a snapshot that
+        differs in a few resources (an endpoint update) costs what those few cost.
+        """
+        snapshot = cls.__new__(cls)
+        object.__setattr__(snapshot, "resources", resources)
+        snapshot._index(previous)
+        return snapshot
 
     def __post_init__(self) -> None:
+        self._index(None)
+
+    def _index(self, previous: Snapshot | None) -> None:
         frozen: dict[str, Mapping[str, Message]] = {}
         serialized: dict[str, Mapping[str, bytes]] = {}
         resource_versions: dict[str, Mapping[str, str]] = {}
@@ -138,8 +149,13 @@ class Snapshot:
             expected = type_url.rsplit("/", 1)[-1]
             ser: dict[str, bytes] = {}
             vers: dict[str, str] = {}
+            before = previous.resources.get(type_url, {}) if previous is not None else {}
             for name in sorted(by_name):
                 msg = by_name[name]
+                if before.get(name) is msg:
+                    ser[name] = previous._serialized[type_url][name]
+                    vers[name] = previous._resource_versions[type_url][name]
+                    continue
                 if msg.DESCRIPTOR.full_name != expected:
                     raise TypeError(
                         f"resource {name!r} under {type_url} is a {msg.DESCRIPTOR.full_name}"
