@@ -41,6 +41,8 @@ class Metrics:
         self.reloads = Counter("meshgate_config_reloads", "Config reloads, by result", ["result"], registry=r)
         self.config_errors = Gauge("meshgate_config_errors", "Problems in the current config files (0 = valid)", registry=r)
         self.snapshot_resources = Gauge("meshgate_snapshot_resources", "Resources in the published snapshot", ["type"], registry=r)
+        self.endpoint_updates = Counter("meshgate_endpoint_updates", "ClusterLoadAssignments published by the EDS-only path "
+                                        "(endpoints set from outside the config files)", registry=r)
 
 
 def _short_type(type_url: str) -> str:
