@@ -14,13 +14,12 @@ from envoy.config.route.v3 import route_components_pb2, route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
+from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from google.protobuf import any_pb2
 from google.rpc import status_pb2
 
-from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
-
-from meshgate.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Snapshot
+from meshgate.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot
 
 TIMEOUT = 3.0  # bound for anything we expect to happen
 # Type URLs of probe requests (see AdsClient.expect_no_response): not Envoy types, so the server

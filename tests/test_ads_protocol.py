@@ -11,7 +11,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from envoy.service.discovery.v3 import ads_pb2_grpc
 from ads_client import (
     PROBE_PREFIX,
     AdsClient,
@@ -25,6 +24,7 @@ from ads_client import (
     names_of,
     sds_tls_socket,
 )
+from envoy.service.discovery.v3 import ads_pb2_grpc
 from google.protobuf import wrappers_pb2
 
 from meshgate.xds.server import AdsServer, NodeRef, NullObserver, start_xds_server

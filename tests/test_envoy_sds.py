@@ -14,7 +14,13 @@ import ssl
 from pathlib import Path
 
 import pytest
-from ads_client import make_cla, make_cluster, make_route, make_secret, make_tls_listener
+from ads_client import (
+    make_cla,
+    make_cluster,
+    make_route,
+    make_secret,
+    make_tls_listener,
+)
 from cryptography import x509
 from harness import write_tls_files
 
@@ -23,7 +29,15 @@ from meshgate.controlplane.status import ControlPlaneStatus
 from meshgate.envoy.bootstrap import BootstrapOptions, render_bootstrap
 from meshgate.envoy.process import EnvoyProcess
 from meshgate.xds.server import start_xds_server
-from meshgate.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET, Snapshot, SnapshotCache
+from meshgate.xds.snapshot import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    SECRET,
+    Snapshot,
+    SnapshotCache,
+)
 
 pytestmark = pytest.mark.timeout(60)
 

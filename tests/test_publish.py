@@ -9,12 +9,28 @@ from dataclasses import dataclass, field
 
 import grpc
 import pytest
-from ads_client import AdsClient, FakeEnvoy, make_cla, make_cluster, make_listener, make_route, make_snapshot, names_of
+from ads_client import (
+    AdsClient,
+    FakeEnvoy,
+    make_cla,
+    make_cluster,
+    make_listener,
+    make_route,
+    make_snapshot,
+    names_of,
+)
 
 from meshgate.controlplane.publish import StagedPublisher
 from meshgate.controlplane.status import ControlPlaneStatus, NodeStatus
 from meshgate.xds.server import start_xds_server
-from meshgate.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, Snapshot, SnapshotCache
+from meshgate.xds.snapshot import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    ROUTE,
+    Snapshot,
+    SnapshotCache,
+)
 
 GROUP = "edge"
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -174,7 +175,7 @@ class StagedPublisher:
         """Publish stages[1:], each once the group's Envoys ACKed what the previous one waits for."""
         of = len(stages)
         timed_out: list[str] = []
-        for i, (previous, nxt) in enumerate(zip(stages, stages[1:]), start=1):
+        for i, (previous, nxt) in enumerate(itertools.pairwise(stages), start=1):
             outcome, nodes, nack = await self._wait_for_acks(previous, i, of, timed_out)
             if outcome == "nacked":
                 reason = (f"Envoy node {nack['node']} rejected {nack['type']} version {nack['version']}: "
@@ -249,7 +250,8 @@ def _stage(current: Snapshot, desired: Snapshot, clusters: Mapping[str, Message]
     resources[ENDPOINT] = _pick(eds_names - {None}, desired.names(ENDPOINT), current.names(ENDPOINT))
     secret_names = set(secret_references(consumers.names(LISTENER), clusters))
     resources[SECRET] = _pick(secret_names, desired.names(SECRET), current.names(SECRET))
-    return Snapshot.build(resources)
+    # Most messages (routes, listeners) are the consumers' own objects: reuse their serialization.
+    return Snapshot.build(resources, consumers)
 
 
 def _pick(names: set, *sources: Mapping[str, Message]) -> dict[str, Message]:

@@ -16,7 +16,11 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from meshgate.envoy.overload import DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEAP_BYTES, overload_manager
+from meshgate.envoy.overload import (
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_HEAP_BYTES,
+    overload_manager,
+)
 
 # Name of the static cluster that points at the meshgate xDS server. Dynamic clusters sent over
 # ADS must never use this name, or they would replace the control-plane connection.

@@ -46,8 +46,15 @@ from meshgate.xds.snapshot import (
     combine_versions,
 )
 
-__all__ = ["AdsServer", "NodeRef", "NullObserver", "XdsObserver", "start_xds_server", "response_version",
-           "SERVER_OPTIONS"]
+__all__ = [
+    "SERVER_OPTIONS",
+    "AdsServer",
+    "NodeRef",
+    "NullObserver",
+    "XdsObserver",
+    "response_version",
+    "start_xds_server",
+]
 
 log = logging.getLogger("meshgate.xds.server")
 
