@@ -14,7 +14,7 @@ import gc
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from meshgate.api.config import all_problems
@@ -24,13 +24,19 @@ from meshgate.controlplane.status import ControlPlaneStatus
 from meshgate.errors import MeshgateError
 from meshgate.gatewayapi import Translation, TranslationMemo, translate_view
 from meshgate.providers.store import ObjectStore
-from meshgate.xds.snapshot import InconsistentSnapshot, Snapshot, SnapshotCache
-from meshgate.xds.translator import Resources, TranslateMemo, TranslateOptions, translate
+from envoy.config.endpoint.v3 import endpoint_pb2
+
+from meshgate import ir
+from meshgate.gatewayapi.routes import cluster_name_of
+from meshgate.xds.snapshot import ENDPOINT, InconsistentSnapshot, Snapshot, SnapshotCache
+from meshgate.xds.translator import Resources, TranslateMemo, TranslateOptions, translate, translate_endpoints
 
 log = logging.getLogger("meshgate.controlplane.pipeline")
 
 # Seconds without a reload after which the garbage of past reloads is collected (see _collect).
 GC_IDLE_SECONDS = 5.0
+# Endpoint updates arriving within this window go out together, in one EDS push.
+ENDPOINT_BATCH_SECONDS = 0.01
 
 
 def compile_config(translation: Translation, options: TranslateOptions, memo: TranslateMemo | None = None) -> Resources:
@@ -83,6 +89,11 @@ class ControlPlane:
         self.translation: Translation | None = None  # the last translation published
         self._reported: set[str] = set()  # problem lines already logged
         self._gc_timer: asyncio.TimerHandle | None = None
+        # Endpoints set from outside the config files (set_endpoints), by cluster name; they win
+        # over the Backend's own endpoints in every snapshot until set again.
+        self.endpoints: dict[str, endpoint_pb2.ClusterLoadAssignment] = {}
+        self._endpoints_dirty: set[str] = set()
+        self._endpoints_flush: asyncio.TimerHandle | None = None
         self.status.extra["objects"] = self.objects_status
 
     @property
@@ -118,7 +129,11 @@ class ControlPlane:
             view = self.store.update(docs, load_errors)
             translation = translate_view(view, memo=self.memo)
             problems = [str(e) for e in all_problems(view, translation)]
-            snapshot = Snapshot.build(compile_config(translation, self.options, self.xds_memo))
+            resources = compile_config(translation, self.options, self.xds_memo)
+            for cluster, cla in dict(self.endpoints).items():  # a copy: set_endpoints runs on the loop
+                if cluster in resources[ENDPOINT]:
+                    resources[ENDPOINT][cluster] = cla
+            snapshot = Snapshot.build(resources, previous=self.snapshot)
             snapshot.check_consistent()
             return Compiled(translation, snapshot, problems, documents=view.documents)
         except InconsistentSnapshot as exc:
@@ -179,6 +194,41 @@ class ControlPlane:
         elif self._reported and not problems:
             log.info("config is valid again")
         self._reported = set(problems)
+
+    # -- endpoints -----------------------------------------------------------------------------
+    def set_endpoints(self, namespace: str, name: str, endpoints: Iterable[tuple[str, int, int]]) -> None:
+        """Set a Backend's endpoints (address, port, weight) from outside the config files: what a
+        provider watching Kubernetes EndpointSlices or a Consul catalog does as pods come and go.
+
+        Goes out as EDS alone (a new ClusterLoadAssignment; no route, listener or cluster is
+        translated again), and updates arriving within `ENDPOINT_BATCH_SECONDS` are sent together.
+        Must be called on the event loop.
+        """
+        cluster = cluster_name_of(namespace, name)
+        self.endpoints[cluster] = translate_endpoints(ir.Cluster(
+            name=cluster, endpoints=tuple(ir.Endpoint(a, p, w) for a, p, w in endpoints),
+            lb="RoundRobin", protocol="HTTP1", connect_timeout_s=0, dns=False))
+        self._endpoints_dirty.add(cluster)
+        if self._endpoints_flush is None:
+            self._endpoints_flush = asyncio.get_running_loop().call_later(ENDPOINT_BATCH_SECONDS, self._flush_endpoints)
+
+    def _flush_endpoints(self) -> None:
+        self._endpoints_flush = None
+        current = self.publisher.snapshot
+        if current is None or self.status.pending_stages:
+            # No config yet, or a staged publish under way: go out right after it.
+            self._endpoints_flush = asyncio.get_running_loop().call_later(ENDPOINT_BATCH_SECONDS, self._flush_endpoints)
+            return
+        dirty, self._endpoints_dirty = self._endpoints_dirty, set()
+        eds = dict(current.resources.get(ENDPOINT, {}))
+        changed = [c for c in dirty if c in eds]  # clusters not (yet) in the config: applied when they are
+        if not changed:
+            return
+        for cluster in changed:
+            eds[cluster] = self.endpoints[cluster]
+        resources = {**current.resources, ENDPOINT: eds}
+        self.publisher.publish(Snapshot.build(resources, previous=current))
+        self.status.metrics.endpoint_updates.inc(len(changed))
 
     # -- memory --------------------------------------------------------------------------------
     def _schedule_collect(self) -> None:

@@ -28,7 +28,12 @@ from meshgate.ir import (
 
 
 def cluster_name(backend: Backend) -> str:
-    return f"backend/{backend.metadata.namespace}/{backend.metadata.name}"
+    return cluster_name_of(backend.metadata.namespace, backend.metadata.name)
+
+
+def cluster_name_of(namespace: str, name: str) -> str:
+    """The Envoy cluster (and ClusterLoadAssignment) name of a Backend."""
+    return f"backend/{namespace}/{name}"
 
 
 def backend_cluster(backend: Backend) -> Cluster:
