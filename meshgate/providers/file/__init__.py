@@ -6,9 +6,25 @@
 - `safe_read`: `read_regular_file`, the one way meshgate reads a file a user named.
 """
 
-from meshgate.providers.file.discover import Discovery, discover, discover_files, named_files
-from meshgate.providers.file.loader import DocumentCache, LoadResult, SourceDocument, load_documents, load_files
-from meshgate.providers.file.safe_read import DEFAULT_MAX_FILE_BYTES, FileReadError, clip_value, read_regular_file
+from meshgate.providers.file.discover import (
+    Discovery,
+    discover,
+    discover_files,
+    named_files,
+)
+from meshgate.providers.file.loader import (
+    DocumentCache,
+    LoadResult,
+    SourceDocument,
+    load_documents,
+    load_files,
+)
+from meshgate.providers.file.safe_read import (
+    DEFAULT_MAX_FILE_BYTES,
+    FileReadError,
+    clip_value,
+    read_regular_file,
+)
 from meshgate.providers.file.watch import FileProvider
 
 __all__ = [

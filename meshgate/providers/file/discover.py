@@ -19,7 +19,7 @@ from meshgate.errors import ConfigError
 if TYPE_CHECKING:
     from meshgate.providers.file.loader import SourceDocument
 
-__all__ = ["Discovery", "discover", "discover_files", "named_files", "YAML_SUFFIXES"]
+__all__ = ["YAML_SUFFIXES", "Discovery", "discover", "discover_files", "named_files"]
 
 YAML_SUFFIXES = (".yaml", ".yml")
 

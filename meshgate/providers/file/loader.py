@@ -67,7 +67,12 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from meshgate.errors import ConfigError, format_field_path
 from meshgate.providers.file.discover import Discovery, discover, named_files
-from meshgate.providers.file.safe_read import DEFAULT_MAX_FILE_BYTES, FileReadError, clip_value, read_regular_file
+from meshgate.providers.file.safe_read import (
+    DEFAULT_MAX_FILE_BYTES,
+    FileReadError,
+    clip_value,
+    read_regular_file,
+)
 
 __all__ = ["DocumentCache", "LoadResult", "SourceDocument", "load_documents", "load_files"]
 
@@ -215,9 +220,9 @@ def load_files(
     if environ is None:
         environ = os.environ
     if cache is not None:
-        read = lambda file: cache.read(file, environ, max_file_bytes)  # noqa: E731
+        read = lambda file: cache.read(file, environ, max_file_bytes)
     else:
-        read = lambda file: _read_file(file, environ, max_file_bytes)  # noqa: E731
+        read = lambda file: _read_file(file, environ, max_file_bytes)
     found = discovery if discovery is not None else discover(paths, env)
     bases, overlays, errors = found.bases, found.overlays, list(found.errors)
     documents: list[SourceDocument] = []
@@ -261,13 +266,13 @@ class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[mi
     only YAML 1.1's implicit scalar resolvers, which `resolve` still applies).
     """
 
-    def descend_resolver(self, current_node, current_index):  # noqa: ANN001
+    def descend_resolver(self, current_node, current_index):
         pass
 
     def ascend_resolver(self):
         pass
 
-    def resolve(self, kind, value, implicit):  # noqa: ANN001
+    def resolve(self, kind, value, implicit):
         if kind is ScalarNode:
             if implicit[0]:
                 for tag, regexp in self.yaml_implicit_resolvers.get(value[:1] if value else "", ()):

@@ -13,7 +13,7 @@ import stat
 
 from meshgate.errors import MeshgateError
 
-__all__ = ["DEFAULT_MAX_FILE_BYTES", "FileReadError", "read_regular_file", "clip_value"]
+__all__ = ["DEFAULT_MAX_FILE_BYTES", "FileReadError", "clip_value", "read_regular_file"]
 
 DEFAULT_MAX_FILE_BYTES = 16 * 2**20
 

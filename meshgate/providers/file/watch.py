@@ -27,8 +27,13 @@ from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 
 from watchfiles._rust_notify import RustNotify
 
-from meshgate.providers.file.discover import YAML_SUFFIXES, discover
-from meshgate.providers.file.loader import DocumentCache, LoadResult, file_stamp, load_files
+from meshgate.providers.file.discover import YAML_SUFFIXES, Discovery, discover
+from meshgate.providers.file.loader import (
+    DocumentCache,
+    LoadResult,
+    file_stamp,
+    load_files,
+)
 from meshgate.providers.file.safe_read import DEFAULT_MAX_FILE_BYTES
 
 __all__ = ["FileProvider"]
@@ -137,6 +142,8 @@ class FileProvider:
                     self.watching = roots
                     if batch:
                         yield batch
+                        if await self._roots_changed(roots, loop, executor):
+                            continue
                     while not wake.is_set():
                         raw = await loop.run_in_executor(
                             executor, watcher.watch, int(self.max_settle * 500), int(self.settle * 1000), 0, wake
@@ -149,8 +156,7 @@ class FileProvider:
                         batch = await self._settled(events, loop, executor)
                         if batch:
                             yield batch
-                        # New folders to watch, or watched ones gone: start over with new roots.
-                        if (await loop.run_in_executor(executor, self._watch_roots))[0] != roots:
+                        if await self._roots_changed(roots, loop, executor):
                             break
                 finally:
                     self.watching = frozenset()
@@ -159,6 +165,12 @@ class FileProvider:
                     executor.submit(watcher.close)
         finally:
             executor.shutdown(wait=False)
+
+    async def _roots_changed(
+        self, roots: frozenset[str], loop: asyncio.AbstractEventLoop, executor: concurrent.futures.Executor
+    ) -> bool:
+        """New folders to watch, or watched ones gone: the watch must start over."""
+        return (await loop.run_in_executor(executor, self._watch_roots))[0] != roots
 
     async def _settled(
         self, events: set[str], loop: asyncio.AbstractEventLoop, executor: concurrent.futures.Executor
@@ -205,7 +217,7 @@ class FileProvider:
                 self._remember(found)
         return changed
 
-    def _remember(self, found) -> None:  # noqa: ANN001 - a Discovery; called with the lock held
+    def _remember(self, found: Discovery) -> None:  # called with the lock held
         self._folders = {os.path.abspath(f) for f in found.folders}
         self._overlay_names = {os.path.abspath(f) for f in found.overlay_names}
 
