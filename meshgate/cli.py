@@ -1,7 +1,7 @@
 """`meshgate` command line: thin — parse flags, build objects, run.
 
   meshgate validate PATH...           check config files; one `FILE:LINE: field: problem` line each
-  meshgate translate PATH...          print the Envoy resources the config becomes
+  meshgate translate PATH...          print the Envoy resources the config becomes (private keys redacted)
   meshgate run PATH...                control plane + local Envoy + sample upstreams, hot reload
   meshgate xds PATH...                the control plane alone (ADS + status servers)
   meshgate bootstrap                  print an Envoy bootstrap that connects to `meshgate xds`
@@ -36,19 +36,24 @@ def _parser() -> argparse.ArgumentParser:
     config_args(t)
     t.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     t.add_argument("--bind", default="0.0.0.0", help="address the listeners bind to (default 0.0.0.0)")
+    t.add_argument("--show-secrets", action="store_true",
+                   help="print TLS private keys as they are (by default they show as [redacted])")
 
-    def server_args(cmd: argparse.ArgumentParser, bind: str) -> None:
+    def server_args(cmd: argparse.ArgumentParser, access_log_default: str) -> None:
+        # Both servers are unauthenticated: loopback unless the user chooses to expose them.
         config_args(cmd)
-        cmd.add_argument("--xds-address", default=f"{bind}:18000", help="ADS gRPC server address (host:port)")
-        cmd.add_argument("--status-address", default=f"{bind}:19000", help="status/metrics HTTP address (host:port)")
+        cmd.add_argument("--xds-address", default="127.0.0.1:18000",
+                         help="ADS gRPC server address, host:port (default 127.0.0.1:18000; "
+                              "0.0.0.0:18000 serves Envoys on other hosts)")
+        cmd.add_argument("--status-address", default="127.0.0.1:19000",
+                         help="status/metrics HTTP address, host:port (default 127.0.0.1:19000)")
         cmd.add_argument("--group", default="edge", help="node group (Envoy node.cluster) to serve")
         cmd.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
         cmd.add_argument("--access-log", default="", metavar="PATH|off",
-                         help="where Envoy writes its JSON access log (default: STATE_DIR/access.log for run, "
-                              "Envoy's stdout for xds); 'off' writes none")
+                         help=f"where Envoy writes its JSON access log (default: {access_log_default}); 'off' writes none")
 
     r = sub.add_parser("run", help="run control plane, a local Envoy and sample upstreams; reload on edit")
-    server_args(r, "127.0.0.1")
+    server_args(r, "STATE_DIR/access.log")
     r.add_argument("--bind", default="127.0.0.1", help="address Gateway listeners bind to (default 127.0.0.1)")
     r.add_argument("--admin-port", type=int, default=19901, help="Envoy admin port on 127.0.0.1 (0 = any free)")
     r.add_argument("--state-dir", type=Path, default=Path(".meshgate"), help="Envoy bootstrap, logs, access log")
@@ -57,8 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--no-sample-upstreams", action="store_true", help="don't start echo servers for annotated Backends")
     r.add_argument("--envoy-log-level", default="warning")
 
-    x = sub.add_parser("xds", help="run the control plane alone (ADS + status servers), reload on edit")
-    server_args(x, "0.0.0.0")
+    x = sub.add_parser("xds", help="run the control plane alone (ADS + status servers), reload on edit",
+                       description="Run the control plane alone: ADS and status servers, reloading on edit. "
+                                   "Gateway listeners of the Envoys it serves bind to 0.0.0.0.")
+    server_args(x, "Envoy's stdout")
 
     b = sub.add_parser("bootstrap", help="print an Envoy bootstrap (JSON) that connects to meshgate xds")
     b.add_argument("--xds-address", default="127.0.0.1:18000")
@@ -109,6 +116,10 @@ def cmd_translate(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     out = resources_to_dict(compile_config(config, TranslateOptions(bind_address=args.bind)))
+    if not args.show_secrets:
+        from meshgate.redact import redact_secrets
+
+        out = redact_secrets(out)
     if args.output == "json":
         print(json.dumps(out, indent=2))
     else:

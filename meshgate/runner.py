@@ -170,7 +170,6 @@ async def serve_xds(opts: RunOptions) -> int:
 async def run_local(opts: RunOptions) -> int:
     """`meshgate run`: everything `serve_xds` does, plus a supervised Envoy and sample upstreams."""
     state = opts.state_dir.resolve()
-    state.mkdir(parents=True, exist_ok=True)
     access_log = str(state / "access.log") if opts.access_log == "" else opts.access_log
     upstreams = SampleUpstreams()
     cache = SnapshotCache()
@@ -188,6 +187,7 @@ async def run_local(opts: RunOptions) -> int:
             # At start, any problem stops us (errors already printed): a first config is all the
             # user's and should be whole. Later reloads publish the valid objects and keep the rest.
             return 1
+        state.mkdir(parents=True, exist_ok=True)  # only once the config is valid: a failed run leaves nothing
         xds_port, status_port = await _start_servers(stack, opts, cache, status)
         bootstrap = render_bootstrap(BootstrapOptions(
             xds_host=opts.xds_host, xds_port=xds_port, node_cluster=opts.group,

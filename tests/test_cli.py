@@ -137,3 +137,80 @@ def test_run_reports_a_port_in_use_in_one_line(flag: str, tmp_path: Path) -> Non
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("meshgate: ") and str(port) in last, out.stderr
     assert ("in use" in last or "Address already in use" in last), last
+
+
+GOLDEN_IN = Path(__file__).parent / "golden" / "translate"
+
+
+def test_run_with_invalid_config_leaves_no_state_dir(tmp_path: Path) -> None:
+    """Neither --state-dir nor the default .meshgate/ is created when the config is rejected."""
+    (tmp_path / "bad.yaml").write_text((ERRORS / "unknown-field.yaml").read_text())
+    ports = ("--xds-address", "127.0.0.1:0", "--status-address", "127.0.0.1:0")
+    out = meshgate("run", "bad.yaml", *ports, cwd=tmp_path)
+    assert out.returncode == 1 and "unknown field" in out.stderr
+    out = meshgate("run", "bad.yaml", "--state-dir", str(tmp_path / "state"), *ports, cwd=tmp_path)
+    assert out.returncode == 1 and "unknown field" in out.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+def test_xds_help_matches_its_flags() -> None:
+    """`xds` has no state dir; both its servers default to loopback, and -h says so."""
+    help_text = " ".join(meshgate("xds", "-h").stdout.split())
+    assert "STATE_DIR" not in help_text and "state-dir" not in help_text
+    assert "default 127.0.0.1:18000" in help_text and "default 127.0.0.1:19000" in help_text
+    assert meshgate("xds", "--state-dir", "x", "y.yaml").returncode == 2  # argparse: unknown flag
+
+
+def test_xds_and_run_servers_default_to_loopback() -> None:
+    from meshgate.cli import _parser, _run_options
+
+    for command in ("xds", "run"):
+        opts = _run_options(_parser().parse_args([command, "config.yaml"]))
+        assert (opts.xds_host, opts.xds_port, opts.status_host, opts.status_port) == ("127.0.0.1", 18000, "127.0.0.1", 19000)
+
+
+def _private_keys(text: str) -> list[bytes]:
+    """Every inline value in `text` that is (base64 of) a PEM private key."""
+    import base64
+    import re
+
+    found = [m.encode() for m in re.findall(r"-----BEGIN [A-Z ]*PRIVATE KEY-----", text)]
+    for blob in re.findall(r"[A-Za-z0-9+/=]{200,}", text):
+        decoded = base64.b64decode(blob)
+        if b"PRIVATE KEY-----" in decoded:
+            found.append(decoded)
+    return found
+
+
+@pytest.mark.parametrize("output", ["yaml", "json"])
+def test_translate_redacts_private_keys(output: str) -> None:
+    config = str(GOLDEN_IN / "https-and-dns.in.yaml")
+    out = meshgate("translate", config, "-o", output)
+    assert out.returncode == 0, out.stderr
+    assert _private_keys(out.stdout) == []
+    assert out.stdout.count("[redacted]") == 2  # one key per certificate
+    assert "certificate_chain" in out.stdout  # certificates are public and stay
+    shown = meshgate("translate", config, "-o", output, "--show-secrets")
+    assert len(_private_keys(shown.stdout)) == 2 and "[redacted]" not in shown.stdout
+
+
+def test_redact_secrets() -> None:
+    import base64
+
+    from meshgate.redact import redact_secrets, redact_text
+
+    pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIB\n-----END RSA PRIVATE KEY-----\n"
+    cert = "-----BEGIN CERTIFICATE-----\nMIIC\n-----END CERTIFICATE-----\n"
+    rendered = {"secrets": [{"name": "s", "tls_certificate": {
+        "certificate_chain": {"inline_string": cert},
+        "private_key": {"inline_string": "not even PEM"},
+        "password": {"filename": "/etc/key.pass"},
+    }}], "listeners": [{"note": f"key: {pem}", "x": {"inline_bytes": base64.b64encode(pem.encode()).decode()}}]}
+    redacted = redact_secrets(rendered)
+    tls = redacted["secrets"][0]["tls_certificate"]
+    assert tls["private_key"] == {"inline_string": "[redacted]"}
+    assert tls["certificate_chain"] == {"inline_string": cert}
+    assert tls["password"] == {"filename": "/etc/key.pass"}  # a path is not a secret
+    assert redacted["listeners"][0] == {"note": "key: [redacted]\n", "x": {"inline_bytes": "[redacted]"}}
+    assert rendered["secrets"][0]["tls_certificate"]["private_key"] == {"inline_string": "not even PEM"}  # a copy
+    assert redact_text(cert + pem) == cert + "[redacted]\n"

@@ -76,3 +76,48 @@ def test_template_variables() -> None:
 @pytest.mark.parametrize("text,seconds", [("10s", 10), ("500ms", 0.5), ("1m30s", 90), ("1h", 3600), ("2s500ms", 2.5), ("0s", 0)])
 def test_durations(text: str, seconds: float) -> None:
     assert duration_seconds(text) == seconds
+
+
+def test_clip() -> None:
+    from meshgate.api.messages import clip
+
+    assert clip("short") == "'short'"
+    assert clip("a" * 80) == repr("a" * 80)
+    assert clip("a" * 5000) == repr("a" * 80) + "… (5000 characters)"
+    assert clip(12345) == "12345"
+
+
+def test_describe_validation_error_without_context() -> None:
+    """Callers with only the pydantic error (no model, no data) still get plain words."""
+    from pydantic import ValidationError
+
+    from meshgate.api.messages import describe_validation_error
+    from meshgate.api.models import BackendEndpoint, HTTPRoute
+
+    with pytest.raises(ValidationError) as info:
+        BackendEndpoint.model_validate({"address": "a b", "port": 1, "wieght": 1})
+    messages = sorted(describe_validation_error(e) for e in info.value.errors())
+    assert messages == ["'a b' is not an IP address or a DNS name: a space is not allowed (letters, digits, '-' and '.')",
+                        "unknown field"]
+    data = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute", "metadata": {"name": "r"},
+            "spec": {"parentRefs": [{"name": "e"}], "rules": [{"backendRefs": [{"name": "b"}], "backendRef": []}]}}
+    with pytest.raises(ValidationError) as info:
+        HTTPRoute.model_validate(data)
+    (error,) = info.value.errors()
+    # backendRefs is already there: suggesting it would send the user in circles.
+    assert describe_validation_error(error, HTTPRoute, data) == "unknown field"
+
+
+@pytest.mark.parametrize("address", ["10.0.0.1", "::1", "fe80::1", "localhost", "db.example.com", "db.example.com.",
+                                     "DB-1.Example.COM", "xn--bcher-kva.example", "a" * 63 + ".io"])
+def test_valid_addresses(address: str) -> None:
+    from meshgate.api.models import check_address
+
+    assert check_address(address) == address
+
+
+@pytest.mark.parametrize("value", ["", "plain", "a b\tc", "café", "x" * 4096, "%REQ(x)%"])
+def test_valid_header_values(value: str) -> None:
+    from meshgate.api.models import check_header_value
+
+    assert check_header_value(value) == value

@@ -318,7 +318,9 @@ def translate_route(route: ir.Route) -> rc.Route:
 
 def _header(name: str, value: str, overwrite: bool) -> base_pb2.HeaderValueOption:
     action = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD if overwrite else base_pb2.HeaderValueOption.APPEND_IF_EXISTS_OR_ADD
-    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=name, value=value), append_action=action)
+    # Gateway API values are literal; Envoy reads %...% as a formatter ("50%" would be NACKed).
+    literal = value.replace("%", "%%")
+    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=name, value=literal), append_action=action)
 
 
 def _set_match(out: rc.RouteMatch, match: ir.Match) -> None:
