@@ -214,3 +214,34 @@ def test_redact_secrets() -> None:
     assert redacted["listeners"][0] == {"note": "key: [redacted]\n", "x": {"inline_bytes": "[redacted]"}}
     assert rendered["secrets"][0]["tls_certificate"]["private_key"] == {"inline_string": "not even PEM"}  # a copy
     assert redact_text(cert + pem) == cert + "[redacted]\n"
+
+
+@pytest.mark.parametrize("target", ["directory", "fifo", "/dev/zero"])
+def test_certificate_path_that_is_not_a_file_is_one_line(tmp_path: Path, target: str) -> None:
+    """A certificate path naming a directory, a FIFO or a device: one error line, at once, never
+    a traceback, a hang (FIFO) or a read without end (/dev/zero)."""
+    if target == "directory":
+        (tmp_path / "certs").mkdir()
+        path = "certs"
+    elif target == "fifo":
+        os.mkfifo(tmp_path / "cert.pipe")
+        path = "cert.pipe"
+    else:
+        path = target
+    (tmp_path / "gateway.yaml").write_text(f"""\
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge}}
+spec:
+  listeners:
+    - name: https
+      protocol: HTTPS
+      port: 8443
+      tls: {{options: {{meshgate.io/certificate-file: {path}, meshgate.io/private-key-file: {path}}}}}
+""")
+    out = meshgate("validate", "gateway.yaml", cwd=tmp_path)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    reason = {"directory": "is a directory", "fifo": "is not a regular file (FIFO)",
+              "/dev/zero": "is not a regular file (character device)"}[target]
+    assert f'gateway.yaml:9: spec.listeners[0].tls.options["meshgate.io/certificate-file"]: cannot read file ' \
+           f"{path} ({reason})" in out.stderr.splitlines()

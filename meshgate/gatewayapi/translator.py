@@ -27,7 +27,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-from meshgate.providers.file.loader import SourceDocument
+from meshgate.providers.file import FileReadError, SourceDocument, read_regular_file
 from meshgate.api.models import (
     CERT_FILE_OPTION,
     KEY_FILE_OPTION,
@@ -59,20 +59,9 @@ RESOLVED = Condition("ResolvedRefs", "True", "ResolvedRefs")
 
 
 def _read_file(path: str) -> bytes:
-    """Certificate files: regular files only, bounded, so a wrong path can't hang or exhaust us."""
-    import stat
-
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(f"{path} is not a regular file")
-        data = os.read(fd, 1 << 20 + 1)
-        if len(data) > 1 << 20:
-            raise OSError(f"{path} is larger than 1 MiB")
-        return data
-    finally:
-        os.close(fd)
+    """Certificate files: regular files only, bounded, never blocking (a FIFO or /dev/zero named
+    by mistake must not hang or exhaust the control plane)."""
+    return read_regular_file(path, max_bytes=1 << 20)
 
 
 @dataclass
@@ -289,9 +278,8 @@ class _Translator:
                 self.files.add(os.path.abspath(path))
                 try:
                     pem[option] = self.read_file(path)
-                except OSError as exc:
-                    reason = exc.strerror.lower() if exc.strerror else str(exc)
-                    bad((*where, "tls", "options", option), f"cannot read file {path} ({reason})")
+                except FileReadError as exc:
+                    bad((*where, "tls", "options", option), f"cannot read file {path} ({exc.reason})")
             if len(pem) < 2:
                 return None
             problem = pem_problem(pem[CERT_FILE_OPTION], pem[KEY_FILE_OPTION])
