@@ -610,9 +610,15 @@ class MeshgateRouteRule(HTTPRouteRule):
         return self
 
 
-class HTTPRouteSpec(Model):
+class CommonRouteSpec(Model):
+    """What every route kind shares (Gateway API's CommonRouteSpec): where it attaches and for
+    which host names. HTTPRoute and GRPCRoute add their own `rules`."""
+
     parent_refs: list[ParentReference] = Field(min_length=1, max_length=32)
     hostnames: list[Hostname] = Field(default_factory=list, max_length=16)
+
+
+class HTTPRouteSpec(CommonRouteSpec):
     rules: list[HTTPRouteRule] = Field(min_length=1, max_length=64)
 
 
@@ -688,9 +694,7 @@ class GRPCRouteRule(Model):
     backend_refs: list[BackendRef] = Field(min_length=1, max_length=16)
 
 
-class GRPCRouteSpec(Model):
-    parent_refs: list[ParentReference] = Field(min_length=1, max_length=32)
-    hostnames: list[Hostname] = Field(default_factory=list, max_length=16)
+class GRPCRouteSpec(CommonRouteSpec):
     rules: list[GRPCRouteRule] = Field(min_length=1, max_length=64)
 
 
