@@ -163,6 +163,7 @@ async def serve_xds(opts: RunOptions) -> int:
         log.info("control plane serving", extra={"xds": f"{opts.xds_host}:{xds_port}", "status": f"http://{opts.status_host}:{status_port}"})
         watcher = asyncio.create_task(plane.watch())
         stack.callback(watcher.cancel)
+        stack.push_async_callback(plane.publisher.aclose)  # a staged publish still waiting ends too
         await _until_signalled()
     return 0
 
@@ -209,6 +210,7 @@ async def run_local(opts: RunOptions) -> int:
         print(_summary(plane, opts, status_port, envoy, access_log), flush=True)
         watcher = asyncio.create_task(plane.watch())
         stack.callback(watcher.cancel)
+        stack.push_async_callback(plane.publisher.aclose)  # a staged publish still waiting ends too
         await _until_signalled()
         log.info("stopping")
     return 0

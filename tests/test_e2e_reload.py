@@ -229,6 +229,14 @@ def test_envoy_nack_is_recorded_and_not_resent(gw) -> None:
             return node["nacked"].get("Listener")
         rejected = wait_until(nacked, timeout=10, what="Envoy's NACK to show in /status")
         assert "Address already in use" in rejected["error"]
+        # ... and on the object whose listener Envoy refused, and in last_error.
+        gateway = next(o for o in gw.status()["objects"] if o["kind"] == "Gateway" and o["name"] == "taken")
+        programmed = next(c for c in gateway["conditions"] if c["type"] == "Programmed")
+        assert programmed["status"] == "False" and programmed["reason"] == "Rejected"
+        assert "Address already in use" in programmed["message"]
+        assert any("rejected Listener" in line for line in gw.status()["last_error"])
+        edge = next(o for o in gw.status()["objects"] if o["kind"] == "Gateway" and o["name"] == "edge")
+        assert next(c for c in edge["conditions"] if c["type"] == "Programmed")["status"] == "True"
 
         def metric(name: str) -> str:
             text = urllib.request.urlopen(f"{gw.status_url}/metrics", timeout=5).read().decode()

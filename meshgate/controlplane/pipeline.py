@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -101,10 +102,48 @@ class ControlPlane:
         return self.publisher.snapshot
 
     def objects_status(self) -> list[dict]:
-        """Every object with its conditions, for `/status`."""
+        """Every object with its conditions, for `/status`; an object whose Envoy resources an
+        Envoy rejected (NACK) says so in `Programmed`."""
         if self.translation is None:
             return []
-        return [s.as_dict() for _, s in sorted(self.translation.status.objects.items())]
+        rejected = self._rejected_objects()
+        out = []
+        for key, status in sorted(self.translation.status.objects.items()):
+            entry = status.as_dict()
+            if key in rejected:
+                entry["conditions"] = [c for c in entry["conditions"] if c["type"] != "Programmed"] + [
+                    {"type": "Programmed", "status": "False", "reason": "Rejected", "message": rejected[key]}]
+            out.append(entry)
+        return out
+
+    def _rejected_objects(self) -> dict[tuple, str]:
+        """Object key -> why Envoy rejected its resources, for every outstanding NACK. Envoy's
+        message names the resource it refused (a listener, a cluster, a route by its name
+        `httproute/NS/NAME/...`); that name leads back to the object."""
+        out: dict[tuple, str] = {}
+        translation = self.translation
+        port_of = {listener.name: listener.port for listener in translation.ir.listeners}
+        for nack in self.status.nacks():
+            error = nack["error"]
+            names = [n for n in nack.get("resources", []) if n in error] or list(nack.get("resources", []))
+            message = f"Envoy node {nack['node']} rejected {nack['type']}: {error.strip()[:300]}"
+            keys: set[tuple] = set()
+            for m in re.finditer(r"\b(httproute|grpcroute)/([a-z0-9.-]+)/([a-z0-9.-]+)/rule/", error):
+                kind = "HTTPRoute" if m.group(1) == "httproute" else "GRPCRoute"
+                keys |= {k for k in translation.status.objects if k[1:] == (kind, m.group(2), m.group(3))}
+            for name in names if not keys else ():
+                if name.startswith("backend/"):
+                    _, ns, backend = name.split("/", 2)
+                    keys.add(("meshgate.io", "Backend", ns, backend))
+                elif name in port_of:  # a listener or its route configuration: the Gateways on that port
+                    keys |= {(g.api_version.split("/")[0], "Gateway", g.metadata.namespace, g.metadata.name)
+                             for g in translation.gateways if any(l.port == port_of[name] for l in g.spec.listeners)}
+                elif name.startswith("secret/"):
+                    _, ns, secret = name.split("/", 2)
+                    keys.add(("", "Secret", ns, secret))
+            for key in keys:
+                out.setdefault(key, message)
+        return out
 
     def reload(self) -> bool:
         """Run the pipeline once. Returns True when a new snapshot was published."""
