@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -97,8 +98,10 @@ class Meshgate:
     workdir: Path
     env: dict[str, str] = field(default_factory=dict)
     args: list[str] = field(default_factory=list)
-    xds_port: int = field(default_factory=free_port)
-    status_port: int = field(default_factory=free_port)
+    # 0: the servers bind a free port themselves (no race with other processes picking ports);
+    # the status port is then read from the summary `meshgate run` prints.
+    xds_port: int = 0
+    status_port: int = 0
     proc: subprocess.Popen | None = None
 
     @property
@@ -130,6 +133,11 @@ class Meshgate:
     def _ready(self) -> bool:
         if self.proc.poll() is not None:
             raise AssertionError(f"meshgate exited with {self.proc.returncode}:\n{self.output()}")
+        if not self.status_port:
+            found = re.search(rb"status: +http://127\.0\.0\.1:(\d+)/status", self.stdout_path.read_bytes())
+            if not found:
+                return False
+            self.status_port = int(found.group(1))
         status = self.status()
         return bool(status.get("ready")) and "envoy" in status and b"Ctrl-C" in self.stdout_path.read_bytes()
 
