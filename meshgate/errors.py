@@ -1,4 +1,4 @@
-"""Every error meshgate's resource model raises on purpose, in one file.
+"""Every error meshgate raises on purpose, in one file.
 
 Catch `MeshgateError` to catch them all. Configuration problems are `ConfigError`s: each one
 names a file, a line and a field, and prints as one line a user can act on::
@@ -15,7 +15,16 @@ import json
 import re
 from collections.abc import Iterable
 
-__all__ = ["MeshgateError", "ConfigError", "ConfigErrors", "format_field_path"]
+__all__ = [
+    "ConfigError",
+    "ConfigErrors",
+    "EnvoyError",
+    "FileReadError",
+    "InconsistentSnapshot",
+    "MeshgateError",
+    "StartupError",
+    "format_field_path",
+]
 
 
 class MeshgateError(Exception):
@@ -115,3 +124,49 @@ def format_field_path(parts: tuple[str | int, ...]) -> str:
         else:
             out.append(f"[{json.dumps(key)}]")
     return "".join(out)
+
+
+class FileReadError(MeshgateError):
+    """
+    A file a user named cannot be read as configuration: missing, unreadable, not a regular file
+    (a directory, FIFO or device) or over the size cap. `reason` says why in words for the user
+    ("is a directory").
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(path, reason)
+
+    @property
+    def path(self) -> str:
+        return self.args[0]
+
+    @property
+    def reason(self) -> str:
+        return self.args[1]
+
+    def __str__(self) -> str:
+        return f"cannot read {self.path}: {self.reason}"
+
+
+class InconsistentSnapshot(MeshgateError):
+    """
+    A snapshot references resources it does not contain, or contains ones nobody references (a
+    translator bug): it is refused and the previous snapshot stays. `problems` lists them.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("inconsistent snapshot: " + "; ".join(self.problems))
+
+
+class EnvoyError(MeshgateError):
+    """
+    Envoy cannot start, or does not become reachable or ready in time. The message ends with the
+    tail of Envoy's output and log, which says why.
+    """
+
+
+class StartupError(MeshgateError):
+    """
+    `meshgate run` / `meshgate xds` cannot start a server or Envoy (e.g. a port in use).
+    """

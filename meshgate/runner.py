@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshgate.gatewayapi import Translation
-from meshgate.errors import MeshgateError
+from meshgate.errors import EnvoyError, StartupError
 from meshgate.api.models import Backend
 from meshgate.envoy.bootstrap import BootstrapOptions, render_bootstrap
 from meshgate.controlplane.pipeline import ControlPlane
 from meshgate.controlplane.status import ControlPlaneStatus
-from meshgate.envoy.process import EnvoyError, EnvoyProcess
+from meshgate.envoy.process import EnvoyProcess
 from meshgate.xds.server import start_xds_server
 from meshgate.xds.snapshot import SnapshotCache
 from meshgate.controlplane.status_server import start_status_server
@@ -124,10 +124,6 @@ async def _until_signalled() -> None:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-
-
-class StartupError(MeshgateError):
-    """Raised when `meshgate run` / `meshgate xds` can't start a server or Envoy (e.g. port in use)."""
 
 
 async def _start_servers(stack: contextlib.AsyncExitStack, opts: RunOptions, cache: SnapshotCache,

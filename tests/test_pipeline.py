@@ -3,7 +3,6 @@ reports, and that a long run of reloads leaves nothing behind."""
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
 import os

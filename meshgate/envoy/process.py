@@ -24,6 +24,8 @@ from typing import Any
 
 import aiohttp
 
+from meshgate.errors import EnvoyError
+
 log = logging.getLogger(__name__)
 
 __all__ = ["EnvoyError", "EnvoyProcess", "find_envoy"]
@@ -32,13 +34,6 @@ _BACKOFF_FIRST = 0.5
 _BACKOFF_MAX = 10.0
 # A process that stayed up this long is considered healthy: the next crash backs off from scratch.
 _BACKOFF_RESET_AFTER = 30.0
-
-
-class EnvoyError(Exception):
-    """Raised when Envoy cannot start or does not become reachable/ready in time.
-
-    The message ends with the tail of Envoy's output and log, which says why.
-    """
 
 
 # PIDs of Envoys this Python process started and has not reaped yet. The atexit hook kills

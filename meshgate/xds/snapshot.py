@@ -32,6 +32,8 @@ from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
+from meshgate.errors import InconsistentSnapshot
+
 __all__ = [
     "CLUSTER",
     "ENDPOINT",
@@ -80,14 +82,6 @@ _NAME_FIELD = {LISTENER: "name", ROUTE: "name", CLUSTER: "name", ENDPOINT: "clus
 
 _RESOURCE_VERSION_HEX = 16
 _SNAPSHOT_VERSION_HEX = 12
-
-
-class InconsistentSnapshot(Exception):
-    """Raised when a snapshot references resources it does not contain (message lists them)."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = list(problems)
-        super().__init__("inconsistent snapshot: " + "; ".join(self.problems))
 
 
 def _digest(parts: Iterator[bytes]) -> str:

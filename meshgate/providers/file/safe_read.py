@@ -11,7 +11,7 @@ import errno
 import os
 import stat
 
-from meshgate.errors import MeshgateError
+from meshgate.errors import FileReadError
 
 __all__ = ["DEFAULT_MAX_FILE_BYTES", "FileReadError", "clip_value", "read_regular_file"]
 
@@ -24,24 +24,6 @@ _KINDS = (
     (stat.S_ISCHR, "is not a regular file (character device)"),
     (stat.S_ISBLK, "is not a regular file (block device)"),
 )
-
-
-class FileReadError(MeshgateError):
-    """A file that cannot be read: `reason` says why in words for the user ("is a directory")."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(path, reason)
-
-    @property
-    def path(self) -> str:
-        return self.args[0]
-
-    @property
-    def reason(self) -> str:
-        return self.args[1]
-
-    def __str__(self) -> str:
-        return f"cannot read {self.path}: {self.reason}"
 
 
 def _size_words(size: int) -> str:
