@@ -79,26 +79,24 @@ def build_routes(route, resolve: BackendResolver):  # noqa: ANN001, ANN201 - HTT
             destinations.append(Destination(cluster_name(backend) if backend else None, ref.weight))
             if backend is not None:
                 hash_policy = hash_policy or _hash_policy(backend)
+        # What every match of the rule shares is built once per rule.
         filters = {f.type: f for f in rule.filters}
         timeouts = getattr(rule, "timeouts", None)
+        shared = dict(
+            destinations=tuple(destinations),
+            redirect=_redirect(filters.get("RequestRedirect")),
+            rewrite=_rewrite(filters.get("URLRewrite")),
+            request_headers=_header_mods(filters.get("RequestHeaderModifier"), "request_header_modifier"),
+            response_headers=_header_mods(filters.get("ResponseHeaderModifier"), "response_header_modifier"),
+            timeout_s=duration_seconds(timeouts.request) if timeouts and timeouts.request else None,
+            per_try_timeout_s=duration_seconds(timeouts.backend_request) if timeouts and timeouts.backend_request else None,
+            hash_policy=hash_policy,
+            grpc=kind == "grpcroute",
+        )
+        prefix = f"{kind}/{meta.namespace}/{meta.name}/rule/{r}/match/"
         for m, match in enumerate(rule.matches):
             ir_match = _grpc_match(match) if kind == "grpcroute" else _http_match(match)
-            built = Route(
-                name=f"{kind}/{meta.namespace}/{meta.name}/rule/{r}/match/{m}",
-                match=ir_match,
-                destinations=tuple(destinations),
-                redirect=_redirect(filters.get("RequestRedirect")),
-                rewrite=_rewrite(filters.get("URLRewrite")),
-                request_headers=_header_mods(filters.get("RequestHeaderModifier"), "request_header_modifier"),
-                response_headers=_header_mods(filters.get("ResponseHeaderModifier"), "response_header_modifier"),
-                timeout_s=duration_seconds(timeouts.request) if timeouts and timeouts.request else None,
-                per_try_timeout_s=(
-                    duration_seconds(timeouts.backend_request) if timeouts and timeouts.backend_request else None
-                ),
-                hash_policy=hash_policy,
-                grpc=kind == "grpcroute",
-            )
-            yield precedence(ir_match, meta.namespace, meta.name, r, m), built
+            yield precedence(ir_match, meta.namespace, meta.name, r, m), Route(name=f"{prefix}{m}", match=ir_match, **shared)
 
 
 _PATH_RANK = {"exact": 0, "template": 1, "regex": 2, "prefix": 3}
@@ -127,13 +125,17 @@ def precedence(match: Match, namespace: str, name: str, rule: int, index: int) -
     )
 
 
+_PATH_KIND = {"Exact": "exact", "PathPrefix": "prefix", "RegularExpression": "regex", "Template": "template"}
+
+
 def _http_match(match) -> Match:
-    kind = {"Exact": "exact", "PathPrefix": "prefix", "RegularExpression": "regex", "Template": "template"}
     return Match(
-        path=PathMatch(kind[match.path.type], match.path.value),
+        path=PathMatch(_PATH_KIND[match.path.type], match.path.value),
         method=match.method,
-        headers=tuple(HeaderMatch(h.name.lower(), h.value, h.type == "RegularExpression") for h in match.headers),
-        query=tuple(HeaderMatch(q.name, q.value, q.type == "RegularExpression") for q in match.query_params),
+        headers=tuple(HeaderMatch(h.name.lower(), h.value, h.type == "RegularExpression") for h in match.headers)
+        if match.headers else (),
+        query=tuple(HeaderMatch(q.name, q.value, q.type == "RegularExpression") for q in match.query_params)
+        if match.query_params else (),
     )
 
 
@@ -155,9 +157,12 @@ def _grpc_match(match) -> Match:
     return Match(path=path, headers=headers)
 
 
+_NO_HEADER_MODS = HeaderMods()
+
+
 def _header_mods(f: HTTPRouteFilter | None, attr: str) -> HeaderMods:
     if f is None:
-        return HeaderMods()
+        return _NO_HEADER_MODS
     mods: HTTPHeaderFilter = getattr(f, attr)
     return HeaderMods(
         set=tuple((h.name, h.value) for h in mods.set),

@@ -92,6 +92,12 @@ class StatusBook:
         self.objects: dict[ObjectKey, ObjectStatus] = {}
         self.problems: list[ConfigError] = []
         self._docs: dict[ObjectKey, SourceDocument] = {}
+        # id(resource) -> key, filled by whoever knows the keys already (the translator): the
+        # key of a route is asked for several times per translation.
+        self.keys: dict[int, ObjectKey] = {}
+
+    def key(self, resource: Resource) -> ObjectKey:
+        return self.keys.get(id(resource)) or object_key(resource)
 
     def track(self, key: ObjectKey, doc: SourceDocument, kind: str) -> ObjectStatus:
         self._docs[key] = doc
@@ -101,7 +107,7 @@ class StatusBook:
         return status
 
     def of(self, resource: Resource) -> ObjectStatus:
-        return self.objects[object_key(resource)]
+        return self.objects[self.key(resource)]
 
     def _report(self, key: ObjectKey, where: tuple, message: str) -> None:
         doc = self._docs.get(key)
@@ -110,24 +116,24 @@ class StatusBook:
 
     def condition(self, resource: Resource, condition: Condition, where: tuple | None = None) -> None:
         """Set an object-level condition; `where` (a field path) makes it a reported problem."""
-        key = object_key(resource)
+        key = self.key(resource)
         _upsert(self.objects[key].conditions, condition)
         if where is not None:
             self._report(key, where, condition.message)
 
     def listener(self, gateway: Resource, name: str, condition: Condition, where: tuple | None = None) -> None:
-        key = object_key(gateway)
+        key = self.key(gateway)
         _upsert(self.objects[key].listeners.setdefault(name, []), condition)
         if where is not None:
             self._report(key, where, condition.message)
 
     def attached(self, gateway: Resource, listener: str) -> None:
         """Count one route attached to a listener (Gateway API's `attachedRoutes`)."""
-        counts = self.objects[object_key(gateway)].attached_routes
+        counts = self.objects[self.key(gateway)].attached_routes
         counts[listener] = counts.get(listener, 0) + 1
 
     def parent(self, route: Resource, index: int, ref: str, condition: Condition, where: tuple | None = None) -> None:
-        key = object_key(route)
+        key = self.key(route)
         status = self.objects[key]
         status.parent_refs[index] = ref
         _upsert(status.parents.setdefault(index, []), condition)
@@ -136,4 +142,4 @@ class StatusBook:
 
     def error(self, resource: Resource, where: tuple, message: str) -> None:
         """A problem that is not a condition of its own (reported, and folded into Accepted)."""
-        self._report(object_key(resource), where, message)
+        self._report(self.key(resource), where, message)

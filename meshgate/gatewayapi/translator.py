@@ -140,7 +140,7 @@ class _Translator:
         self.grants: list[ReferenceGrant] = []
         self.policies: list[Resource] = []
         self.files: set[str] = set()
-        self.key_of: dict[int, ObjectKey] = {}  # id(resource) -> its key, computed once
+        self.key_of: dict[int, ObjectKey] = self.status.keys  # id(resource) -> its key, computed once
         self.route_docs: dict[ObjectKey, SourceDocument] = {}
         for resource, doc in objects:
             self._add(resource, doc)
@@ -329,7 +329,7 @@ class _Translator:
     def attach(self, route: AnyRoute, programmed: list[tuple[Gateway, Listener]]) -> list[_Attachment]:
         """Where a route attaches, by Gateway API's rules; a status per parentRef."""
         attachments: list[_Attachment] = []
-        gateways = {(g.metadata.namespace, g.metadata.name): g for g in self.gateways}
+        gateways = self.gateway_by_name
         for i, ref in enumerate(route.spec.parent_refs):
             where = ("spec", "parentRefs", i)
             ns = ref.namespace or route.metadata.namespace
@@ -361,7 +361,7 @@ class _Translator:
             found = []
             for listener in listeners:
                 hostnames = effective_hostnames(route.spec.hostnames, listener.hostname)
-                if hostnames and any(g is gateway and l is listener for g, l in programmed):
+                if hostnames and (id(gateway), id(listener)) in self.programmed_ids:
                     found.append(_Attachment(gateway, listener, hostnames))
                 elif hostnames:
                     found.append(None)  # type: ignore[arg-type] - attached, but the listener isn't programmed
@@ -432,6 +432,8 @@ class _Translator:
 
     def run(self) -> Translation:
         programmed, cert_of, secrets = self.gateway_listeners()
+        self.gateway_by_name = {(g.metadata.namespace, g.metadata.name): g for g in self.gateways}
+        self.programmed_ids = {(id(g), id(l)) for g, l in programmed}
         settings = policies.client_settings(self, programmed)
 
         # port -> hostname -> [(precedence key, IR route)]; first definition of a match wins.
