@@ -139,7 +139,3 @@ class StatusBook:
         _upsert(status.parents.setdefault(index, []), condition)
         if where is not None:
             self._report(key, where, condition.message)
-
-    def error(self, resource: Resource, where: tuple, message: str) -> None:
-        """A problem that is not a condition of its own (reported, and folded into Accepted)."""
-        self._report(self.key(resource), where, message)

@@ -74,8 +74,6 @@ class Translation:
     routes: list[AnyRoute] = field(default_factory=list)
     backends: dict[tuple[str, str], Backend] = field(default_factory=dict)  # (namespace, name)
     policies: list[Resource] = field(default_factory=list)
-    # Files whose content is part of the config (certificates named by path): watched for changes.
-    files: set[str] = field(default_factory=set)
 
     def summary(self) -> dict[str, int]:
         return {
@@ -139,7 +137,6 @@ class _Translator:
         self.secrets: dict[tuple[str, str], Secret] = {}
         self.grants: list[ReferenceGrant] = []
         self.policies: list[Resource] = []
-        self.files: set[str] = set()
         self.key_of: dict[int, ObjectKey] = self.status.keys  # id(resource) -> its key, computed once
         self.route_docs: dict[ObjectKey, SourceDocument] = {}
         for resource, doc in objects:
@@ -275,7 +272,6 @@ class _Translator:
             pem: dict[str, bytes] = {}
             for option in (CERT_FILE_OPTION, KEY_FILE_OPTION):
                 path = os.path.normpath(os.path.join(base, tls.options[option]))  # as the user sees it
-                self.files.add(os.path.abspath(path))
                 try:
                     pem[option] = self.read_file(path)
                 except FileReadError as exc:
@@ -482,7 +478,7 @@ class _Translator:
         clusters = tuple(backend_cluster(b) for _, b in sorted(self.backends.items()))
         model = ir.IR(listeners=tuple(listeners), clusters=clusters,
                       secrets=tuple(secrets[n] for n in sorted(secrets)))
-        return Translation(model, self.status, self.gateways, self.routes, self.backends, self.policies, self.files)
+        return Translation(model, self.status, self.gateways, self.routes, self.backends, self.policies)
 
     def memo_status(self, key: ObjectKey) -> ObjectStatus | None:
         cached = self.memo.routes.get(key) if self.memo is not None else None
