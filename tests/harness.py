@@ -144,6 +144,10 @@ class Meshgate:
     def status(self) -> dict[str, Any]:
         return get_json(f"{self.status_url}/status", timeout=2)
 
+    def objects(self) -> list[dict[str, Any]]:
+        """Every object with its conditions (`/status` lists only those with a problem)."""
+        return get_json(f"{self.status_url}/status/objects", timeout=5)
+
     @property
     def envoy_pid(self) -> int:
         return self.status()["envoy"]["pid"]

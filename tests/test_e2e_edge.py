@@ -159,7 +159,7 @@ def test_envoy_runs_the_hardened_defaults(gw: Meshgate) -> None:
 
 
 def test_policy_status_is_accepted(gw: Meshgate) -> None:
-    objects = gw.status()["objects"]
+    objects = gw.objects()
     policy = next(o for o in objects if o["kind"] == "ClientTrafficPolicy")
     assert policy["conditions"][0] == {"type": "Accepted", "status": "True", "reason": "Accepted", "message": ""}
     lines = (CONFIG / "edge.yaml").read_text().splitlines()

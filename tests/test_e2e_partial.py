@@ -108,7 +108,7 @@ def gw(tmp_path_factory: pytest.TempPathFactory):
 
 
 def object_status(gw: Meshgate, kind: str, name: str) -> dict:
-    return next(o for o in gw.status()["objects"] if o["kind"] == kind and o["name"] == name)
+    return next(o for o in gw.objects() if o["kind"] == kind and o["name"] == name)
 
 
 def condition(obj: dict, kind: str) -> dict:

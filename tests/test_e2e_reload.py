@@ -235,7 +235,7 @@ def test_envoy_nack_is_recorded_and_not_resent(gw) -> None:
         assert programmed["status"] == "False" and programmed["reason"] == "Rejected"
         assert "Address already in use" in programmed["message"]
         assert any("rejected Listener" in line for line in gw.status()["last_error"])
-        edge = next(o for o in gw.status()["objects"] if o["kind"] == "Gateway" and o["name"] == "edge")
+        edge = next(o for o in gw.objects() if o["kind"] == "Gateway" and o["name"] == "edge")
         assert next(c for c in edge["conditions"] if c["type"] == "Programmed")["status"] == "True"
 
         def metric(name: str) -> str:

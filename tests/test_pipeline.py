@@ -52,8 +52,13 @@ def test_objects_status_lists_every_object(tmp_path: Path) -> None:
     edit(tmp_path / "a.yaml", BASE, 1)
     plane = ControlPlane([str(tmp_path)], SnapshotCache())
     plane.reload()
-    kinds = sorted((o["kind"], o["name"]) for o in plane.status.as_json()["objects"])
+    kinds = sorted((o["kind"], o["name"]) for o in plane.objects_status())
     assert kinds == [("Backend", "app"), ("Gateway", "edge"), ("HTTPRoute", "app")]
+    assert plane.status.as_json()["objects"] == []  # /status lists only objects with a problem
+    edit(tmp_path / "a.yaml", BASE.replace("name: app}\nspec:\n  parentRefs: [{name: edge}]",
+                                           "name: app}\nspec:\n  parentRefs: [{name: nowhere}]"), 2)
+    plane.reload()
+    assert [(o["kind"], o["name"]) for o in plane.status.as_json()["objects"]] == [("HTTPRoute", "app")]
 
 
 def test_emptied_config_publishes_nothing_and_says_so(tmp_path: Path) -> None:

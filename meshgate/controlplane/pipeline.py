@@ -94,21 +94,23 @@ class ControlPlane:
         self.endpoints: dict[str, endpoint_pb2.ClusterLoadAssignment] = {}
         self._endpoints_dirty: set[str] = set()
         self._endpoints_flush: asyncio.TimerHandle | None = None
-        self.status.extra["objects"] = self.objects_status
+        self.status.objects = self.objects_status
 
     @property
     def snapshot(self) -> Snapshot | None:
         """The last snapshot published (possibly an intermediate stage of a staged publish)."""
         return self.publisher.snapshot
 
-    def objects_status(self) -> list[dict]:
-        """Every object with its conditions, for `/status`; an object whose Envoy resources an
-        Envoy rejected (NACK) says so in `Programmed`."""
+    def objects_status(self, problems_only: bool = False) -> list[dict]:
+        """Every object (or those with a problem) with its conditions, for `/status`; an object
+        whose resource an Envoy rejected (NACK) says so in `Programmed`."""
         if self.translation is None:
             return []
         rejected = self._rejected_objects()
         out = []
         for key, status in sorted(self.translation.status.objects.items()):
+            if problems_only and status.ok and key not in rejected:
+                continue
             entry = status.as_dict()
             if key in rejected:
                 entry["conditions"] = [c for c in entry["conditions"] if c["type"] != "Programmed"] + [

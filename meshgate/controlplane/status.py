@@ -89,6 +89,9 @@ class ControlPlaneStatus:
         # More sections for /status, e.g. the supervised Envoy in `meshgate run`; a callable is
         # called at each request (the Envoy's pid changes when it is restarted).
         self.extra: dict[str, Any] = {}
+        # Every object with its conditions (set by the reload pipeline); `problems_only` keeps
+        # /status small at 10,000 routes: the whole list is /status/objects.
+        self.objects: Callable[[bool], list[dict[str, Any]]] = lambda problems_only: []
         self.snapshot: Snapshot | None = None  # the published snapshot, to tell which nodes run it
         self.pending_stages = 0  # stages of a make-before-break publish not yet published
         # The staged publish in progress or last finished (`StagedPublisher` keeps it current).
@@ -245,5 +248,7 @@ class ControlPlaneStatus:
                     "nacked": n.nacked, "in_sync": self.in_sync(n)}
                 for n in self.nodes.values()
             },
+            # Objects with a problem; every object: /status/objects.
+            "objects": self.objects(True),
             **{k: v() if callable(v) else v for k, v in self.extra.items()},
         }

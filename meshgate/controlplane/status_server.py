@@ -3,7 +3,9 @@
 - `/healthz`: 200 while the process runs (Kubernetes liveness probe).
 - `/readyz`: 200 once a snapshot exists and an Envoy has ACKed config (readiness probe).
 - `/metrics`: Prometheus text format.
-- `/status`: JSON: config version, last error, nodes and what each has ACKed or NACKed.
+- `/status`: JSON: config version, last error, nodes and what each has ACKed or NACKed, and the
+  objects that have a problem (conditions per object).
+- `/status/objects`: JSON: every object with its conditions.
 """
 
 from __future__ import annotations
@@ -31,11 +33,15 @@ def status_app(status: ControlPlaneStatus) -> web.Application:
     async def status_json(_: web.Request) -> web.Response:
         return web.json_response(status.as_json(), dumps=_dumps)
 
+    async def objects_json(_: web.Request) -> web.Response:
+        return web.json_response(status.objects(False), dumps=_dumps)
+
     app = web.Application()
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/status", status_json)
+    app.router.add_get("/status/objects", objects_json)
     return app
 
 
