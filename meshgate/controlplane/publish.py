@@ -302,4 +302,7 @@ def _log_changes(old: Snapshot | None, new: Snapshot) -> None:
         diff = {k: v for k, v in diff.items() if v}
         if diff:
             changes[_short_type(type_url)] = diff
-    log.info("config published", extra={"version": new.version, "previous": old.version if old else None, "changes": changes})
+    # Endpoint-only changes (pods coming and going) can be many per second: debug, not info.
+    level = logging.DEBUG if changes and set(changes) == {"ClusterLoadAssignment"} else logging.INFO
+    log.log(level, "config published", extra={"version": new.version, "previous": old.version if old else None,
+                                               "changes": changes})
