@@ -26,6 +26,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def write(path: Path, text: str) -> None:
+    """Write a config file atomically (a hidden temp file, then rename), as editors and ConfigMap
+    mounts do, so a watcher never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.05, what: str = "condition"):
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None

@@ -3,12 +3,10 @@ like any other, served by the same Envoy (it used to go unnoticed by the watcher
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 
 import pytest
 
-from harness import Meshgate, free_port, request, wait_until
+from harness import Meshgate, free_port, request, wait_until, write
 
 BASE = """\
 apiVersion: gateway.networking.k8s.io/v1
@@ -45,11 +43,6 @@ spec:
       backendRefs: [{{group: meshgate.io, kind: Backend, name: app}}]
 """
 
-
-def write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Meshgate, free_port, request, wait_until, write_tls_files
+from harness import Meshgate, free_port, request, wait_until, write, write_tls_files
 
 GATEWAY = """\
 apiVersion: gateway.networking.k8s.io/v1
@@ -81,12 +81,6 @@ spec:
   to: [{group: meshgate.io, kind: Backend}]
 """
 
-
-def write(path: Path, text: str) -> None:
-    """Write atomically (as editors and ConfigMap mounts do)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 @pytest.fixture(scope="module")

@@ -16,11 +16,10 @@ import socket
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
-from harness import Meshgate, free_port, pid_alive, request, wait_until
+from harness import Meshgate, free_port, pid_alive, request, wait_until, write
 
 GATEWAY = """\
 apiVersion: gateway.networking.k8s.io/v1
@@ -68,12 +67,6 @@ spec:
       backendRefs: [{{group: meshgate.io, kind: Backend, name: {name}}}]
 """
 
-
-def write(path: Path, text: str) -> None:
-    """Write atomically, as editors and ConfigMap mounts do, so the watcher never sees half a file."""
-    tmp = path.with_suffix(".tmp~")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class LoadLoop:
