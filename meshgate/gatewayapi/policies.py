@@ -9,8 +9,12 @@ own namespace, as in Gateway API's policy attachment (GEP-713) and Envoy Gateway
 - **Merge rule.** A more specific target wins over a less specific one, *field by field*: a
   policy on a listener (`sectionName`) overrides the fields it sets of the policy on its Gateway,
   and inherits the others; nested settings merge the same way, a list or a single value is
-  replaced whole. What no policy sets takes meshgate's default. (Routes and rules over Gateways,
-  for route-level kinds, follow the same rule.)
+  replaced whole. What no policy sets takes meshgate's default. Route-level kinds follow the same
+  rule along Gateway → listener → route → rule (`merged_spec` takes the chain).
+
+Targets a policy may name (`resolve_target`): a Gateway (`sectionName`: a listener), an HTTPRoute
+or GRPCRoute (`sectionName`: a named rule), a meshgate Backend. Each kind restricts this further in
+its schema (a ClientTrafficPolicy targets Gateways only).
 
 `merge_specs` is that rule, golden-tested in tests/golden/translate/client-traffic-policy-*.
 """
@@ -21,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from meshgate.api.models import Gateway, Listener, duration_seconds
+from meshgate.api.models import Gateway, Listener, Resource, duration_seconds
 from meshgate.api.policies import GATEWAY_GROUP, ClientTrafficPolicy, size_bytes
 from meshgate.gatewayapi.status import Condition, ObjectKey, object_key
 from meshgate.ir import ClientSettings
@@ -41,51 +45,89 @@ def merge_specs(general: Mapping[str, Any], specific: Mapping[str, Any]) -> dict
     return out
 
 
-def _spec_fields(policy: ClientTrafficPolicy) -> dict[str, Any]:
-    return policy.spec.model_dump(exclude_none=True, exclude={"target_refs"})
+# A policy target: (the target object's key, sectionName or None).
+Target = tuple[ObjectKey, "str | None"]
+
+# What a targetRef may name: (group, kind) -> what its sectionName selects.
+TARGET_KINDS: dict[tuple[str, str], str] = {
+    (GATEWAY_GROUP, "Gateway"): "listener",
+    (GATEWAY_GROUP, "HTTPRoute"): "rule",
+    (GATEWAY_GROUP, "GRPCRoute"): "rule",
+    ("meshgate.io", "HTTPRoute"): "rule",
+    ("meshgate.io", "Backend"): "",
+}
 
 
-def client_settings(t: _Translator, programmed: list[tuple[Gateway, Listener]]) -> dict[tuple[ObjectKey, str], ClientSettings]:
-    """Effective ClientSettings of every programmed listener, and each ClientTrafficPolicy's status."""
-    gateways = {(g.metadata.namespace, g.metadata.name): g for g in t.gateways}
-    # target (gateway key, section or None) -> the winning policy
-    winners: dict[tuple[ObjectKey, str | None], ClientTrafficPolicy] = {}
+def resolve_target(t: _Translator, namespace: str, ref: Any) -> tuple[Target | None, str, str]:
+    """The object (and section) a targetRef names in `namespace`, or (None, field, why not)."""
+    section_kind = TARGET_KINDS.get((ref.group, ref.kind))
+    if section_kind is None:
+        return None, "kind", f"{ref.group}/{ref.kind} can't be a policy target"
+    if ref.kind == "Gateway":
+        target = next((g for g in t.gateways if (g.metadata.namespace, g.metadata.name) == (namespace, ref.name)), None)
+        sections = [l.name for l in target.spec.listeners] if target is not None else []
+    elif ref.kind == "Backend":
+        target, sections = t.backends.get((namespace, ref.name)), []
+    else:
+        version = "gateway.networking.k8s.io/v1" if ref.group == GATEWAY_GROUP else "meshgate.io/v1alpha1"
+        target = next((r for r in t.routes if r.kind == ref.kind and r.api_version == version
+                       and (r.metadata.namespace, r.metadata.name) == (namespace, ref.name)), None)
+        sections = [rule.name for rule in target.spec.rules if rule.name] if target is not None else []
+    if target is None:
+        return None, "name", t._missing(ref.group, ref.kind, namespace, ref.name)
+    if ref.section_name is not None:
+        if not section_kind:
+            return None, "sectionName", f"a {ref.kind} has no sections"
+        if ref.section_name not in sections:
+            return None, "sectionName", f"{target.ref} has no {section_kind} named {ref.section_name!r}"
+    return (t.key_of.get(id(target)) or object_key(target), ref.section_name), "", ""
+
+
+def attach_policies(t: _Translator, policies: list[Resource]) -> dict[Target, Resource]:
+    """The policy that applies at each target, for policies of one kind; each policy's status
+    (`TargetNotFound`, `Conflicted`: the older policy keeps the target)."""
     from meshgate.gatewayapi.translator import precedence_order
 
-    for policy in precedence_order(p for p in t.policies if isinstance(p, ClientTrafficPolicy)):
+    winners: dict[Target, Resource] = {}
+    for policy in precedence_order(policies):
         accepted_any = False
         for i, ref in enumerate(policy.spec.target_refs):
             where = ("spec", "targetRefs", i)
-            gateway = gateways.get((policy.metadata.namespace, ref.name))
-            if gateway is None:
-                t.status.condition(policy, Condition("Accepted", "False", "TargetNotFound", t._missing(
-                    GATEWAY_GROUP, "Gateway", policy.metadata.namespace, ref.name)), (*where, "name"))
+            target, field, problem = resolve_target(t, policy.metadata.namespace, ref)
+            if target is None:
+                t.status.condition(policy, Condition("Accepted", "False", "TargetNotFound", problem), (*where, field))
                 continue
-            if ref.section_name is not None and not any(l.name == ref.section_name for l in gateway.spec.listeners):
-                t.status.condition(policy, Condition("Accepted", "False", "TargetNotFound",
-                                                     f"{gateway.ref} has no listener named {ref.section_name!r}"),
-                                   (*where, "sectionName"))
-                continue
-            target = (object_key(gateway), ref.section_name)
             holder = winners.setdefault(target, policy)
             if holder is not policy:
-                what = f"{gateway.ref}" + (f" listener {ref.section_name}" if ref.section_name else "")
+                what = f"{ref.kind} {policy.metadata.namespace}/{ref.name}" + (
+                    f" section {ref.section_name}" if ref.section_name else "")
                 t.status.condition(policy, Condition("Accepted", "False", "Conflicted",
                                                      f"{holder.ref} already applies to {what} (the older policy wins)"), where)
                 continue
             accepted_any = True
         if accepted_any and all(c.status == "True" for c in t.status.of(policy).conditions if c.type == "Accepted"):
             t.status.condition(policy, Condition("Accepted", "True", "Accepted"))
+    return winners
 
+
+def merged_spec(winners: Mapping[Target, Resource], chain: list[Target]) -> dict[str, Any]:
+    """The spec in force at the end of `chain` (targets from least to most specific, e.g. Gateway,
+    listener; or Gateway, route, rule): each more specific policy overrides field by field."""
+    spec: dict[str, Any] = {}
+    for target in chain:
+        policy = winners.get(target)
+        if policy is not None:
+            spec = merge_specs(spec, policy.spec.model_dump(exclude_none=True, exclude={"target_refs"}))
+    return spec
+
+
+def client_settings(t: _Translator, programmed: list[tuple[Gateway, Listener]]) -> dict[tuple[ObjectKey, str], ClientSettings]:
+    """Effective ClientSettings of every programmed listener, and each ClientTrafficPolicy's status."""
+    winners = attach_policies(t, [p for p in t.policies if isinstance(p, ClientTrafficPolicy)])
     out: dict[tuple[ObjectKey, str], ClientSettings] = {}
     for gateway, listener in programmed:
         key = object_key(gateway)
-        spec: dict[str, Any] = {}
-        for section in (None, listener.name):  # the Gateway's policy, then the listener's
-            policy = winners.get((key, section))
-            if policy is not None:
-                spec = merge_specs(spec, _spec_fields(policy))
-        out[(key, listener.name)] = settings_from_spec(spec)
+        out[(key, listener.name)] = settings_from_spec(merged_spec(winners, [(key, None), (key, listener.name)]))
     _check_shared_ports(t, programmed, out, winners)
     return out
 
