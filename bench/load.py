@@ -46,6 +46,7 @@ def rss_mb() -> float:
 def worker(config_dir: str, path: str, rounds: int) -> None:
     import resource
 
+    import meshgate.api.config  # noqa: F401 - imported before the first load, as by `meshgate run`
     from meshgate.providers.file import loader
 
     if path == "old":

@@ -117,9 +117,6 @@ def discover(paths: Sequence[str], env: str | None) -> Discovery:
 def named_files(documents: Iterable[SourceDocument]) -> list[str]:
     """Files the documents name by path: the certificate and key files of Gateway listeners
     (``tls.options``), relative to the document's file, as `meshgate.api.config` resolves them."""
-    # Imported here: meshgate.api imports this package (a module-level import would be circular).
-    from meshgate.api.models import CERT_FILE_OPTION, KEY_FILE_OPTION
-
     files: list[str] = []
     for document in documents:
         data: Any = document.data
@@ -131,6 +128,10 @@ def named_files(documents: Iterable[SourceDocument]) -> list[str]:
             options = tls.get("options") if isinstance(tls, dict) else None
             if not isinstance(options, dict):
                 continue
+            # Imported here: meshgate.api imports this package (a module-level import would be
+            # circular), and only when needed: it costs ~0.5 s of pydantic models at first.
+            from meshgate.api.models import CERT_FILE_OPTION, KEY_FILE_OPTION
+
             for option in (CERT_FILE_OPTION, KEY_FILE_OPTION):
                 value = options.get(option)
                 if isinstance(value, str) and value:
