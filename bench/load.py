@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import scale  # noqa: E402
+import scale
 
 
 def rss_mb() -> float:
@@ -78,7 +78,7 @@ def worker(config_dir: str, path: str, rounds: int) -> None:
 def run_worker(config_dir: Path, path: str, rounds: int) -> dict:
     env = dict(os.environ, **{scale.ENV_LISTEN: "8080", scale.ENV_UPSTREAM: "9000"})
     cmd = [sys.executable, __file__, "--worker", str(config_dir), "--path", path, "--rounds", str(rounds)]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
     if res.returncode != 0:
         raise RuntimeError(f"worker failed ({res.returncode}):\n{res.stderr[-4000:]}")
     return json.loads(res.stdout.strip().splitlines()[-1])

@@ -216,6 +216,28 @@ def test_tab_indentation_gets_a_hint(tmp_path):
     assert error.message.endswith("(YAML is indented with spaces, not tabs)")
 
 
+# --- reloads of plain files (the loader's fast path) -----------------------------------------
+
+
+def test_a_reload_reuses_unchanged_documents_and_locates_edited_ones_in_the_new_text(tmp_path):
+    route = "apiVersion: v1\nkind: HTTPRoute\nmetadata: {{name: r-{i}}}\nspec:\n  rules:\n    - port: {port}\n"
+    a = write(tmp_path / "a.yaml", "---\n".join(route.format(i=i, port=80) for i in range(3)))
+    b = write(tmp_path / "b.yaml", route.format(i=9, port=80))
+    provider = FileProvider([str(tmp_path)])
+    first = provider.load().documents
+    assert [d.data["spec"]["rules"][0]["port"] for d in first] == [80, 80, 80, 80]
+
+    # Two lines more at the top, and a port that is now a string: only a.yaml is read again.
+    os.replace(write(tmp_path / "new.tmp", "# moved\n# down\n" + "---\n".join(
+        route.format(i=i, port="eighty" if i == 1 else 80) for i in range(3))), a)
+    second = provider.load().documents
+    assert second[3] is first[3]  # b.yaml: the same document object, positions included
+    assert second[1].data["spec"]["rules"][0]["port"] == "eighty"
+    assert second[1].locate(("spec", "rules", 0, "port")) == (a, 2 + 7 + 6)
+    assert first[1].locate(("spec", "rules", 0, "port")) == (a, 7 + 6)  # the text it was read from
+    assert second[3].locate(("kind",)) == (b, 2)
+
+
 # --- watching --------------------------------------------------------------------------------
 
 

@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import os
 import pickle
+import random
 from pathlib import Path
 
 import pytest
 
 from meshgate.errors import ConfigError, ConfigErrors, MeshgateError, format_field_path
-from meshgate.providers.file import SourceDocument, discover_files, load_documents
+from meshgate.providers.file import (
+    SourceDocument,
+    discover_files,
+    fast_yaml,
+    load_documents,
+    load_files,
+    loader,
+)
 
 ROUTE = """\
 apiVersion: gateway.networking.k8s.io/v1
@@ -598,3 +606,313 @@ def test_overlays_do_not_chain(tmp_path):
     assert [(e.file, e.line) for e in errors] == [(chained, 0)]
     assert "overlays do not apply to overlays" in errors[0].message
     assert load(str(tmp_path))[1] == []  # without that environment it is simply not used
+
+
+# --- the fast path (fast_yaml) against the YAML path -----------------------------------------
+
+
+def typed(value):
+    """`value` with every scalar's type spelled out: 1, 1.0 and True must not compare equal."""
+    if isinstance(value, dict):
+        return {key: typed(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [typed(item) for item in value]
+    if isinstance(value, float):
+        return ("float", repr(value))  # nan == nan
+    return (type(value).__name__, value)
+
+
+# Paths whose location every document of the corpus is asked for, existing or not.
+PROBES = [(), ("kind",), ("spec",), ("spec", "rules", 0), ("spec", "rules", 0, "matches", 0, "path"),
+          ("spec", "x", 3, "y"), ("a", "b", "c"), ("missing",)]
+
+
+def both_paths(folder: Path, text: str, monkeypatch, environ=None, name="a.yaml"):
+    """What the fast path and the YAML path make of `text`: documents (with their positions and
+    the answers of `locate`) and errors, by path."""
+    path = write(folder, name, text)
+    seen = {}
+    for fast in (True, False):
+        monkeypatch.setattr(loader, "FAST_PATH", fast)
+        result = load_files([path], environ=environ if environ is not None else {"PORT": "8080"})
+        documents = []
+        for document in result.documents:
+            probes = list(document.positions) + PROBES  # asks for positions last on the fast path
+            documents.append((document.file, document.line, typed(document.data), dict(document.positions),
+                              [document.locate(p) for p in probes]))
+        seen[fast] = (documents, result.errors, result.document_count)
+    return seen[True], seen[False]
+
+
+# Plain YAML the fast path reads itself (checked below), then YAML it leaves to PyYAML.
+PLAIN_CORPUS = [
+    ROUTE,
+    "# routes\n---\n" + ROUTE + "---\n---\n# only a comment\n---\n" + ROUTE + "---\n",
+    GATEWAY,
+    # indentless and nested sequences, compact mappings, 1-, 3- and 4-space indents
+    ("kind: K\nspec:\n rules:\n - name: a\n   matches:\n   - path: /a\n     headers:\n        - {name: x, value: y}\n"
+    " - name: b\n   backendRefs: []\nstatus:\n    conditions:\n    -   type: Ready\n        status: 'True'\n"
+    "    -\n        type: Other\n"),
+    # YAML 1.1 typing of plain values, keys always strings
+    ("kind: K\non: yes\noff: No\n80: http\nspec:\n  octal: 010\n  hex: 0x1F\n  bin: 0b101\n  under: 1_000\n"
+    "  sexagesimal: 190:20:30\n  float: 1.5\n  exp: 1e3\n  exp2: 1.0e+3\n  inf: -.Inf\n  nan: .NaN\n"
+    "  null1: ~\n  null2: null\n  null3:\n  date: 2001-12-14\n  stamp: 2001-12-14t21:59:43.10-05:00\n"
+    "  spaced: 2002-12-14 21:59:43\n  t: t\n  y: y\n  n: N\n  neg: -1\n  plus: +.5\n"),
+    # quoted values in block and flow context, URLs and other plain values with ":" "," and spaces
+    ("kind: K\nspec:\n  a: 'it''s'\n  b: \"double\"\n  c: ['x', \"y\", z]\n  d: {k: 'v', j: \"w\"}\n"
+    "  url: http://x:80/a?b=c\n  image: nginx:1.2\n  list: a,b\n  words: a  b c\n  dash: -x\n"
+    "  flags: [--flag, -1, a-b]\n  paren: (x)\n  quoted_hash: 'a #b'\n"),
+    # flow collections: nested, empty, spacing, trailing comments
+    ("kind: K\nspec:\n  a: []\n  b: {}\n  c: [ ]\n  d: [[a, b], [], {x: [1, {y: z}]}]\n  e: {  k: v ,  j: [ 1 , 2 ]  }\n"
+    "  f: [a b, c d] # a comment: [x]\n  g: {k: v}   # c\n  h: x # c\n  # a comment line\n     # deeper\n"
+    "  i:\n  - 1   # c\n  -    2\n"),
+    # several documents of one shape with different values (the shape is compiled on the second)
+    "".join(
+        f"---\napiVersion: v1\nkind: HTTPRoute\nmetadata: {{name: r-{i}}}\nspec:\n  port: {port}\n"
+        f"  rules:\n    - matches: [{{path: {{type: Exact, value: {value}}}}}]\n      enabled: {flag}\n"
+        for i, (port, value, flag) in enumerate(
+            [(80, "/a", "true"), (443, "/b", "no"), ("http", "/c", "~"), ("0x1F", "1.5", "on"), ("-1", "x y", "f")])
+    ),
+    "",
+    "# nothing\n---\n---\n",
+]
+
+YAML_CORPUS = [
+    # anchors, aliases, merge keys
+    "defaults: &d\n  timeout: 1s\n  retries: 3\nspec:\n  <<: *d\n  retries: 5\n  list: &l [1, 2]\n  again: *l\n",
+    "base: &b {a: 1}\nother: &o {b: 2}\nspec:\n  <<: [*b, *o]\n  c: 3\n",
+    "kind: A\nloop: &x [1, *x]\n",
+    # ${VAR}, defaults, escapes, typed substitution, errors
+    "kind: K\nspec:\n  port: ${PORT}\n  quoted: \"${PORT}\"\n  d: ${NOPE:-x}\n  lit: $${PORT}\n  url: http://h:${PORT}/\n",
+    "kind: K\nspec:\n  bad: ${NOPE}\n  worse: '${1X}'\n",
+    # block scalars, multi-line values, multi-line flows
+    "kind: K\nspec:\n  text: |\n    line one\n    line two\n  folded: >\n    a\n    b\n",
+    "kind: K\nspec:\n  plain: a\n    continued\n  flow: [a,\n    b]\n",
+    # duplicate keys at various depths, among plain documents
+    ROUTE + "---\nkind: K\nspec:\n  rules:\n    - name: a\n      m:\n        - {x: 1, x: 2}\n      name: b\n---\n" + ROUTE,
+    # syntax errors: the documents before are kept
+    ROUTE + "---\nkind: B\nmetadata:\n  name: x: y\n---\nkind: C\n",
+    "kind: A\nspec: [1, 2\n",
+    "kind: A\n\tbad: tab\n",
+    # documents that are not mappings, unsupported tags, a huge number, an impossible date
+    "kind: K\nwhen: 2001-13-40\n",
+    "kind: A\n---\n- a list\n---\nplain text\n---\n42\n---\nkind: B\n",
+    "spec:\n  port: !!int eighty\n  ref: !Ref other\n  big: !!int " + "9" * 5000 + "x\n",
+    # keys the fast path leaves alone, non-ASCII, CRLF, document end markers, directives
+    "kind: K\n\"quoted key\": 1\n? complex\n: value\n~: tilde\n",
+    "kind: K\nname: café\n",
+    "kind: K\r\nspec:\r\n  a: 1\r\n",
+    "kind: K\n...\n---\nkind: L\n",
+    "%YAML 1.1\n---\nkind: K\n",
+    "--- kind: K\n",
+    "kind: K\nspec:\n  - a\n  b: c\n",
+    "kind: K\nspec:\n  a: 1\n   b: 2\n",
+]
+
+
+@pytest.mark.parametrize("text", PLAIN_CORPUS)
+def test_fast_path_reads_plain_yaml_as_the_yaml_path_does(tmp_path, monkeypatch, text):
+    assert fast_yaml.parse(text) is not None  # the case is one the fast path handles
+    fast, slow = both_paths(tmp_path, text, monkeypatch)
+    assert fast == slow
+    assert fast[1] == []
+
+
+@pytest.mark.parametrize("text", YAML_CORPUS)
+def test_yaml_the_fast_path_leaves_alone_reads_as_before(tmp_path, monkeypatch, text):
+    assert fast_yaml.parse(text) is None
+    fast, slow = both_paths(tmp_path, text, monkeypatch, environ={"PORT": "8080"})
+    assert fast == slow
+
+
+def test_shapes_are_compiled_once_seen_twice_and_checked_per_document(tmp_path, monkeypatch):
+    monkeypatch.setattr(fast_yaml, "_SHAPES", {})
+    doc = "---\nkind: K\nmetadata: {{name: {name}}}\nspec:\n  port: {port}\n  tags: [{tag}, b]\n"
+    values = [("a", 80, "x"), ("b", "yes", "y"), ("c", "http", "1.5"), ("d", "~", "z"), ("e", "'q'", "w"),
+              ("f", "[1, 2]", "v"), ("g", "x # c", "t")]
+    text = "".join(doc.format(name=n, port=p, tag=t) for n, p, t in values)
+    assert fast_yaml.parse(text) is not None
+    assert any(type(entry) is tuple for entry in fast_yaml._SHAPES.values())  # a shape was compiled
+    fast, slow = both_paths(tmp_path, text, monkeypatch)
+    assert fast == slow
+    assert [d[2]["spec"]["port"] for d in fast[0]] == [
+        ("int", 80), ("bool", True), ("str", "http"), ("NoneType", None), ("str", "q"), [("int", 1), ("int", 2)],
+        ("str", "x"),
+    ]
+    # Where a known shape holds something else than a plain value, the file reads as before.
+    for odd in ("a: b", "a:", "*x", "&x", "!x", "!!int x", "|", "'q", "[a", "a]", "{a: 1", "- a", "? a", "a\tb",
+                "${A}", "x\n    y", "2001-13-40", "=", "<< "):
+        odd_text = text + doc.format(name="z", port=odd, tag="s") + doc.format(name="y", port=1, tag="s")
+        fast, slow = both_paths(tmp_path, odd_text, monkeypatch, environ={"A": "1"}, name="b.yaml")
+        assert fast == slow, odd
+
+
+def test_positions_are_composed_on_first_need_once_per_file(tmp_path, monkeypatch):
+    composed = []
+    real = loader._read_text
+    monkeypatch.setattr(loader, "_read_text", lambda file, *args: composed.append(file) or real(file, *args))
+    first = write(tmp_path, "a.yaml", ROUTE + "---\n" + ROUTE + "---\n" + ROUTE)
+    second = write(tmp_path, "b.yaml", ROUTE)
+    with_variable = write(tmp_path, "c.yaml", "kind: K\nport: ${PORT}\n")
+    documents = load_ok(str(tmp_path), environ={"PORT": "80"})
+    assert composed == [with_variable]  # the ${VAR} file took the YAML path; the others not yet
+    assert documents[1].locate(("spec", "rules", 0, "backendRefs", 0, "port")) == (first, 17 + 16)
+    assert composed == [with_variable, first]
+    assert documents[0].locate(("kind",)) == (first, 2)  # the file's other documents: no new work
+    assert documents[2].error(("spec", "hostnames"), "bad") == ConfigError(first, 34 + 6, "spec.hostnames", "bad")
+    assert composed == [with_variable, first]
+    assert documents[3].locate(("metadata", "name")) == (second, 4)
+    assert composed == [with_variable, first, second]
+
+
+def test_positions_are_those_of_the_text_that_was_read(tmp_path):
+    path = write(tmp_path, "a.yaml", ROUTE)
+    cache = loader.DocumentCache()
+    (document,), _ = load_documents([path], environ={}, cache=cache)
+    Path(path).write_text("# moved down\n\n\n" + ROUTE)  # not reloaded: the document is the old text's
+    assert document.locate(("kind",)) == (path, 2)
+
+
+def test_the_old_path_switch_gives_positions_up_front(tmp_path, monkeypatch):
+    monkeypatch.setattr(loader, "FAST_PATH", False)
+    path = write(tmp_path, "a.yaml", ROUTE)
+    (document,) = load_ok(path)
+    assert document.__dict__["_positions"]  # computed while reading
+    assert "_source" not in document.__dict__
+
+
+def test_a_scale_config_takes_the_fast_path_but_for_its_variable_files(tmp_path, monkeypatch):
+    """The shape of bench/scale.py's config: ${VAR}s in the Gateway and Backends files only."""
+    composed = []
+    real = loader._read_text
+    monkeypatch.setattr(loader, "_read_text", lambda file, *args: composed.append(file) or real(file, *args))
+    write(tmp_path, "gateway.yaml", "apiVersion: v\nkind: Gateway\nmetadata: {name: edge}\nspec:\n  listeners:\n"
+          "    - name: http\n      protocol: HTTP\n      port: ${LISTEN}\n")
+    write(tmp_path, "backends.yaml", "---\n".join(
+        f"apiVersion: v\nkind: Backend\nmetadata: {{name: b-{b}}}\nspec:\n  endpoints:\n"
+        f"    - address: 127.0.0.1\n      port: ${{UPSTREAM}}\n" for b in range(3)))
+    for f in range(3):
+        write(tmp_path, f"routes-{f}.yaml", "---\n".join(
+            f"apiVersion: v\nkind: HTTPRoute\nmetadata: {{name: r-{i}}}\nspec:\n  parentRefs: [{{name: edge}}]\n"
+            f"  rules:\n    - matches: [{{path: {{type: Exact, value: /r/{i}}}}}]\n"
+            f"      backendRefs: [{{group: g, kind: Backend, name: b-{i % 3}}}]\n" for i in range(f * 5, f * 5 + 5)))
+    documents = load_ok(str(tmp_path), environ={"LISTEN": "8080", "UPSTREAM": "9000"})
+    assert sorted(os.path.basename(f) for f in composed) == ["backends.yaml", "gateway.yaml"]
+    (gateway,) = [d for d in documents if d.data["kind"] == "Gateway"]
+    assert gateway.data["spec"]["listeners"][0]["port"] == 8080
+    assert documents[-1].data["spec"]["rules"][0]["matches"][0]["path"]["value"] == "/r/14"
+    assert documents[-1].locate(("spec", "rules", 0, "backendRefs")) == (str(tmp_path / "routes-2.yaml"), 8 + 4 * 9)
+
+
+# A small random YAML writer: mostly the plain subset, with odd values, odd keys and random
+# edits mixed in, so both the fast path and its refusals are exercised.
+FUZZ_PLAIN = ["edge", "r-1", "/r/1", "meshgate.io", "a b", "x", "~", "null", "yes", "No", "on", "80", "-1", "0x1F",
+              "010", "1.5", "1e3", ".inf", "190:20:30", "2001-12-14", "http://x:80/a", "nginx:1.2", "-x", "a,b",
+              "a=b", "(x)", "t", "1_000", "+.5", "a?b", "a!b", "$5", "x:y:z", "2002-12-14 21:59:43", "'q'", '"q"']
+FUZZ_ODD = ["a: b", "a:", ":a", "-", "- a", "a #b", "a#b", "*x", "&x", "!x", "|x", ">x", "%x", "@x", "`x", "?x",
+            "=", "<<", "'it''s'", "'a: b'", "[a", "a]", "{a", "a}", "café", "a\tb", "${A}", "$${A}", "", "x ", "0xG"]
+FUZZ_KEYS = ["name", "kind", "on", "yes", "80", "a.b/c", "app-name", "x_y", "port", "value", "type", "k"]
+FUZZ_ODD_KEYS = ["~", "a b", '"q"', "<<", "a:b", "[k]", "? k", "-x", "null"]
+
+
+class FuzzWriter:
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+
+    def scalar(self, flow: bool = False) -> str:
+        rng = self.rng
+        if rng.random() < 0.02:
+            return rng.choice(FUZZ_ODD)
+        return rng.choice([v for v in FUZZ_PLAIN if not flow or (":" not in v and "," not in v)])
+
+    def keys(self, count: int) -> list[str]:
+        keys = self.rng.sample(FUZZ_KEYS, count)
+        if self.rng.random() < 0.02:
+            keys.append(self.rng.choice(FUZZ_ODD_KEYS + keys))  # an odd key, or a duplicate
+        return keys
+
+    def flow(self, depth: int = 0) -> str:
+        rng = self.rng
+        if depth > 2 or rng.random() < 0.4:
+            return self.scalar(True)
+        space = rng.choice(["", "", " "])
+        if rng.random() < 0.5:
+            return "[" + space + ", ".join(self.flow(depth + 1) for _ in range(rng.randint(0, 3))) + space + "]"
+        keys = self.keys(rng.randint(0, 3))
+        return "{" + space + ", ".join(f"{k}: {self.flow(depth + 1)}" for k in keys) + space + "}"
+
+    def comment(self) -> str:
+        return self.rng.choice(["", "", "", "", " # c: [x]", "   "])
+
+    def mapping(self, indent: int, depth: int, lines: list[str], step: int) -> None:
+        for key in self.keys(self.rng.randint(1, 4)):
+            self.value(" " * indent + key + ":", indent, depth, lines, step)
+
+    def value(self, prefix: str, indent: int, depth: int, lines: list[str], step: int) -> None:
+        rng = self.rng
+        choice = rng.random() * (0.5 if depth > 3 else 1)
+        if choice < 0.35:
+            lines.append(prefix + rng.choice([" ", "  "]) + self.scalar() + self.comment())
+        elif choice < 0.5:
+            lines.append(prefix + " " + self.flow() + self.comment())
+        elif choice < 0.55:
+            lines.append(prefix + self.comment())
+        elif choice < 0.75:
+            lines.append(prefix + self.comment())
+            self.mapping(indent + step, depth + 1, lines, step)
+        else:
+            lines.append(prefix + self.comment())
+            self.sequence(indent if rng.random() < 0.4 else indent + step, depth + 1, lines, step)
+
+    def sequence(self, indent: int, depth: int, lines: list[str], step: int) -> None:
+        rng = self.rng
+        for _ in range(rng.randint(1, 3)):
+            dash = " " * indent + "-" + rng.choice([" ", " ", "  "])
+            choice = rng.random()
+            if choice < 0.3:
+                lines.append(dash + self.scalar() + self.comment())
+            elif choice < 0.4:
+                lines.append(dash + self.flow())
+            elif choice < 0.85:  # "- key: value" and the keys lined up under it
+                column = len(dash)
+                for n, key in enumerate(self.keys(rng.randint(1, 3))):
+                    self.value((dash if n == 0 else " " * column) + key + ":", column, depth + 1, lines, step)
+            else:
+                lines.append(dash.rstrip())
+                self.mapping(indent + step, depth + 1, lines, step)
+
+    def document(self) -> str:
+        lines: list[str] = []
+        self.mapping(0, 0, lines, self.rng.choice([2, 2, 4, 1, 3]))
+        return "\n".join(lines)
+
+    def reshaped(self, document: str) -> str:
+        """`document` with some values replaced: the same shape, or a near one."""
+        parts = fast_yaml._VALUES.split(document)
+        for index in range(2, len(parts), 3):
+            if self.rng.random() < 0.3:
+                parts[index] = self.scalar(flow=True)
+        return "".join(parts)
+
+    def text(self) -> str:
+        rng = self.rng
+        documents = []
+        for _ in range(rng.randint(1, 3)):
+            document = self.document()
+            documents += [document] + [self.reshaped(document) for _ in range(rng.randint(0, 3))]
+        text = rng.choice(["", "---\n", "# c\n"]) + "\n---\n".join(documents) + rng.choice(["\n", "", "\n---\n"])
+        for _ in range(rng.randint(0, 2) if rng.random() < 0.3 else 0):  # random edits
+            i = rng.randrange(len(text) + 1)
+            text = text[:i] + rng.choice(" -:#[]{},'\"\n*&!|>?\t.x0") + text[i + rng.randint(0, 1):]
+        return text
+
+
+def test_fast_and_yaml_paths_agree_on_random_yaml(tmp_path, monkeypatch):
+    monkeypatch.setattr(fast_yaml, "_SHAPES", {})
+    fast_taken = 0
+    for seed in range(400):
+        text = FuzzWriter(seed).text()
+        fast_taken += fast_yaml.parse(text) is not None
+        fast, slow = both_paths(tmp_path, text, monkeypatch, environ={"A": "1"})
+        assert fast == slow, f"seed {seed}:\n{text}"
+    assert fast_taken > 100  # the corpus does exercise the fast path

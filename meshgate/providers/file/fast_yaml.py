@@ -41,7 +41,7 @@ class _NotSimple(Exception):
 _CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
 
 # One line: indent, "- " (a sequence item), "key:" (a mapping entry), the rest.
-_LINE = re.compile(r"( *)(?:(-)(?: +|$))?(?:([A-Za-z0-9_][A-Za-z0-9_./-]*):(?: +|$))?(.*)", re.A)
+_LINE = re.compile(r"( *)(?:(-)(?: +|$))?(?:([A-Za-z0-9_][A-Za-z0-9_./-]*):(?: +|$))?(.*)", re.ASCII)
 
 # Plain scalars. A block one may hold single spaces, and ":" followed by a non-space (URLs);
 # a flow one stops at ",[]{}" and may not hold ":" at all. "-" starts one only before a
@@ -51,16 +51,16 @@ _BLOCK_CHAR = r"[\w./~+()=$^;<>%@*&!?,|-]"
 _PLAIN_BLOCK = re.compile(
     rf"(?:[\w./~+(=$^;<]|-(?={_BLOCK_CHAR}))(?:{_BLOCK_CHAR}++|:(?={_BLOCK_CHAR}))*+"
     rf"(?: ++(?:{_BLOCK_CHAR}++|:(?={_BLOCK_CHAR}))++)*+",
-    re.A,
+    re.ASCII,
 )  # possessive (*+): nothing to backtrack into, which keeps the value regex below linear
 _FLOW_CHAR = r"[\w./~+()=$^;<>%@*&!|-]"
-_PLAIN_FLOW = re.compile(rf"(?:[\w./~+(=$^;<]|-(?={_FLOW_CHAR})){_FLOW_CHAR}*+(?: ++{_FLOW_CHAR}++)*+", re.A)
+_PLAIN_FLOW = re.compile(rf"(?:[\w./~+(=$^;<]|-(?={_FLOW_CHAR})){_FLOW_CHAR}*+(?: ++{_FLOW_CHAR}++)*+", re.ASCII)
 _SINGLE = re.compile(r"'((?:[^']|'')*)'")
 _DOUBLE = re.compile(r'"([^"\\]*)"')
 _END = re.compile(r" *(?: #.*)?")  # what may follow a quoted value on its line
 # A flow collection's tokens; split() leaves what lies between them, which must be spaces.
 _FLOW_TOKENS = re.compile(
-    rf"""([\[\]{{}},]|:(?= )|'(?:[^']|'')*'|"[^"\\]*"|{_PLAIN_FLOW.pattern})""", re.A
+    rf"""([\[\]{{}},]|:(?= )|'(?:[^']|'')*'|"[^"\\]*"|{_PLAIN_FLOW.pattern})""", re.ASCII
 )
 
 _STR_TAG = "tag:yaml.org,2002:str"
@@ -113,16 +113,17 @@ def parse(text: str) -> list[tuple[int, dict[str, Any]]] | None:
 _VALUES = re.compile(
     rf"([:\[,-] *)((?<= )(?![\[{{]){_PLAIN_BLOCK.pattern}(?= *(?: #.*)?$)"
     rf"|(?<=[ \[,]){_PLAIN_FLOW.pattern}(?= *[,\]}}]))",
-    re.A | re.M,
+    re.ASCII | re.MULTILINE,
 )
-_MARKER = re.compile(r"^---$", re.M)
+_MARKER = re.compile(r"^---$", re.MULTILINE)
 _PLACEHOLDER = "\x00"  # never in a simple text (control characters are screened out)
 
-# Compiled shapes: shape -> (line of the document in its chunk, builder), () for a chunk without
-# a document, None for a shape seen once, False for one that cannot be compiled.
+# Shapes seen: shape -> (line of the document in its chunk, builder) once compiled, None when
+# seen once, False when it cannot be compiled (or holds no document).
 _SHAPES: dict[str, Any] = {}
 _MAX_SHAPES = 1024
 _MAX_SHAPE_LENGTH = 16384
+_NEW = object()
 
 
 class _Slot:
@@ -145,56 +146,46 @@ class _Recorder(dict):
 def _by_shape(text: str) -> list[tuple[int, dict[str, Any]]]:
     plain: dict[str, Any] = {}
     documents: list[tuple[int, dict[str, Any]]] = []
-    line = 1  # line of the chunk's first character
+    line = 0  # lines before the chunk
     shapes = _SHAPES
     split = _VALUES.split
     for chunk in _MARKER.split(text):
         if len(chunk) > _MAX_SHAPE_LENGTH or "'" in chunk or '"' in chunk:
             # Quoted values are no plain slots; a huge document would make a huge key.
-            documents.extend((line - 1 + number, data) for number, data in _documents(chunk, plain))
-            line += chunk.count("\n")
-            continue
-        parts = split(chunk)
-        values = parts[2::3]
-        parts[2::3] = [""] * len(values)
-        shape = _PLACEHOLDER.join(parts)
-        entry = shapes.get(shape)
-        if entry:
-            if entry != ():
-                typed = [plain[v] if v in plain else _plain(v, plain) for v in values]
-                documents.append((line + entry[0], entry[1](typed)))
+            found: Any = _documents(chunk, plain)
         else:
-            if entry is None and shape in shapes:
-                entry = _compile(chunk, values)
-                if len(shapes) >= _MAX_SHAPES:
-                    shapes.clear()
-                shapes[shape] = entry
-            elif entry is None:
-                shapes[shape] = None
-            found = _documents(chunk, plain)
-            documents.extend((line - 1 + number, data) for number, data in found)
+            parts = split(chunk)
+            values = parts[2::3]
+            parts[2::3] = [""] * len(values)
+            shape = _PLACEHOLDER.join(parts)
+            entry = shapes.get(shape, _NEW)
+            if type(entry) is tuple:
+                typed = [plain[v] if v in plain else _plain(v, plain) for v in values]
+                found = ((entry[0], entry[1](typed)),)
+            else:
+                if entry is None:  # the second time: worth compiling
+                    if len(shapes) >= _MAX_SHAPES:
+                        shapes.clear()
+                    shapes[shape] = _compile(chunk, values)
+                elif entry is _NEW:
+                    shapes[shape] = None
+                found = _documents(chunk, plain)
+        documents.extend((line + number, data) for number, data in found)
         line += chunk.count("\n")
     return documents
 
 
 def _compile(chunk: str, values: list[str]) -> Any:
-    """(line of the document in `chunk`, builder of its data from typed values), () when
-    `chunk` holds no document, False when the shape cannot be compiled."""
+    """(line of the document in `chunk`, builder of its data from typed values), or False."""
     recorder = _Recorder()
     try:
         found = _documents(chunk, recorder)
-    except _NotSimple:
+        if not found or recorder.values != values:
+            return False  # no document, or the regex and the line reader disagree
+        number, data = found[0]
+        return number, eval("lambda t: " + _code(data), {})  # code made of the keys' reprs
+    except (_NotSimple, SyntaxError, RecursionError, MemoryError):
         return False
-    if recorder.values != values:
-        return False  # the regex and the line reader disagree: read such documents line by line
-    if not found:
-        return ()
-    number, data = found[0]
-    try:
-        builder = eval("lambda t: " + _code(data), {})  # noqa: S307 - code made from keys' reprs
-    except (SyntaxError, RecursionError, MemoryError):
-        return False
-    return number - 1, builder
 
 
 def _code(value: Any) -> str:
@@ -207,7 +198,7 @@ def _code(value: Any) -> str:
         return f"t[{value.index}]"
     if value is None:
         return "None"
-    raise _NotSimple  # a quoted value: not in a shape
+    raise _NotSimple  # a quoted value: no slot
 
 
 def _documents(text: str, plain: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
