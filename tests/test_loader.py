@@ -727,6 +727,7 @@ def test_yaml_the_fast_path_leaves_alone_reads_as_before(tmp_path, monkeypatch, 
 
 def test_shapes_are_compiled_once_seen_twice_and_checked_per_document(tmp_path, monkeypatch):
     monkeypatch.setattr(fast_yaml, "_SHAPES", {})
+    monkeypatch.setattr(fast_yaml, "_FLOW_SHAPES", {})
     doc = "---\nkind: K\nmetadata: {{name: {name}}}\nspec:\n  port: {port}\n  tags: [{tag}, b]\n"
     values = [("a", 80, "x"), ("b", "yes", "y"), ("c", "http", "1.5"), ("d", "~", "z"), ("e", "'q'", "w"),
               ("f", "[1, 2]", "v"), ("g", "x # c", "t")]
@@ -808,9 +809,11 @@ def test_a_scale_config_takes_the_fast_path_but_for_its_variable_files(tmp_path,
 # edits mixed in, so both the fast path and its refusals are exercised.
 FUZZ_PLAIN = ["edge", "r-1", "/r/1", "meshgate.io", "a b", "x", "~", "null", "yes", "No", "on", "80", "-1", "0x1F",
               "010", "1.5", "1e3", ".inf", "190:20:30", "2001-12-14", "http://x:80/a", "nginx:1.2", "-x", "a,b",
-              "a=b", "(x)", "t", "1_000", "+.5", "a?b", "a!b", "$5", "x:y:z", "2002-12-14 21:59:43", "'q'", '"q"']
+              "a=b", "(x)", "t", "1_000", "+.5", "a?b", "a!b", "$5", "x:y:z", "2002-12-14 21:59:43", "'q'", '"q"',
+              "'x y'", '"80"', "''", '""', "'yes'"]
 FUZZ_ODD = ["a: b", "a:", ":a", "-", "- a", "a #b", "a#b", "*x", "&x", "!x", "|x", ">x", "%x", "@x", "`x", "?x",
-            "=", "<<", "'it''s'", "'a: b'", "[a", "a]", "{a", "a}", "café", "a\tb", "${A}", "$${A}", "", "x ", "0xG"]
+            "=", "<<", "'it''s'", "'a: b'", "'a #b'", '"a, b"', "'a'b'", "'a", '"a\\"b"', "'''", "'a'' b'", "[a",
+            "a]", "{a", "a}", "café", "a\tb", "${A}", "$${A}", "", "x ", "0xG"]
 FUZZ_KEYS = ["name", "kind", "on", "yes", "80", "a.b/c", "app-name", "x_y", "port", "value", "type", "k"]
 FUZZ_ODD_KEYS = ["~", "a b", '"q"', "<<", "a:b", "[k]", "? k", "-x", "null"]
 
@@ -909,6 +912,7 @@ class FuzzWriter:
 
 def test_fast_and_yaml_paths_agree_on_random_yaml(tmp_path, monkeypatch):
     monkeypatch.setattr(fast_yaml, "_SHAPES", {})
+    monkeypatch.setattr(fast_yaml, "_FLOW_SHAPES", {})
     fast_taken = 0
     for seed in range(400):
         text = FuzzWriter(seed).text()
@@ -916,3 +920,20 @@ def test_fast_and_yaml_paths_agree_on_random_yaml(tmp_path, monkeypatch):
         fast, slow = both_paths(tmp_path, text, monkeypatch, environ={"A": "1"})
         assert fast == slow, f"seed {seed}:\n{text}"
     assert fast_taken > 100  # the corpus does exercise the fast path
+
+
+def test_flow_shapes_agree_with_the_yaml_path(tmp_path, monkeypatch):
+    """Flow collections of one shape in documents of different shapes: the flow's shape is
+    compiled on its second sighting and used for the third, whatever values it then holds."""
+    monkeypatch.setattr(fast_yaml, "_SHAPES", {})
+    monkeypatch.setattr(fast_yaml, "_FLOW_SHAPES", {})
+    for seed in range(300):
+        writer = FuzzWriter(seed)
+        flow = writer.flow()
+        while not flow.startswith(("[", "{")):
+            flow = writer.flow()
+        other = writer.reshaped(flow)
+        text = f"a: {flow}\n---\nb: {flow}\n---\nc: {other}\n---\nd:\n  - {other}\n"
+        fast, slow = both_paths(tmp_path, text, monkeypatch, environ={"A": "1"})
+        assert fast == slow, f"seed {seed}:\n{text}"
+    assert any(type(entry) is tuple for entry in fast_yaml._FLOW_SHAPES.values())

@@ -37,9 +37,6 @@ class _NotSimple(Exception):
     """The text leaves the subset: read it the slow way."""
 
 
-# Control characters, tabs and CR included (with ${VAR}, $${ and merge keys, screened out).
-_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f]")
-
 # One line: indent, "- " (a sequence item), "key:" (a mapping entry), the rest.
 _LINE = re.compile(r"( *)(?:(-)(?: +|$))?(?:([A-Za-z0-9_][A-Za-z0-9_./-]*):(?: +|$))?(.*)", re.ASCII)
 
@@ -78,12 +75,16 @@ _SCALAR_CONSTRUCTORS = {
     )
 }
 _CONSTRUCTOR = SafeConstructor()
+# First characters of the values an implicit resolver may type (digits, "y", "n", "~"...) and
+# quotes: a value starting with any other character is a string as it is.
+_TYPED_FIRST = frozenset([*(first for first in _RESOLVERS if first), "'", '"'])
 
 
 def parse(text: str) -> list[tuple[int, dict[str, Any]]] | None:
     """(first line, data) of every non-empty document of `text`, or None when `text` is not in
     the subset (the caller then reads it with PyYAML)."""
-    if not text.isascii() or "${" in text or "<<" in text or _CONTROL.search(text) is not None:
+    # ASCII, no control character but newlines (tabs, CR), no ${VAR} or $${, no merge key.
+    if not text.isascii() or "${" in text or "<<" in text or not text.replace("\n", "").isprintable():
         return None
     try:
         return _by_shape(text)
@@ -94,25 +95,30 @@ def parse(text: str) -> list[tuple[int, dict[str, Any]]] | None:
 # --- shapes --------------------------------------------------------------------------------
 #
 # Documents of one kind are often written alike and differ in their values only (10,000 routes
-# generated from one template). The *shape* of a document is its text with every plain value
+# generated from one template). The *shape* of a document is its text with every value
 # replaced by a placeholder; the first time a shape comes back, the document is read line by
 # line once more, noting which value lands where, and the shape is compiled into a function
 # that builds the data straight from the values. The next documents of that shape cost a
 # regex pass and that function call.
 #
 # The values are found by the regex below, which takes exactly the tokens the line reader reads
-# as one plain value: a block value running to the end of its line (or a comment), or a flow
-# value followed by "," "]" or "}". The text around them is the shape, so a document of a known
+# as one value: a plain block value running to the end of its line (or a comment), a plain flow
+# value followed by "," "]" or "}", or a quoted one (quotes included, so that a slot may hold
+# a plain value in one document and a quoted one in the next; a "#" inside quotes is left to
+# the line reader). The text around them is the shape, so a document of a known
 # shape differs from the one read line by line only in values of the same kind and place, and
 # reads the same way. A shape is only kept when the line reader took exactly the values the
 # regex found, in the same order.
 
 # Split by it: [text, delimiter, value, text, delimiter, value, ..., text]. A value follows
 # ":", "-", "[" or "," and spaces (this leading character class lets the regex engine skip
-# ahead quickly); the shape keeps the delimiters.
+# ahead quickly); the shape keeps the delimiters. Flow values are tried first (they are the
+# more common in generated configs); a block value holding ", " is then cut in two, its shape
+# never compiles, and such documents are read line by line.
 _VALUES = re.compile(
-    rf"([:\[,-] *)((?<= )(?![\[{{]){_PLAIN_BLOCK.pattern}(?= *(?: #.*)?$)"
-    rf"|(?<=[ \[,]){_PLAIN_FLOW.pattern}(?= *[,\]}}]))",
+    rf"([:\[,-] *)((?<=[ \[,]){_PLAIN_FLOW.pattern}(?= *[,\]}}])"
+    rf"|(?<= )(?![\[{{]){_PLAIN_BLOCK.pattern}(?= *(?: #.*)?$)"
+    rf"""|(?<=[ \[,])(?:'(?:[^'\n#]|'')*+'|"[^"\\\n#]*+")(?= *[,\]}}]| *(?: #.*)?$))""",
     re.ASCII | re.MULTILINE,
 )
 _MARKER = re.compile(r"^---$", re.MULTILINE)
@@ -123,6 +129,8 @@ _PLACEHOLDER = "\x00"  # never in a simple text (control characters are screened
 _SHAPES: dict[str, Any] = {}
 _MAX_SHAPES = 1024
 _MAX_SHAPE_LENGTH = 16384
+_GIVE_UP = 16  # documents of a file without a known shape, after which it is read line by line
+_FLOW_SHAPES: dict[str, Any] = {}  # the same, for flow collections read line by line
 _NEW = object()
 
 
@@ -149,19 +157,28 @@ def _by_shape(text: str) -> list[tuple[int, dict[str, Any]]]:
     line = 0  # lines before the chunk
     shapes = _SHAPES
     split = _VALUES.split
+    typed_first = _TYPED_FIRST
+    same = plain.setdefault
+    tried = hits = 0
     for chunk in _MARKER.split(text):
-        if len(chunk) > _MAX_SHAPE_LENGTH or "'" in chunk or '"' in chunk:
-            # Quoted values are no plain slots; a huge document would make a huge key.
-            found: Any = _documents(chunk, plain)
+        # A huge chunk would make a huge key; a file whose documents all differ gains nothing.
+        if len(chunk) > _MAX_SHAPE_LENGTH or (tried >= _GIVE_UP and not hits):
+            documents.extend((line + number, data) for number, data in _documents(chunk, plain))
         else:
+            tried += 1
             parts = split(chunk)
             values = parts[2::3]
             parts[2::3] = [""] * len(values)
             shape = _PLACEHOLDER.join(parts)
             entry = shapes.get(shape, _NEW)
             if type(entry) is tuple:
-                typed = [plain[v] if v in plain else _plain(v, plain) for v in values]
-                found = ((entry[0], entry[1](typed)),)
+                hits += 1
+                # A string is kept once per file (setdefault): documents share repeated values.
+                typed = [
+                    (plain[v] if v in plain else _plain(v, plain)) if v[0] in typed_first else same(v, v)
+                    for v in values
+                ]
+                documents.append((line + entry[0], entry[1](typed)))
             else:
                 if entry is None:  # the second time: worth compiling
                     if len(shapes) >= _MAX_SHAPES:
@@ -169,8 +186,7 @@ def _by_shape(text: str) -> list[tuple[int, dict[str, Any]]]:
                     shapes[shape] = _compile(chunk, values)
                 elif entry is _NEW:
                     shapes[shape] = None
-                found = _documents(chunk, plain)
-        documents.extend((line + number, data) for number, data in found)
+                documents.extend((line + number, data) for number, data in _documents(chunk, plain))
         line += chunk.count("\n")
     return documents
 
@@ -198,7 +214,7 @@ def _code(value: Any) -> str:
         return f"t[{value.index}]"
     if value is None:
         return "None"
-    raise _NotSimple  # a quoted value: no slot
+    raise _NotSimple  # a value read without a slot: not expected, but not worth a shape
 
 
 def _documents(text: str, plain: dict[str, Any]) -> list[tuple[int, dict[str, Any]]]:
@@ -303,7 +319,7 @@ def _inline(text: str, plain: dict[str, Any]) -> Any:
         m = (_SINGLE if first == "'" else _DOUBLE).match(text)
         if m is None or _END.fullmatch(text, m.end()) is None:
             raise _NotSimple
-        return m[1].replace("''", "'") if first == "'" else m[1]
+        return _plain(m[0], plain)
     cut = text.find(" #")
     if cut >= 0:
         text = text[:cut]
@@ -321,6 +337,38 @@ def _flow(text: str, plain: dict[str, Any]) -> Any:
     cut = text.find(" #")
     if cut >= 0:
         text = text[:cut]  # a " #" inside quotes leaves a lone quote behind: not simple
+    if type(plain) is _Recorder:
+        return _flow_tokens(text, plain)
+    # Flow collections have shapes too ("[{name: x}]"), which help when documents differ.
+    parts = _VALUES.split(text)
+    values = parts[2::3]
+    parts[2::3] = [""] * len(values)
+    shape = _PLACEHOLDER.join(parts)
+    entry = _FLOW_SHAPES.get(shape, _NEW)
+    if type(entry) is tuple:
+        same = plain.setdefault
+        return entry[1](
+            [(plain[v] if v in plain else _plain(v, plain)) if v[0] in _TYPED_FIRST else same(v, v) for v in values]
+        )
+    if entry is None:
+        if len(_FLOW_SHAPES) >= _MAX_SHAPES:
+            _FLOW_SHAPES.clear()
+        recorder = _Recorder()
+        try:
+            value = _flow_tokens(text, recorder)
+            compiled: Any = False
+            if recorder.values == values:
+                compiled = (0, eval("lambda t: " + _code(value), {}))  # code made of the keys' reprs
+        except (_NotSimple, SyntaxError, RecursionError, MemoryError):
+            compiled = False
+        _FLOW_SHAPES[shape] = compiled
+    elif entry is _NEW:
+        _FLOW_SHAPES[shape] = None
+    return _flow_tokens(text, plain)
+
+
+def _flow_tokens(text: str, plain: dict[str, Any]) -> Any:
+    """`_flow`, token by token."""
     parts = _FLOW_TOKENS.split(text)
     if "".join(parts[::2]).strip(" "):
         raise _NotSimple  # something that is no token: a multi-line collection, a comment...
@@ -368,12 +416,7 @@ def _flow(text: str, plain: dict[str, Any]) -> Any:
         elif c in "]},:":
             raise _NotSimple
         else:
-            if c == "'":
-                value = token[1:-1].replace("''", "'")
-            elif c == '"':
-                value = token[1:-1]
-            else:
-                value = _plain(token, plain)
+            value = _plain(token, plain)
             state = _NEXT
         if container is None:
             if result is not None or state == _NEXT:
@@ -392,7 +435,7 @@ def _flow(text: str, plain: dict[str, Any]) -> Any:
 
 
 def _plain(text: str, plain: dict[str, Any]) -> Any:
-    """A plain scalar typed as PyYAML types it."""
+    """A scalar as written, plain (typed as PyYAML types it) or quoted (quotes included)."""
     if type(plain) is _Recorder:
         plain.values.append(text)
         return _Slot(len(plain.values) - 1)
@@ -401,7 +444,14 @@ def _plain(text: str, plain: dict[str, Any]) -> Any:
     except KeyError:
         pass
     value: Any = text
-    for tag, regexp in _RESOLVERS.get(text[0], ()):
+    first = text[0]
+    if first == "'":
+        value = plain[text] = text[1:-1].replace("''", "'")
+        return value
+    if first == '"':
+        value = plain[text] = text[1:-1]  # no escapes (the regexes take none)
+        return value
+    for tag, regexp in _RESOLVERS.get(first, ()):
         if regexp.match(text):
             if tag != _STR_TAG:
                 construct = _SCALAR_CONSTRUCTORS.get(tag)
