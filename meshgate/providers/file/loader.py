@@ -173,8 +173,14 @@ class _FilePositions:
         with self._lock:
             if self.by_document is None:
                 assert self.text is not None
-                # Positions do not depend on ${VAR} values (and the fast path read no ${VAR}).
-                result = _read_text(self.file, self.text, {})
+                gc_was_enabled = gc.isenabled()
+                gc.disable()  # the nodes are garbage at once: no reason to walk everything alive
+                try:
+                    # Positions do not depend on ${VAR} values (and the fast path read no ${VAR}).
+                    result = _read_text(self.file, self.text, {})
+                finally:
+                    if gc_was_enabled:
+                        gc.enable()
                 self.by_document = [document.positions for document, _ in result.documents]
                 self.text = None
             return self.by_document[index] if index < len(self.by_document) else {}
