@@ -127,8 +127,8 @@ _PLACEHOLDER = "\x00"  # never in a simple text (control characters are screened
 # Shapes seen: shape -> (line of the document in its chunk, builder) once compiled, None when
 # seen once, False when it cannot be compiled (or holds no document).
 _SHAPES: dict[str, Any] = {}
-_MAX_SHAPES = 1024
-_MAX_SHAPE_LENGTH = 16384
+_MAX_SHAPES = 512  # with keys of at most 8 KB: at most 4 MB held
+_MAX_SHAPE_LENGTH = 8192
 _GIVE_UP = 16  # documents of a file without a known shape, after which it is read line by line
 _FLOW_SHAPES: dict[str, Any] = {}  # the same, for flow collections read line by line
 _NEW = object()
