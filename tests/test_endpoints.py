@@ -5,11 +5,11 @@ or cluster translated or pushed again."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 import aiohttp
 import pytest
+from harness import free_port
 
 from meshgate.controlplane.pipeline import ControlPlane
 from meshgate.controlplane.status import ControlPlaneStatus
@@ -43,11 +43,6 @@ spec:
   rules: [{{backendRefs: [{{group: meshgate.io, kind: Backend, name: app}}]}}]
 """
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def wait_for(predicate, timeout: float = 10.0, what: str = "condition"):  # noqa: ANN001, ANN201
