@@ -33,10 +33,21 @@ def test_translate_golden(name: str, request: pytest.FixtureRequest) -> None:
     status = GOLDEN / f"{name}.status.yaml"
     if problems or status.exists():
         objects = [s.as_dict() for _, s in sorted(translation.status.objects.items())]
-        document = {"problems": [str(p) for p in problems], "objects": objects}
-        # File names as in the golden folder, wherever the checkout is.
-        text = yaml.safe_dump(document, sort_keys=False, width=120).replace(f"{GOLDEN}/", "")
-        _compare(request, status, text)
+        # File names as in the golden folder, wherever the checkout is: stripped before the dump,
+        # so that the line wrapping doesn't depend on the checkout's path either.
+        document = _relative({"problems": [str(p) for p in problems], "objects": objects}, f"{GOLDEN}/")
+        _compare(request, status, yaml.safe_dump(document, sort_keys=False, width=120))
+
+
+def _relative(value, prefix: str):
+    """`value` with `prefix` removed from every string in it."""
+    if isinstance(value, str):
+        return value.replace(prefix, "")
+    if isinstance(value, dict):
+        return {k: _relative(v, prefix) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relative(v, prefix) for v in value]
+    return value
 
 
 def _compare(request: pytest.FixtureRequest, golden: Path, actual: str) -> None:
