@@ -471,6 +471,26 @@ async def test_a_file_written_in_two_halves_is_one_batch(tmp_path, watch, watchi
     assert await changes.next() == {sentinel}
 
 
+async def test_a_delete_then_recreate_save_is_one_change(tmp_path, watch):
+    # Some tools save by deleting the file and writing a new one: the moment between the two must
+    # not be published as "the file's objects are gone" (every route 404 until the new file).
+    path = tmp_path / "a.yaml"
+    write(path, GATEWAY.format(port=1))
+    # A generous settle time, so the pause below is surely shorter even on a loaded machine.
+    provider = FileProvider([str(tmp_path)], settle=0.3, stable_check=0.02, max_settle=10)
+    assert ports(provider) == [1]
+    changes = watch(provider)
+    await changes.start()
+    os.remove(path)
+    await asyncio.sleep(0.1)
+    path.write_text(GATEWAY.format(port=2))
+    batch = await changes.next_after_start()
+    assert batch == {str(path)}
+    assert ports(provider) == [2]  # the first batch already sees the new file
+    sentinel = write(tmp_path / "z.yaml", GATEWAY.format(port=3).replace("edge", "z"))
+    assert await changes.next() == {sentinel}
+
+
 async def test_a_file_written_without_end_still_reloads(tmp_path, watch):
     path = write(tmp_path / "a.yaml", GATEWAY.format(port=1))
     log = tmp_path / "grows.yaml"

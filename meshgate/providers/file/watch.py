@@ -9,10 +9,15 @@ says *when* to look. So a new file, a deleted or renamed file, an editor's renam
 a ConfigMap's ``..data`` link swap and a new overlay for the environment all count, and an
 event on an unrelated file beside a config file costs a filter call and nothing else.
 
-Settling: after an event, wait until no further event for `settle` seconds, then until the
-changed files' stamps have stayed the same for `settle`, looked at every `stable_check`; all
-within about `max_settle`, so a file written without end still reloads (at most every
-`max_settle` seconds). With the defaults a change is reported ~0.2-0.3 s after the last write.
+Settling: a change is reported once the files involved have not been touched for `settle`
+seconds, measured by the kernel's own clock of each file: its change time (`st_ctime`, which
+every write, truncate, rename or chmod moves forward and no program can set back). So a file
+replaced atomically (editor, ConfigMap, `os.replace`) is reported `settle` after the rename, not
+after a fixed series of looks, and a file still being written (two halves with a pause shorter
+than `settle`) is read only once complete. A deleted file is measured by its folder's change
+time (an unlink or rename moves it), so a delete-then-recreate save is one change. All within
+`max_settle`, so a file written without end still reloads (at most every `max_settle` seconds).
+With the defaults a change is reported ~50-60 ms after the last write.
 """
 
 from __future__ import annotations
@@ -56,8 +61,8 @@ class FileProvider:
         environ: Mapping[str, str] | None = None,
         *,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
-        settle: float = 0.1,
-        stable_check: float = 0.05,
+        settle: float = 0.05,
+        stable_check: float = 0.01,
         max_settle: float = 2.0,
     ) -> None:
         self.paths = list(paths)
@@ -146,7 +151,7 @@ class FileProvider:
                             continue
                     while not wake.is_set():
                         raw = await loop.run_in_executor(
-                            executor, watcher.watch, int(self.max_settle * 500), int(self.settle * 1000), 0, wake
+                            executor, watcher.watch, int(self.max_settle * 500), max(1, int(self.stable_check * 1000)), 0, wake
                         )
                         if not isinstance(raw, set):
                             continue  # "stop" (the loop ends) or a spurious "timeout"/"signal"
@@ -177,27 +182,23 @@ class FileProvider:
     ) -> set[str]:
         """What changed, once the files involved have stopped changing; commits it as seen.
 
-        watchfiles' quiet period only notices events on *new* paths (a second write to the same
-        file does not extend it), and the first look after a (re)start has no quiet period at
-        all: so the stamps of the files involved must also stay the same for `settle`, looked
-        at every `stable_check`. Half of `max_settle` goes to each phase."""
-        deadline = time.monotonic() + self.max_settle / 2
-        changed = await loop.run_in_executor(executor, self._scan, False)
-        involved = changed | events
-        if involved:
-            last = await loop.run_in_executor(executor, _stamps, involved)
-            quiet_since = time.monotonic()
-            while True:
-                await asyncio.sleep(self.stable_check)
-                now_stamps = await loop.run_in_executor(executor, _stamps, involved)
-                now = time.monotonic()
-                if now_stamps != last:
-                    last, quiet_since = now_stamps, now
-                elif now - quiet_since >= max(self.settle, self.stable_check):
-                    break
-                if now >= deadline:
-                    log.warning("config files still changing after %.1f s; reloading anyway", self.max_settle)
-                    break
+        Quiet is measured from the files' change times (see the module doc), not from when we
+        happened to look: watchfiles' own quiet period only notices events on *new* paths (a
+        second write to the same file does not extend it), and the first look after a (re)start
+        has no quiet period at all."""
+        deadline = time.monotonic() + self.max_settle
+        involved = set(events)
+        while True:
+            involved |= await loop.run_in_executor(executor, self._scan, False)
+            if not involved:
+                break
+            quiet = await loop.run_in_executor(executor, _quiet_for, involved)
+            if quiet >= self.settle:
+                break
+            if time.monotonic() >= deadline:
+                log.warning("config files still changing after %.1f s; reloading anyway", self.max_settle)
+                break
+            await asyncio.sleep(max(self.settle - quiet, self.stable_check))
         # Only stamps decide: an event already covered by an earlier look is not reported twice.
         return await loop.run_in_executor(executor, self._scan, True)
 
@@ -276,8 +277,22 @@ class FileProvider:
         return parent in folders and (name.endswith(YAML_SUFFIXES) or os.path.isdir(path))
 
 
-def _stamps(files: Iterable[str]) -> dict[str, Stamp]:
-    return {file: file_stamp(file) for file in files}
+def _quiet_for(files: Iterable[str]) -> float:
+    """Seconds since any of `files` last changed, by the kernel's change times (`st_ctime`): of
+    the file (following links, and of the link itself), or of its folder when it is gone. A change
+    time in the future (a skewed network file system) counts as "just now"."""
+    newest = 0.0
+    for file in files:
+        for stat in (os.stat, os.lstat):
+            try:
+                newest = max(newest, stat(file).st_ctime_ns / 1e9)
+            except OSError:
+                try:
+                    newest = max(newest, os.stat(os.path.dirname(file)).st_ctime_ns / 1e9)
+                except OSError:
+                    pass
+    # The kernel stamps change times from a coarse clock (one scheduler tick behind at most).
+    return max(0.0, time.time() - newest - 0.005)
 
 
 def _existing(folder: str) -> str:
