@@ -31,6 +31,8 @@ log = logging.getLogger("meshgate.run")
 
 # A Backend with this annotation gets sample echo servers on its loopback endpoints in `meshgate run`.
 SAMPLE_UPSTREAM_ANNOTATION = "meshgate.io/sample-upstream"
+# `echo`: HTTP echo (or raw-bytes gRPC echo for protocol GRPC); `greeter`: the gRPC Greeter service.
+SAMPLE_UPSTREAM_KINDS = ("echo", "greeter")
 
 
 @dataclass
@@ -66,7 +68,8 @@ class SampleUpstreams:
 
     def sync(self, config: Translation) -> None:
         for (namespace, name), backend in config.backends.items():
-            if backend.metadata.annotations.get(SAMPLE_UPSTREAM_ANNOTATION) != "echo":
+            kind = backend.metadata.annotations.get(SAMPLE_UPSTREAM_ANNOTATION)
+            if kind not in SAMPLE_UPSTREAM_KINDS:
                 continue
             for i, endpoint in enumerate(backend.spec.endpoints):
                 key = (endpoint.address, endpoint.port)
@@ -77,6 +80,10 @@ class SampleUpstreams:
 
     @staticmethod
     def _server(backend: Backend, name: str, host: str, port: int):
+        if backend.metadata.annotations.get(SAMPLE_UPSTREAM_ANNOTATION) == "greeter":
+            from meshgate.devtools.greeter import GreeterServer  # a real protobuf API (gRPC-Web, transcoding)
+
+            return GreeterServer(name, host, port)
         if backend.spec.protocol == "GRPC":
             from meshgate.devtools.grpc_echo import GrpcEchoServer
 

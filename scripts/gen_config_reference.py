@@ -86,7 +86,18 @@ KIND_NOTES: dict[tuple[str, str], str] = {
         f"**Sample upstreams.** With the annotation `{SAMPLE_UPSTREAM_ANNOTATION}: echo`, `meshgate run` starts "
         "an echo server (gRPC echo for `protocol: GRPC`) on each endpoint whose address is loopback "
         "(`127.0.0.0/8`, `::1`, `localhost`); it answers every request with a JSON description of it. "
-        "`meshgate run --no-sample-upstreams` turns this off; other commands ignore the annotation."
+        "`meshgate run --no-sample-upstreams` turns this off; other commands ignore the annotation. "
+        f"`{SAMPLE_UPSTREAM_ANNOTATION}: greeter` starts the gRPC Greeter instead (a real protobuf API, for "
+        "gRPC-Web and gRPC-JSON transcoding: see [gRPC](grpc.md))."
+    ),
+    (models.MESHGATE_V1ALPHA1, "GRPCJSONTranscoder"): (
+        "**meshgate extension** (Envoy Gateway has no such kind). A route rule names it in an `ExtensionRef` "
+        "filter (`group: meshgate.io`, `kind: GRPCJSONTranscoder`); that rule's JSON requests become gRPC calls "
+        "to its gRPC backend, by the `google.api.http` options in the descriptor set (Envoy's "
+        "`grpc_json_transcoder`). The descriptor set is checked when the config loads: it must parse, hold "
+        "every import (`protoc --include_imports`) and each listed service; a `file` is read by meshgate "
+        "(at most 1 MiB) and sent to Envoy inline. A rule whose transcoder is missing or invalid answers "
+        "HTTP 500. See [gRPC-JSON transcoding](grpc.md#grpc-json-transcoding)."
     ),
     ("v1", "Secret"): (
         "Holds a certificate for an HTTPS listener that names it in `tls.certificateRefs`. The keys are "
@@ -310,6 +321,17 @@ metadata: {name: users}
 spec:
   endpoints: [{address: 127.0.0.1, port: 9003}]
 """,
+    (models.MESHGATE_V1ALPHA1, "GRPCJSONTranscoder"): """\
+apiVersion: meshgate.io/v1alpha1
+kind: GRPCJSONTranscoder
+metadata: {name: demo-rest}
+spec:
+  # Usually `file: api.pb`, from: protoc --include_imports --descriptor_set_out=api.pb api.proto
+  descriptorSet:
+    inline: CkAKCmRlbW8ucHJvdG8SBGRlbW8iAwoBTTIfCgREZW1vEhcKA0dldBIHLmRlbW8uTRoHLmRlbW8uTWIGcHJvdG8z
+  services: [demo.Demo]
+  printOptions: {alwaysPrintPrimitiveFields: true}
+""",
     (models.MESHGATE_V1ALPHA1, "Backend"): f"""\
 apiVersion: meshgate.io/v1alpha1
 kind: Backend
@@ -343,6 +365,54 @@ stringData:
     -----BEGIN PRIVATE KEY-----
     (PEM private key)
     -----END PRIVATE KEY-----
+""",
+    (models.MESHGATE_V1ALPHA1, "BackendTrafficPolicy"): """\
+# Every route of the Gateway gets a request timeout and retries; the `api` route adds a circuit
+# breaker and health checks (cluster settings: its own Envoy cluster, see Policy attachment).
+apiVersion: meshgate.io/v1alpha1
+kind: BackendTrafficPolicy
+metadata: {name: edge-defaults}
+spec:
+  targetRefs:
+    - {group: gateway.networking.k8s.io, kind: Gateway, name: edge}
+  timeout:
+    http: {requestTimeout: 2s}
+  retry:
+    numRetries: 2
+    retryOn: {triggers: [connect-failure, retriable-status-codes], httpStatusCodes: [503]}
+    perRetry: {timeout: 500ms, backOff: {baseInterval: 50ms, maxInterval: 500ms}}
+---
+apiVersion: meshgate.io/v1alpha1
+kind: BackendTrafficPolicy
+metadata: {name: api}
+spec:
+  targetRefs:
+    - {group: gateway.networking.k8s.io, kind: HTTPRoute, name: api}
+  circuitBreaker: {maxConnections: 100, maxPendingRequests: 50, maxParallelRequests: 100}
+  healthCheck:
+    active: {type: HTTP, http: {path: /healthz}, interval: 2s, unhealthyThreshold: 2}
+    passive: {consecutive5XxErrors: 5, baseEjectionTime: 30s, maxEjectionPercent: 50}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge}
+spec:
+  listeners: [{name: http, protocol: HTTP, port: 8080}]
+---
+apiVersion: meshgate.io/v1alpha1
+kind: Backend
+metadata: {name: api}
+spec:
+  endpoints: [{address: 10.0.0.1, port: 8080}, {address: 10.0.0.2, port: 8080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: api}
+spec:
+  parentRefs: [{name: edge}]
+  rules:
+    - matches: [{path: {type: PathPrefix, value: /api}}]
+      backendRefs: [{group: meshgate.io, kind: Backend, name: api}]
 """,
     (models.MESHGATE_V1ALPHA1, "ClientTrafficPolicy"): """\
 # The Gateway's listeners keep meshgate's hardened defaults but for what the policies change;
@@ -379,6 +449,70 @@ spec:
   listeners:
     - {name: public, protocol: HTTP, port: 8080}
     - {name: internal, protocol: HTTP, port: 9080}
+""",
+    (models.MESHGATE_V1ALPHA1, "SecurityPolicy"): """\
+# Route `api` needs a token of auth.example.com; its /admin rule only admins with a scope.
+apiVersion: meshgate.io/v1alpha1
+kind: SecurityPolicy
+metadata: {name: api-jwt}
+spec:
+  targetRefs:
+    - {group: gateway.networking.k8s.io, kind: HTTPRoute, name: api}
+  jwt:
+    providers:
+      - name: company
+        issuer: https://auth.example.com
+        audiences: [api]
+        remoteJWKS: {uri: "https://auth.example.com/.well-known/jwks.json"}
+        claimToHeaders: [{header: x-user, claim: sub}]
+---
+apiVersion: meshgate.io/v1alpha1
+kind: SecurityPolicy
+metadata: {name: admins}
+spec:
+  targetRefs:
+    - {group: gateway.networking.k8s.io, kind: HTTPRoute, name: api, sectionName: admin}
+  jwt:
+    providers:
+      - name: company
+        issuer: https://auth.example.com
+        audiences: [api]
+        localJWKS: {type: Inline, inline: '{"keys": [{"kty": "RSA", "key_ops": ["verify"], "n": "z1BtHienZw4d3UMGXR5Qgh-1Y5N_9wVgyij6oT7WPK1vjVR6zecSMNzak2IFqW2RSGJGrsK8e_cl9-qTsBiDF6Hoq-U9GvzDMp8rv3OVStaJbTD5ILuO1HfwAPQPBe7dSti8dpehG-LQ9-ypKfnZm4BueyWK1SxFLVt9ZPLXbh4qYT05FVLD8CJoCkopTJnuOstbdhE6POW2cL3xK77yscH-aLj_cpStyIFI15Arhb70GrZceXAArotJmz7ilrcMCaVBl_umC04hoA3AjsllNMtD58hXhg_AfZjCImr4afpvilFsSHZe5sF9iXWuV0ALnjCjogOTAZdJNK8ZGdbRaw", "e": "AQAB", "kid": "example", "alg": "RS256", "use": "sig"}]}'}
+  authorization:
+    defaultAction: Deny
+    rules:
+      - name: admins
+        action: Allow
+        principal:
+          clientCIDRs: [10.0.0.0/8]
+          jwt:
+            provider: company
+            claims: [{name: roles, valueType: StringArray, values: [admin]}]
+            scopes: [admin.write]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: edge}
+spec:
+  listeners: [{name: http, protocol: HTTP, port: 8080}]
+---
+apiVersion: meshgate.io/v1alpha1
+kind: Backend
+metadata: {name: api}
+spec:
+  endpoints: [{address: 10.0.0.1, port: 8080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: api}
+spec:
+  parentRefs: [{name: edge}]
+  rules:
+    - matches: [{path: {type: PathPrefix, value: /api}}]
+      backendRefs: [{group: meshgate.io, kind: Backend, name: api}]
+    - name: admin
+      matches: [{path: {type: PathPrefix, value: /admin}}]
+      backendRefs: [{group: meshgate.io, kind: Backend, name: api}]
 """,
     (models.GATEWAY_API_V1, "ReferenceGrant"): """\
 # A route in namespace "shop" sends to the Backend "payments" in namespace "payments".

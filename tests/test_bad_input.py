@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from meshgate.api.config import KINDS
 from meshgate.cli import main
 
 # Other documents the route cases refer to; they follow the case, so its line numbers are its own.
@@ -153,10 +154,9 @@ BAD: list[tuple[str, str, str]] = [
     ("clip-duration", backend("127.0.0.1").replace("port: 9000}]", f"port: 9000}}]\n  connectTimeout: '{LONG}'"),
      f"6: spec.connectTimeout: '{'9' * 80}'… (5000 characters) is not a duration (use h, m, s or ms, like 10s, 500ms or 1m30s)"),
     ("clip-kind", f"apiVersion: v1\nkind: '{LONG}'\nmetadata: {{name: x}}\n",
-     f"2: kind: unknown kind '{'9' * 80}'… (5000 characters) for apiVersion 'v1' (known: gateway.networking.k8s.io/v1 GRPCRoute, "
-     "gateway.networking.k8s.io/v1 Gateway, gateway.networking.k8s.io/v1 HTTPRoute, gateway.networking.k8s.io/v1 ReferenceGrant, "
-     "gateway.networking.k8s.io/v1beta1 ReferenceGrant, meshgate.io/v1alpha1 Backend, meshgate.io/v1alpha1 ClientTrafficPolicy, "
-     "meshgate.io/v1alpha1 HTTPRoute, v1 Secret)"),
+     f"2: kind: unknown kind '{'9' * 80}'… (5000 characters) for apiVersion 'v1' (known: "
+     # Every kind meshgate knows, as "apiVersion kind", sorted (the list grows with each new kind).
+     + ", ".join(sorted(f"{v} {k}" for v, k in KINDS)) + ")"),
     # -- unknown fields suggest the nearest name ------------------------------------------
     ("did-you-mean-backendRefs", ROUTE.format(api=GW_V1).replace("- backendRefs", "- backendRef"),
      "7: spec.rules[0].backendRef: unknown field; did you mean backendRefs?"),

@@ -48,6 +48,11 @@ def static_bootstrap(resources) -> dict:
             d.pop("eds_cluster_config")
             d["type"] = "STATIC"
             d["load_assignment"] = as_dict(resources[ENDPOINT][name])
+        # Upstream TLS: the client certificate and the CA bundle become static secrets too.
+        tls = d.get("transport_socket", {}).get("typed_config", {}).get("common_tls_context", {})
+        for sds in tls.get("tls_certificate_sds_secret_configs", []):
+            sds.pop("sds_config")
+        tls.get("combined_validation_context", {}).get("validation_context_sds_secret_config", {}).pop("sds_config", None)
         clusters.append(d)
     secrets = [as_dict(s) for s in resources.get(SECRET, {}).values()]
     return {"static_resources": {"listeners": listeners, "clusters": clusters, "secrets": secrets}}

@@ -20,13 +20,14 @@ from meshgate.api.messages import describe_unknown_kind, describe_validation_err
 from meshgate.api.models import KINDS as _MODEL_KINDS
 from meshgate.api.models import Resource
 from meshgate.api.policies import POLICY_KINDS
+from meshgate.api.transcoding import TRANSCODING_KINDS
 from meshgate.errors import ConfigError, ConfigErrors
 
 if TYPE_CHECKING:
     from meshgate.gatewayapi import Translation
 
 # (apiVersion, kind) -> model, for every kind meshgate reads.
-KINDS: dict[tuple[str, str], type[Resource]] = {**_MODEL_KINDS, **POLICY_KINDS}
+KINDS: dict[tuple[str, str], type[Resource]] = {**_MODEL_KINDS, **POLICY_KINDS, **TRANSCODING_KINDS}
 
 
 def load_config(

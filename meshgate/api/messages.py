@@ -31,6 +31,10 @@ _PATTERN_WORDS = {
         "is not a valid hostname (a lowercase DNS name like api.example.com, or *.example.com)",
     r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$":
         "is not a valid header name (letters, digits and !#$%&'*+-.^_`|~ only)",
+    # models.CORS_ORIGIN_RE
+    r"^(\*|https?://(\*|(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*)(:[0-9]{1,5})?)$":
+        "is not an origin (scheme://host[:port] with scheme http or https, like https://app.example or "
+        "https://*.example.com; or * alone)",
 }
 
 # What a value that only another apiVersion accepts is called in the hint.

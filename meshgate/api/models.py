@@ -420,23 +420,106 @@ class HTTPRequestRedirectFilter(Model):
     status_code: Literal[301, 302, 303, 307, 308] = 302
 
 
+Method = Literal["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"]
+
+
+class Fraction(Model):
+    numerator: int = Field(ge=0)
+    denominator: int = Field(100, ge=1)
+
+    @model_validator(mode="after")
+    def _at_most_one(self) -> Fraction:
+        if self.numerator > self.denominator:
+            raise ValueError("numerator must not be greater than denominator")
+        return self
+
+
+class HTTPRequestMirrorFilter(Model):
+    """Send a copy of each request (or of a share of them) to another backend; its response is
+    ignored. Envoy's route `request_mirror_policies`: the copy's Host gets a `-shadow` suffix."""
+
+    backend_ref: BackendRef
+    percent: int | None = Field(None, ge=0, le=100)
+    fraction: Fraction | None = None
+
+    @model_validator(mode="after")
+    def _one_share(self) -> HTTPRequestMirrorFilter:
+        if self.percent is not None and self.fraction is not None:
+            raise ValueError("only one of percent and fraction may be set")
+        if "weight" in self.backend_ref.model_fields_set:
+            raise ValueError("a mirror's backendRef has no weight")
+        return self
+
+    def per_million(self) -> int:
+        """The mirrored share, in requests per million (Envoy's finest fraction)."""
+        if self.fraction is not None:
+            return round(self.fraction.numerator * 1_000_000 / self.fraction.denominator)
+        return (100 if self.percent is None else self.percent) * 10_000
+
+
+# An origin as browsers send it: scheme://host[:port]; `*` alone, or as the leftmost part of the host.
+CORS_ORIGIN_RE = r"^(\*|https?://(\*|(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*)(:[0-9]{1,5})?)$"
+
+
+class HTTPCORSFilter(Model):
+    """Cross-origin resource sharing, answered by Envoy's `cors` filter: preflight requests
+    (OPTIONS with Origin and Access-Control-Request-Method) never reach the upstream, and
+    responses to allowed origins get the Access-Control-* headers."""
+
+    allow_origins: list[Annotated[str, Field(pattern=CORS_ORIGIN_RE, max_length=253)]] = Field(
+        default_factory=list, max_length=64,
+        description="Origins (`https://app.example`, `https://*.example.com`, or `*`) whose pages may read responses.")
+    allow_credentials: bool | None = Field(None, description="Let those pages send cookies and credentials.")
+    allow_methods: list[Method | Literal["*"]] = Field(default_factory=list, max_length=9)
+    allow_headers: list[HeaderName | Literal["*"]] = Field(default_factory=list, max_length=64)
+    expose_headers: list[HeaderName | Literal["*"]] = Field(default_factory=list, max_length=64)
+    max_age: int = Field(5, ge=1, le=86400, description="Seconds a browser may cache a preflight answer (default 5).")
+
+    @model_validator(mode="after")
+    def _wildcards(self) -> HTTPCORSFilter:
+        for name in ("allow_origins", "allow_methods", "allow_headers", "expose_headers"):
+            values = getattr(self, name)
+            if "*" in values and len(values) > 1:
+                raise ValueError(f"{to_camel(name)} can't contain '*' alongside other values")
+            if self.allow_credentials and "*" in values and name != "allow_origins":
+                # Gateway API asks the gateway to echo the request's method/headers instead of
+                # '*' then; Envoy's cors filter sends the configured value as is.
+                raise ValueError(f"{to_camel(name)}: '*' with allowCredentials is not supported by meshgate "
+                                 "(browsers ignore '*' with credentials): list the values")
+        return self
+
+
+class LocalObjectReference(Model):
+    """Gateway API LocalObjectReference: an object of this kind in the route's namespace."""
+
+    group: str
+    kind: str
+    name: ObjectName
+
+
 class HTTPRouteFilter(Model):
-    type: Literal["RequestHeaderModifier", "ResponseHeaderModifier", "URLRewrite", "RequestRedirect"]
+    type: Literal["RequestHeaderModifier", "ResponseHeaderModifier", "URLRewrite", "RequestRedirect",
+                  "RequestMirror", "CORS", "ExtensionRef"]
     request_header_modifier: HTTPHeaderFilter | None = None
     response_header_modifier: HTTPHeaderFilter | None = None
     url_rewrite: HTTPURLRewriteFilter | None = None
     request_redirect: HTTPRequestRedirectFilter | None = None
+    request_mirror: HTTPRequestMirrorFilter | None = None
+    cors: HTTPCORSFilter | None = None
+    extension_ref: LocalObjectReference | None = Field(
+        None, description="a meshgate filter object: `group: meshgate.io`, `kind: GRPCJSONTranscoder`")
 
     @model_validator(mode="after")
     def _config_for_type(self) -> HTTPRouteFilter:
-        want = self.type[0].lower() + self.type[1:]
-        if self.type == "URLRewrite":
-            want = "urlRewrite"
+        want = {"URLRewrite": "urlRewrite", "CORS": "cors"}.get(self.type) or self.type[0].lower() + self.type[1:]
         fields = {
             "requestHeaderModifier": self.request_header_modifier,
             "responseHeaderModifier": self.response_header_modifier,
             "urlRewrite": self.url_rewrite,
             "requestRedirect": self.request_redirect,
+            "requestMirror": self.request_mirror,
+            "cors": self.cors,
+            "extensionRef": self.extension_ref,
         }
         if fields[want] is None:
             raise ValueError(f"filter type {self.type} needs field {want}")
@@ -448,7 +531,8 @@ class HTTPRouteFilter(Model):
 
 def _check_filters(filters: list[HTTPRouteFilter], backend_refs: list[BackendRef]) -> None:
     kinds = [f.type for f in filters]
-    for kind in ("RequestHeaderModifier", "ResponseHeaderModifier", "URLRewrite", "RequestRedirect"):
+    # RequestMirror may repeat (one copy per mirror); the others configure one thing each.
+    for kind in ("RequestHeaderModifier", "ResponseHeaderModifier", "URLRewrite", "RequestRedirect", "CORS", "ExtensionRef"):
         if kinds.count(kind) > 1:
             raise ValueError(f"filter {kind} may appear only once per rule")
     if "RequestRedirect" in kinds and "URLRewrite" in kinds:
@@ -554,7 +638,6 @@ class MeshgatePathMatch(Model):
         return self
 
 
-Method = Literal["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"]
 
 
 class HTTPRouteMatch(Model):
@@ -758,13 +841,104 @@ class LoadBalancer(Model):
         return self
 
 
+# Backend spec.tls options that name PEM files (relative to the config file) instead of Secrets.
+CA_FILE_OPTION = "meshgate.io/ca-certificate-file"
+CLIENT_CERT_FILE_OPTION = "meshgate.io/client-certificate-file"
+CLIENT_KEY_FILE_OPTION = "meshgate.io/client-private-key-file"
+BACKEND_TLS_FILE_OPTIONS = (CA_FILE_OPTION, CLIENT_CERT_FILE_OPTION, CLIENT_KEY_FILE_OPTION)
+
+
+class CACertificateRef(Model):
+    """Gateway API's LocalObjectReference to the CA bundle: a Secret with key `ca.crt`."""
+
+    group: Literal[""] = ""
+    kind: str = "Secret"
+    name: ObjectName
+
+    @field_validator("kind")
+    @classmethod
+    def _secret_only(cls, value: str) -> str:
+        if value == "ConfigMap":
+            raise ValueError("ConfigMap CA bundles are not supported by meshgate yet: put ca.crt in a Secret")
+        if value != "Secret":
+            raise ValueError(f"kind {clip(value)} can't hold a CA bundle: use a Secret with key ca.crt")
+        return value
+
+
+class BackendTLSSettings(Model):
+    """TLS from Envoy to the endpoints: Envoy Gateway's Backend `spec.tls` (v1.5 shape).
+    Verification is on unless `insecureSkipVerify`; the certificate must then be for `sni`."""
+
+    ca_certificate_refs: list[CACertificateRef] = Field(default_factory=list, max_length=8)
+    well_known_ca_certificates: Literal["System"] | None = Field(
+        None, alias="wellKnownCACertificates", description="`System`: trust the CAs of the control plane's OS bundle.")
+    insecure_skip_verify: bool = Field(False, description="Don't verify the backend's certificate (tests only).")
+    sni: PreciseHostname | None = Field(
+        None, description="Server name sent in the TLS handshake and required in the backend's certificate; "
+        "defaults to the endpoints' DNS name when they all share one.")
+    client_certificate_ref: SecretObjectReference | None = Field(
+        None, description="A kubernetes.io/tls Secret: the client certificate Envoy presents (mTLS).")
+    alpn_protocols: list[Literal["h2", "http/1.1"]] = Field(
+        default_factory=list, max_length=2,
+        description="ALPN offered to the backend. Default: from `protocol` (h2 for HTTP2/GRPC, http/1.1 for HTTP1); "
+        "both (with protocol HTTP1) lets the backend choose, and Envoy speaks what it chose.")
+    options: dict[str, str] = Field(
+        default_factory=dict,
+        description=f"meshgate extension: `{CA_FILE_OPTION}`, `{CLIENT_CERT_FILE_OPTION}` and `{CLIENT_KEY_FILE_OPTION}` "
+        "name PEM files (relative to the config file) instead of Secrets.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unsupported(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in ("minVersion", "maxVersion", "ciphers", "ecdhCurves", "signatureAlgorithms"):
+                if key in data:
+                    raise ValueError(f"Backend tls field {key!r} (from Envoy Gateway) is not supported by meshgate yet")
+        return data
+
+    @model_validator(mode="after")
+    def _one_trust_source(self) -> BackendTLSSettings:
+        unknown = sorted(set(self.options) - set(BACKEND_TLS_FILE_OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown option {clip(unknown[0])} (known: {', '.join(BACKEND_TLS_FILE_OPTIONS)})")
+        sources = [name for name, on in (("caCertificateRefs", self.ca_certificate_refs),
+                                         ("wellKnownCACertificates", self.well_known_ca_certificates),
+                                         (CA_FILE_OPTION, CA_FILE_OPTION in self.options)) if on]
+        if self.insecure_skip_verify and sources:
+            raise ValueError(f"insecureSkipVerify can't be combined with {sources[0]}")
+        if len(sources) > 1:
+            raise ValueError(f"give one source of trusted CAs, not both {sources[0]} and {sources[1]}")
+        if not sources and not self.insecure_skip_verify:
+            raise ValueError(f"say whom to trust: caCertificateRefs, wellKnownCACertificates or options {CA_FILE_OPTION} "
+                             "(or insecureSkipVerify: true, for tests)")
+        has_cert, has_key = CLIENT_CERT_FILE_OPTION in self.options, CLIENT_KEY_FILE_OPTION in self.options
+        if has_cert != has_key:
+            raise ValueError(f"options need both {CLIENT_CERT_FILE_OPTION} and {CLIENT_KEY_FILE_OPTION}")
+        if has_cert and self.client_certificate_ref:
+            raise ValueError("give the client certificate as clientCertificateRef or as files, not both")
+        if len(set(self.alpn_protocols)) != len(self.alpn_protocols):
+            raise ValueError("alpnProtocols has a duplicate")
+        return self
+
+
 class BackendSpec(Model):
     endpoints: list[BackendEndpoint] = Field(min_length=1, max_length=1024)
     protocol: Literal["HTTP1", "HTTP2", "GRPC"] = Field(
-        "HTTP1", description="how Envoy talks to the endpoints (plaintext): HTTP/1.1, HTTP/2 with prior knowledge (h2c), or gRPC (HTTP/2)"
+        "HTTP1", description="how Envoy talks to the endpoints: HTTP/1.1, HTTP/2 (h2c with prior knowledge, or h2 "
+        "over `tls`), or gRPC (HTTP/2)"
     )
     load_balancer: LoadBalancer = Field(default_factory=LoadBalancer)
     connect_timeout: Duration = "5s"
+    tls: BackendTLSSettings | None = Field(None, description="TLS to the endpoints (upstream TLS); plaintext when unset.")
+
+    @model_validator(mode="after")
+    def _alpn_fits_protocol(self) -> BackendSpec:
+        alpn = set(self.tls.alpn_protocols) if self.tls else set()
+        if self.protocol in ("HTTP2", "GRPC") and alpn and alpn != {"h2"}:
+            raise ValueError(f"protocol {self.protocol} needs HTTP/2: tls.alpnProtocols must be [h2] (or unset)")
+        if self.protocol == "HTTP1" and alpn == {"h2"}:
+            raise ValueError("tls.alpnProtocols [h2] with protocol HTTP1: set protocol HTTP2 (or offer both to negotiate)")
+        return self
 
 
 class Backend(Resource):
@@ -780,11 +954,12 @@ class Backend(Resource):
 
 
 class Secret(Resource):
-    """v1 Secret of type kubernetes.io/tls: `tls.crt` and `tls.key`, as data (base64) or stringData."""
+    """v1 Secret: `tls.crt` and `tls.key` (type kubernetes.io/tls), or a CA bundle `ca.crt` for
+    Backend TLS (type Opaque), as data (base64) or stringData."""
 
     api_version: Literal["v1"]
     kind: Literal["Secret"]
-    type: Literal["kubernetes.io/tls"] = "kubernetes.io/tls"
+    type: Literal["kubernetes.io/tls", "Opaque"] = "kubernetes.io/tls"
     data: dict[str, str] = Field(default_factory=dict)
     string_data: dict[str, str] = Field(default_factory=dict)
 

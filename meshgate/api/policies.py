@@ -199,6 +199,11 @@ class ClientTrafficPolicy(Resource):
     spec: ClientTrafficPolicySpec
 
 
+from meshgate.api.backend_traffic_policy import BackendTrafficPolicy  # noqa: E402 - it uses the shapes above
+from meshgate.api.security_policy import SecurityPolicy  # noqa: E402 - likewise
+
 POLICY_KINDS: dict[tuple[str, str], type[Resource]] = {
     (MESHGATE_V1ALPHA1, "ClientTrafficPolicy"): ClientTrafficPolicy,
+    (MESHGATE_V1ALPHA1, "BackendTrafficPolicy"): BackendTrafficPolicy,
+    (MESHGATE_V1ALPHA1, "SecurityPolicy"): SecurityPolicy,
 }

@@ -39,6 +39,25 @@ GC_IDLE_SECONDS = 5.0
 ENDPOINT_BATCH_SECONDS = 0.01
 
 
+def cluster_variants(translation: Translation) -> dict[str, list[str]]:
+    """Backend cluster name -> the names of its variants (same endpoints, a BackendTrafficPolicy's
+    cluster settings), which must get every endpoint update the Backend's own cluster gets."""
+    out: dict[str, list[str]] = {}
+    for cluster in translation.ir.clusters:
+        if cluster.backend is not None:
+            out.setdefault(cluster.backend, []).append(cluster.name)
+    return out
+
+
+def _named(cla: endpoint_pb2.ClusterLoadAssignment, name: str) -> endpoint_pb2.ClusterLoadAssignment:
+    if cla.cluster_name == name:
+        return cla
+    renamed = endpoint_pb2.ClusterLoadAssignment()
+    renamed.CopyFrom(cla)
+    renamed.cluster_name = name
+    return renamed
+
+
 def compile_config(translation: Translation, options: TranslateOptions, memo: TranslateMemo | None = None) -> Resources:
     """IR → Envoy resources, shared by `meshgate translate` and the control plane."""
     return translate(translation.ir, options, memo)
@@ -170,9 +189,11 @@ class ControlPlane:
             translation = translate_view(view, memo=self.memo)
             problems = [str(e) for e in all_problems(view, translation)]
             resources = compile_config(translation, self.options, self.xds_memo)
+            variants = cluster_variants(translation)
             for cluster, cla in dict(self.endpoints).items():  # a copy: set_endpoints runs on the loop
-                if cluster in resources[ENDPOINT]:
-                    resources[ENDPOINT][cluster] = cla
+                for name in (cluster, *variants.get(cluster, ())):
+                    if name in resources[ENDPOINT]:
+                        resources[ENDPOINT][name] = _named(cla, name)
             snapshot = Snapshot.build(resources, previous=self.snapshot)
             snapshot.check_consistent()
             return Compiled(translation, snapshot, problems, empty=loaded.empty)
@@ -261,14 +282,17 @@ class ControlPlane:
             return
         dirty, self._endpoints_dirty = self._endpoints_dirty, set()
         eds = dict(current.resources.get(ENDPOINT, {}))
-        changed = [c for c in dirty if c in eds]  # clusters not (yet) in the config: applied when they are
+        # A Backend's endpoints go to its own cluster and to its policy variants (BackendTrafficPolicy).
+        variants = cluster_variants(self.translation) if self.translation is not None else {}
+        targets = [(c, name) for c in dirty for name in (c, *variants.get(c, ()))]
+        changed = [(c, name) for c, name in targets if name in eds]  # not (yet) in the config: applied when they are
         if not changed:
             return
-        for cluster in changed:
-            eds[cluster] = self.endpoints[cluster]
+        for cluster, name in changed:
+            eds[name] = _named(self.endpoints[cluster], name)
         resources = {**current.resources, ENDPOINT: eds}
         self.publisher.publish(Snapshot.build(resources, previous=current))
-        self.status.metrics.endpoint_updates.inc(len(changed))
+        self.status.metrics.endpoint_updates.inc(len({c for c, _ in changed}))
 
     # -- memory --------------------------------------------------------------------------------
     def _schedule_collect(self) -> None:

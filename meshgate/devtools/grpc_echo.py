@@ -35,12 +35,15 @@ _CHANNEL_OPTIONS = [("grpc.enable_http_proxy", 0)]
 
 
 class GrpcEchoServer:
-    """A grpc.aio server (plaintext HTTP/2) serving the Echo service."""
+    """A grpc.aio server serving the Echo service: plaintext HTTP/2, or TLS (h2 by ALPN) with
+    `credentials` (`grpc.ssl_server_credentials`, e.g. requiring a client certificate)."""
 
-    def __init__(self, name: str, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, name: str, host: str = "127.0.0.1", port: int = 0,
+                 credentials: grpc.ServerCredentials | None = None) -> None:
         self.name = name
         self.host = host
         self.port = port  # the bound port once started
+        self.credentials = credentials
         self._server: grpc.aio.Server | None = None
 
     @property
@@ -50,7 +53,11 @@ class GrpcEchoServer:
     async def start(self) -> None:
         server = grpc.aio.server()
         server.add_generic_rpc_handlers((self._handlers(),))
-        self.port = server.add_insecure_port(f"{self.host}:{self.port}")
+        address = f"{self.host}:{self.port}"
+        if self.credentials is not None:
+            self.port = server.add_secure_port(address, self.credentials)
+        else:
+            self.port = server.add_insecure_port(address)
         if self.port == 0:
             raise OSError(f"gRPC echo server {self.name!r} could not bind {self.host}")
         await server.start()

@@ -26,6 +26,22 @@ def pem_problem(cert: bytes, key: bytes) -> str | None:
     return None
 
 
+def ca_bundle_problem(bundle: bytes) -> str | None:
+    """Why Envoy would reject this trusted-CA bundle, or None: PEM certificates only, at least
+    one (Envoy refuses a validation context it can't load, NACKing the whole cluster)."""
+    from cryptography import x509
+
+    if b"PRIVATE KEY" in bundle:
+        return "the CA bundle contains a private key: give the CA certificates only"
+    try:
+        certs = x509.load_pem_x509_certificates(bundle)
+    except ValueError:
+        return "the CA bundle is not PEM-encoded X.509 certificates"
+    if not certs:
+        return "the CA bundle holds no certificate"
+    return None
+
+
 def match_identity(match: Any) -> tuple:
     """What makes two matches the same request set (order of headers/params doesn't matter)."""
     headers = tuple(sorted((h.name.lower(), h.type, h.value) for h in match.headers))

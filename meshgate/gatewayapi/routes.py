@@ -3,6 +3,7 @@ destinations, and the clusters Backends become. Used by `meshgate.gatewayapi.tra
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from meshgate.api.models import (
@@ -14,12 +15,14 @@ from meshgate.api.models import (
 )
 from meshgate.ir import (
     Cluster,
+    CorsPolicy,
     Destination,
     Endpoint,
     HashPolicy,
     HeaderMatch,
     HeaderMods,
     Match,
+    Mirror,
     PathMatch,
     Redirect,
     Rewrite,
@@ -60,13 +63,18 @@ def _is_ip(address: str) -> bool:
 
 # A rule's backendRef -> the Backend it resolves to, or None when it can't be resolved.
 BackendResolver = Callable[[object, int, int], Backend | None]
+# A rule's RequestMirror filter (route, rule index, filter index) -> its Backend, or None.
+MirrorResolver = Callable[[object, int, int], Backend | None]
 
 
-def build_routes(route, resolve: BackendResolver):  # noqa: ANN001, ANN201 - HTTPRoute | GRPCRoute
-    """Yield (precedence key, IR Route) for every match of every rule of a route.
+def build_routes(route, resolve: BackendResolver, resolve_mirror: MirrorResolver | None = None,  # noqa: ANN001, ANN201
+                 resolve_extension=None):  # noqa: ANN001 - (route, rule, filter) -> ir.GrpcJsonTranscoding | None
+    """Yield (precedence key, IR Route) for every match of every rule of a route (HTTPRoute or
+    GRPCRoute).
 
     A backendRef that can't be resolved keeps its weight, with no cluster: Envoy answers that
-    share of the rule's requests with HTTP 500, as Gateway API requires.
+    share of the rule's requests with HTTP 500, as Gateway API requires. A mirror whose backend
+    can't be resolved is left out (the rule itself still serves).
     """
     kind = "grpcroute" if isinstance(route, GRPCRoute) else "httproute"
     meta = route.metadata
@@ -81,8 +89,22 @@ def build_routes(route, resolve: BackendResolver):  # noqa: ANN001, ANN201 - HTT
                 hash_policy = hash_policy or _hash_policy(backend)
         # What every match of the rule shares is built once per rule.
         filters = {f.type: f for f in rule.filters}
+        mirrors = []
+        for f, flt in enumerate(rule.filters):
+            if flt.type == "RequestMirror" and resolve_mirror is not None:
+                backend = resolve_mirror(route, r, f)
+                if backend is not None:
+                    mirrors.append(Mirror(cluster_name(backend), flt.request_mirror.per_million()))
+        transcoding = None
+        for f, flt in enumerate(rule.filters):
+            if flt.type == "ExtensionRef" and resolve_extension is not None:
+                transcoding = resolve_extension(route, r, f)
+                if transcoding is None:
+                    # A filter that can't be resolved is never skipped: the rule answers 500.
+                    destinations = [Destination(None, 1)]
         timeouts = getattr(rule, "timeouts", None)
         shared = dict(
+            transcoding=transcoding,
             destinations=tuple(destinations),
             redirect=_redirect(filters.get("RequestRedirect")),
             rewrite=_rewrite(filters.get("URLRewrite")),
@@ -92,6 +114,8 @@ def build_routes(route, resolve: BackendResolver):  # noqa: ANN001, ANN201 - HTT
             per_try_timeout_s=duration_seconds(timeouts.backend_request) if timeouts and timeouts.backend_request else None,
             hash_policy=hash_policy,
             grpc=kind == "grpcroute",
+            mirrors=tuple(mirrors),
+            cors=_cors(filters.get("CORS")),
         )
         prefix = f"{kind}/{meta.namespace}/{meta.name}/rule/{r}/match/"
         for m, match in enumerate(rule.matches):
@@ -195,6 +219,38 @@ def _redirect(f: HTTPRouteFilter | None) -> Redirect | None:
         full_path=path.replace_full_path if path else None,
         prefix=path.replace_prefix_match if path else None,
         status_code=rd.status_code,
+    )
+
+
+_DEFAULT_PORTS = {"http": ":80", "https": ":443"}
+
+
+def _cors(f: HTTPRouteFilter | None) -> CorsPolicy | None:
+    if f is None:
+        return None
+    cors = f.cors
+    origins = []
+    for origin in cors.allow_origins:
+        if origin == "*":
+            origins.append(("regex", ".*"))
+            continue
+        scheme, _, host = origin.partition("://")
+        if host.endswith(_DEFAULT_PORTS[scheme]):  # browsers never send a default port
+            host = host[: -len(_DEFAULT_PORTS[scheme])]
+        if "*" not in host:
+            origins.append(("exact", f"{scheme}://{host}"))
+            continue
+        # `*` is greedy to the left (any number of DNS labels); alone it is any host and port.
+        name, colon, port = host.partition(":")
+        pattern = "[^/]+" if name == "*" else "[A-Za-z0-9.-]+" + re.escape(name[1:])
+        origins.append(("regex", f"(?i){re.escape(scheme)}://{pattern}{re.escape(colon + port)}"))  # case-insensitive, as exact ones
+    return CorsPolicy(
+        origins=tuple(origins),
+        credentials=bool(cors.allow_credentials),
+        methods=tuple(cors.allow_methods),
+        headers=tuple(cors.allow_headers),
+        expose=tuple(cors.expose_headers),
+        max_age_s=cors.max_age,
     )
 
 

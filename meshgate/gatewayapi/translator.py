@@ -42,10 +42,16 @@ from meshgate.api.models import (
     Secret,
 )
 from meshgate.api.policies import ClientTrafficPolicy
+from meshgate.api.backend_traffic_policy import BackendTrafficPolicy
 from meshgate.errors import format_field_path
 from meshgate.gatewayapi import policies
+from meshgate.gatewayapi.backend_policy import BackendTraffic
+from meshgate.gatewayapi.security import SecurityPolicies
+from meshgate.api.security_policy import SecurityPolicy
 from meshgate.gatewayapi.checks import effective_hostnames, match_identity, pem_problem
+from meshgate.gatewayapi.backend_tls import resolve_backend_tls
 from meshgate.gatewayapi.routes import backend_cluster, build_routes
+from meshgate.gatewayapi.transcoding import TranscoderResolver
 from meshgate.gatewayapi.status import Condition, ObjectKey, ObjectStatus, StatusBook, object_key
 from meshgate.providers.store import StoreView
 from meshgate import ir
@@ -192,7 +198,7 @@ class _Translator:
             self.secrets[ns_name] = resource
         elif isinstance(resource, ReferenceGrant):
             self.grants.append(resource)
-        elif isinstance(resource, ClientTrafficPolicy):
+        elif isinstance(resource, (ClientTrafficPolicy, BackendTrafficPolicy, SecurityPolicy)):
             self.policies.append(resource)
 
     # -- ReferenceGrant ----------------------------------------------------------------------
@@ -371,8 +377,15 @@ class _Translator:
         return attachments
 
     def resolve_backend(self, route: AnyRoute, r: int, b: int) -> Backend | None:
-        ref = route.spec.rules[r].backend_refs[b]
-        where = ("spec", "rules", r, "backendRefs", b)
+        return self.resolve_ref(route, route.spec.rules[r].backend_refs[b], ("spec", "rules", r, "backendRefs", b))
+
+    def resolve_mirror(self, route: AnyRoute, r: int, f: int) -> Backend | None:
+        """The Backend a rule's RequestMirror filter copies requests to (same rules as backendRefs)."""
+        ref = route.spec.rules[r].filters[f].request_mirror.backend_ref
+        return self.resolve_ref(route, ref, ("spec", "rules", r, "filters", f, "requestMirror", "backendRef"))
+
+    def resolve_ref(self, route: AnyRoute, ref, where: tuple) -> Backend | None:  # noqa: ANN001
+        """The Backend a backendRef names, or None with `ResolvedRefs=False` on the route saying why."""
         ns = ref.namespace or route.metadata.namespace
         unresolved = lambda reason, message, path: self.status.condition(  # noqa: E731
             route, Condition("ResolvedRefs", "False", reason, message), path)
@@ -410,7 +423,7 @@ class _Translator:
         self.status.condition(route, ACCEPTED)
         attachments = self.attach(route, programmed)
         self.status.condition(route, RESOLVED)
-        built = list(build_routes(route, self.resolve_backend))
+        built = list(build_routes(route, self.resolve_backend, self.resolve_mirror, self.resolve_transcoder))
         # The identity as a string: strings cache their hash, so the conflict map below, rebuilt
         # on every reload, costs one cheap lookup per match.
         matches = [(("spec", "rules", r, "matches", m), repr(match_identity(match)))
@@ -428,9 +441,12 @@ class _Translator:
 
     def run(self) -> Translation:
         programmed, cert_of, secrets = self.gateway_listeners()
+        self.resolve_transcoder = TranscoderResolver(self)  # ExtensionRef filters (gRPC-JSON transcoding)
         self.gateway_by_name = {(g.metadata.namespace, g.metadata.name): g for g in self.gateways}
         self.programmed_ids = {(id(g), id(l)) for g, l in programmed}
         settings = policies.client_settings(self, programmed)
+        traffic = BackendTraffic(self)  # BackendTrafficPolicies: statuses now, routes below
+        security = SecurityPolicies(self)  # SecurityPolicies: likewise, per listener
 
         # port -> hostname -> [(precedence key, IR route)]; first definition of a match wins.
         by_port: dict[int, dict[str, list]] = defaultdict(lambda: defaultdict(list))
@@ -439,11 +455,13 @@ class _Translator:
         conflicts: list[tuple[AnyRoute, Condition, tuple]] = []
         for route in self.routes:
             result = self._route(route, programmed)
+            routes_built = traffic.apply(route, result.matches, result.built, result.attachments)
             for gateway_key, listener_name, port, hostnames in result.attachments:
                 attached[(gateway_key, listener_name)] += 1
+                served = security.apply(route, result.matches, routes_built, gateway_key, listener_name)
                 for host in hostnames:
                     vhost = by_port[port][host]
-                    for (where, identity), built in zip(result.matches, result.built):
+                    for (where, identity), built in zip(result.matches, served):
                         first, first_where = owners.setdefault((port, host, identity), (route, where))
                         if first is route and (first_where is where or first_where[:3] == where[:3]):
                             vhost.append(built)
@@ -475,7 +493,16 @@ class _Translator:
                 routes = sorted(dict((r.name, (k, r)) for k, r in hosts[host]).values(), key=lambda kr: kr[0])
                 vhosts.append(ir.VirtualHost(name=f"{name}/{host}", domains=(host,), routes=tuple(r for _, r in routes)))
             listeners.append(ir.Listener(name=name, port=port, tls=tls, virtual_hosts=tuple(vhosts), settings=port_settings))
-        clusters = tuple(backend_cluster(b) for _, b in sorted(self.backends.items()))
+        clusters = []
+        for _, backend in sorted(self.backends.items()):
+            # Upstream TLS: a Backend whose TLS can't be resolved is left out (never plaintext).
+            usable, upstream_tls = resolve_backend_tls(self, backend, secrets)
+            if usable:
+                clusters.append(replace(backend_cluster(backend), tls=upstream_tls))
+        clusters = tuple(clusters)
+        clusters += traffic.clusters(clusters)  # variants of Backend clusters (BackendTrafficPolicy)
+        clusters += security.clusters()  # where Envoy fetches remote JWKS
+        secrets.update(security.secrets)
         model = ir.IR(listeners=tuple(listeners), clusters=clusters,
                       secrets=tuple(secrets[n] for n in sorted(secrets)))
         return Translation(model, self.status, self.gateways, self.routes, self.backends, self.policies)

@@ -82,6 +82,116 @@ class Destination:
 
 
 @dataclass(slots=True)
+class Mirror:
+    """A copy of a share of the route's requests, sent to `cluster`; its response is dropped."""
+
+    cluster: str
+    per_million: int  # share of requests mirrored, per million
+
+
+@dataclass(slots=True)
+class CorsPolicy:
+    """Cross-origin resource sharing for a route, answered by the proxy itself."""
+
+    origins: tuple[tuple[str, str], ...]  # (kind, value): ("exact", "https://a.example") | ("regex", ...)
+    credentials: bool = False
+    methods: tuple[str, ...] = ()
+    headers: tuple[str, ...] = ()
+    expose: tuple[str, ...] = ()
+    max_age_s: int = 5
+
+
+@dataclass(slots=True, unsafe_hash=True)
+class RetryPolicy:
+    """When and how often a route's request is tried again (BackendTrafficPolicy `retry`)."""
+
+    num_retries: int
+    triggers: tuple[str, ...]  # connect-failure, 5xx, ... (HTTP), cancelled, unavailable, ... (gRPC)
+    status_codes: tuple[int, ...] = ()  # with trigger retriable-status-codes
+    backoff_base_s: float | None = None
+    backoff_max_s: float | None = None
+    methods: tuple[str, ...] = ()  # only requests with these methods are retried; empty: any
+
+
+@dataclass(slots=True, unsafe_hash=True)
+class JwtProvider:
+    """Where a JWT is read from and how it is verified (SecurityPolicy `jwt.providers[]`)."""
+
+    name: str  # unique on the listener (derived from the settings)
+    label: str  # the provider's own name: its verified claims are kept under it for authorization
+    issuer: str | None
+    audiences: tuple[str, ...]
+    jwks_inline: str | None  # the key set itself, or
+    jwks_uri: str | None  # where the proxy fetches it, through
+    jwks_cluster: str | None  # this cluster (in IR.clusters)
+    jwks_cache_s: float
+    headers: tuple[tuple[str, str], ...]  # (header name, value prefix); all three empty: the default places
+    cookies: tuple[str, ...]
+    params: tuple[str, ...]
+    claim_to_headers: tuple[tuple[str, str], ...]  # (header, claim)
+    recompute_route: bool = False
+
+
+@dataclass(slots=True, unsafe_hash=True)
+class JwtRequirement:
+    """A token verified by one of `providers`; with `optional`, a request without one passes too."""
+
+    name: str  # unique on the listener (derived from the settings)
+    providers: tuple[JwtProvider, ...]
+    optional: bool = False
+
+
+@dataclass(slots=True, unsafe_hash=True)
+class AuthzPrincipal:
+    """Who a rule is about; every part given must match (an empty part matches anyone)."""
+
+    cidrs: tuple[str, ...] = ()  # the client address is in one of them
+    jwt_provider: str | None = None  # claims and scopes come from this provider's verified token
+    claims: tuple[tuple[str, bool, tuple[str, ...]], ...] = ()  # (dotted name, is an array, accepted values)
+    scopes: tuple[str, ...] = ()  # all present in the token's space-separated `scope`
+    headers: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (name, accepted values)
+
+
+@dataclass(slots=True, unsafe_hash=True)
+class AuthzRule:
+    name: str
+    allow: bool
+    principal: AuthzPrincipal
+    methods: tuple[str, ...] = ()  # empty: any method
+
+
+@dataclass(slots=True, unsafe_hash=True)
+class Authorization:
+    """Rules in order, the first match decides; `default_allow` when none matches."""
+
+    rules: tuple[AuthzRule, ...]
+    default_allow: bool = False
+
+
+@dataclass(slots=True, unsafe_hash=True)
+class Security:
+    """Who may call a route (SecurityPolicy, resolved)."""
+
+    jwt: JwtRequirement | None = None
+    authorization: Authorization | None = None
+
+
+@dataclass(slots=True, unsafe_hash=True)
+class GrpcJsonTranscoding:
+    """A gRPC service served as REST/JSON (GRPCJSONTranscoder, resolved: the descriptor set's bytes)."""
+
+    name: str  # "<namespace>/<name>" of the GRPCJSONTranscoder
+    descriptor_set: bytes
+    services: tuple[str, ...]
+    add_whitespace: bool = False
+    always_print_primitive_fields: bool = False
+    always_print_enums_as_ints: bool = False
+    preserve_proto_field_names: bool = False
+    ignore_unknown_query_parameters: bool = False
+    convert_grpc_status: bool = True
+
+
+@dataclass(slots=True)
 class Route:
     name: str  # "<kind>/<namespace>/<name>/rule/<i>/match/<j>", shown in access logs and stats
     match: Match
@@ -94,6 +204,11 @@ class Route:
     per_try_timeout_s: float | None = None
     hash_policy: HashPolicy | None = None
     grpc: bool = False
+    retry: RetryPolicy | None = None
+    mirrors: tuple[Mirror, ...] = ()
+    cors: CorsPolicy | None = None
+    security: Security | None = None
+    transcoding: GrpcJsonTranscoding | None = None  # JSON requests become gRPC calls (grpc_json_transcoder)
 
 
 @dataclass(slots=True)
@@ -110,6 +225,15 @@ class Secret:
     name: str
     cert_pem: bytes
     key_pem: bytes
+
+
+@dataclass(slots=True)
+class CASecret:
+    """Trusted CA certificates (PEM bundle) for verifying a backend, delivered by name (SDS)."""
+
+    name: str
+    ca_pem: bytes
+    ca_file: str | None = None  # instead of ca_pem: a bundle the proxy reads itself (the system's CAs)
 
 
 @dataclass(slots=True)
@@ -168,6 +292,72 @@ class Endpoint:
 
 
 @dataclass(slots=True)
+class UpstreamTLS:
+    """TLS from Envoy to a cluster's endpoints (Backend `spec.tls`, resolved)."""
+
+    sni: str | None  # server name sent in the ClientHello
+    verify_name: str | None  # DNS name the backend's certificate must carry (None: chain only)
+    ca_secret: str | None  # name of a `CASecret` in `IR.secrets`; None: no verification
+    client_secret: str | None  # name of a `Secret` (client certificate) in `IR.secrets`
+    alpn: tuple[str, ...]  # offered in order; two protocols: Envoy speaks what the backend picks
+
+
+@dataclass(slots=True, unsafe_hash=True)
+class CircuitBreakers:
+    """Limits on what Envoy sends to a cluster at once; over them, requests fail fast with 503."""
+
+    max_connections: int = 1024
+    max_pending_requests: int = 1024
+    max_requests: int = 1024
+    max_retries: int = 1024
+    retry_budget_percent: float | None = None  # set: retries limited to this share of active requests
+    retry_budget_min_concurrency: int | None = None
+
+
+@dataclass(slots=True, unsafe_hash=True)
+class ActiveHealthCheck:
+    kind: str  # HTTP | TCP | GRPC
+    interval_s: float
+    timeout_s: float
+    healthy_threshold: int
+    unhealthy_threshold: int
+    http_path: str | None = None
+    http_host: str | None = None
+    http_method: str | None = None
+    expected_statuses: tuple[int, ...] = ()  # empty: 200 only
+    grpc_service: str | None = None
+
+
+@dataclass(slots=True, unsafe_hash=True)
+class OutlierDetection:
+    """Passive health checking: endpoints answering errors are ejected for a while."""
+
+    consecutive_5xx: int
+    consecutive_gateway_errors: int
+    consecutive_local_origin_failures: int
+    split_external_local_origin_errors: bool
+    interval_s: float
+    base_ejection_time_s: float
+    max_ejection_percent: int
+
+
+@dataclass(slots=True, unsafe_hash=True)
+class ClusterSettings:
+    """Per-cluster settings from a BackendTrafficPolicy (None: the Backend's, or the default)."""
+
+    connect_timeout_s: float | None = None
+    idle_timeout_s: float | None = None
+    max_connection_duration_s: float | None = None
+    max_requests_per_connection: int | None = None
+    circuit_breakers: CircuitBreakers | None = None
+    health_check: ActiveHealthCheck | None = None
+    outlier: OutlierDetection | None = None
+    lb: str | None = None  # RoundRobin | LeastRequest | Random | Maglev
+    slow_start_window_s: float | None = None
+    panic_threshold_percent: int | None = None
+
+
+@dataclass(slots=True)
 class Cluster:
     name: str
     endpoints: tuple[Endpoint, ...]
@@ -175,10 +365,13 @@ class Cluster:
     protocol: str  # HTTP1 | HTTP2 | GRPC
     connect_timeout_s: float
     dns: bool  # endpoints are names Envoy resolves itself (no EDS)
+    settings: ClusterSettings | None = None  # a variant of a Backend's cluster (BackendTrafficPolicy)
+    backend: str | None = None  # variants: the name of the Backend's own cluster, whose endpoints they share
+    tls: UpstreamTLS | None = None  # None: plaintext
 
 
 @dataclass(slots=True)
 class IR:
     listeners: tuple[Listener, ...] = ()
     clusters: tuple[Cluster, ...] = ()
-    secrets: tuple[Secret, ...] = ()
+    secrets: tuple[Secret | CASecret, ...] = ()

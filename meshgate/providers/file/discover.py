@@ -115,11 +115,21 @@ def discover(paths: Sequence[str], env: str | None) -> Discovery:
 
 
 def named_files(documents: Iterable[SourceDocument]) -> list[str]:
-    """Files the documents name by path: the certificate and key files of Gateway listeners
-    (``tls.options``), relative to the document's file, as `meshgate.api.config` resolves them."""
+    """Files the documents name by path: the certificate and key files of Gateway listeners and
+    Backends (``tls.options``), relative to the document's file, as `meshgate.api.config` resolves them."""
     files: list[str] = []
     for document in documents:
         data: Any = document.data
+        if data.get("kind") == "Backend" and isinstance(data.get("spec"), dict):
+            # Backend spec.tls options: CA bundle and client certificate files (upstream TLS).
+            tls = data["spec"].get("tls")
+            options = tls.get("options") if isinstance(tls, dict) else None
+            for value in options.values() if isinstance(options, dict) else ():
+                if isinstance(value, str) and value:
+                    path = os.path.normpath(os.path.join(os.path.dirname(document.file), value))
+                    if path not in files:
+                        files.append(path)
+            continue
         if data.get("kind") != "Gateway" or not isinstance(data.get("spec"), dict):
             continue
         listeners = data["spec"].get("listeners")

@@ -31,12 +31,15 @@ from envoy.extensions.transport_sockets.tls.v3 import common_pb2 as tls_common_p
 from envoy.extensions.transport_sockets.tls.v3 import secret_pb2, tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.matcher.v3 import regex_pb2, string_pb2
+from envoy.type.v3 import percent_pb2
 from google.protobuf import any_pb2, duration_pb2, struct_pb2, wrappers_pb2
 from google.protobuf.message import Message
 
 from meshgate import ir
 from meshgate.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
+from meshgate.xds.translator import upstream_tls, websocket
 from meshgate.xds.translator.filters import HTTP_FILTERS
+from meshgate.xds.translator import backend_traffic
 
 Resources = dict[str, dict[str, Message]]
 
@@ -165,7 +168,9 @@ def _downstream_tls(secret_name: str) -> tls_pb2.DownstreamTlsContext:
     return ctx
 
 
-def translate_secret(secret: ir.Secret) -> secret_pb2.Secret:
+def translate_secret(secret: ir.Secret | ir.CASecret) -> secret_pb2.Secret:
+    if isinstance(secret, ir.CASecret):
+        return upstream_tls.translate_ca_secret(secret)  # a trusted-CA bundle (upstream TLS)
     out = secret_pb2.Secret(name=secret.name)
     out.tls_certificate.certificate_chain.inline_bytes = secret.cert_pem
     out.tls_certificate.private_key.inline_bytes = secret.key_pem
@@ -219,6 +224,7 @@ def _connection_manager(listener: ir.Listener, options: TranslateOptions) -> hcm
     h2.max_concurrent_streams.value = s.http2_max_concurrent_streams
     h2.initial_stream_window_size.value = s.http2_initial_stream_window_bytes
     h2.initial_connection_window_size.value = s.http2_initial_connection_window_bytes
+    websocket.set_upgrades(hcm, listener)  # WebSocket over HTTP/1.1 and HTTP/2 (RFC 8441)
     if options.access_log_path:
         log = file_pb2.FileAccessLog(path=options.access_log_path)
         fmt = struct_pb2.Struct()
@@ -228,7 +234,12 @@ def _connection_manager(listener: ir.Listener, options: TranslateOptions) -> hcm
     for module in HTTP_FILTERS:
         config = module.listener_config(listener)
         if config is not None:
-            hcm.http_filters.add(name=module.NAME, typed_config=_pack(config))
+            # disabled: off unless a route's typed_per_filter_config turns it on.
+            hcm.http_filters.add(name=module.NAME, typed_config=_pack(config),
+                                 disabled=getattr(module, "DISABLED_BY_DEFAULT", False))
+            patch = getattr(module, "patch_connection_manager", None)
+            if patch is not None:
+                patch(listener, hcm)  # connection-manager settings the filter needs (e.g. local replies)
     return hcm
 
 
@@ -293,7 +304,10 @@ def translate_route(route: ir.Route) -> rc.Route:
     out = rc.Route(name=route.name)
     _set_match(out.match, route.match)
     if route.grpc:
-        out.match.grpc.SetInParent()  # only requests with content-type application/grpc
+        # Only gRPC calls: content-type application/grpc[+proto] and, for browsers, gRPC-Web's
+        # application/grpc-web[+proto|-text]. Not `match.grpc`, which accepts only the former:
+        # Envoy picks the route before the grpc_web filter rewrites gRPC-Web to gRPC.
+        out.match.headers.add(name="content-type", string_match=string_pb2.StringMatcher(prefix="application/grpc"))
     if route.redirect is not None:
         _set_redirect(out.redirect, route.redirect)
     else:
@@ -400,6 +414,16 @@ def _set_action(out: rc.RouteAction, route: ir.Route) -> None:
     if route.grpc:
         # Honour the client's grpc-timeout header as the route timeout.
         out.max_stream_duration.grpc_timeout_header_max.SetInParent()
+    backend_traffic.set_route_traffic(out, route)  # BackendTrafficPolicy: retries, gRPC deadline cap
+    for mirror in route.mirrors:
+        # Envoy sends a copy of the request (fire and forget; the copy's Host gets "-shadow").
+        policy = out.request_mirror_policies.add(cluster=mirror.cluster)
+        if mirror.per_million < 1_000_000:
+            share = policy.runtime_fraction.default_value
+            if mirror.per_million % 10_000 == 0:
+                share.numerator, share.denominator = mirror.per_million // 10_000, percent_pb2.FractionalPercent.HUNDRED
+            else:
+                share.numerator, share.denominator = mirror.per_million, percent_pb2.FractionalPercent.MILLION
 
 
 def _set_hash_policy(out: rc.RouteAction.HashPolicy, policy: ir.HashPolicy) -> None:
@@ -466,10 +490,18 @@ def translate_cluster(cluster: ir.Cluster) -> cluster_pb2.Cluster:
         # Endpoints come from EDS, over ADS, under the cluster's own name.
         out.type = cluster_pb2.Cluster.EDS
         out.eds_cluster_config.eds_config.CopyFrom(_ads())
-    if cluster.protocol in ("HTTP2", "GRPC"):
+    if cluster.tls is not None and len(cluster.tls.alpn) > 1:
+        # ALPN offers h2 and http/1.1: auto_config makes Envoy speak whichever the backend picked.
+        options = http_protocol_options_pb2.HttpProtocolOptions()
+        options.auto_config.http2_protocol_options.SetInParent()
+        out.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].Pack(options, deterministic=True)
+    elif cluster.protocol in ("HTTP2", "GRPC"):
         options = http_protocol_options_pb2.HttpProtocolOptions()
         options.explicit_http_config.http2_protocol_options.SetInParent()
         out.typed_extension_protocol_options["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"].Pack(options, deterministic=True)
+    if cluster.tls is not None:
+        out.transport_socket.CopyFrom(upstream_tls.transport_socket(cluster.tls))  # upstream TLS (and mTLS)
+    backend_traffic.set_cluster_settings(out, cluster)  # BackendTrafficPolicy cluster variants
     return out
 
 

@@ -7,7 +7,12 @@ list, the router (which forwards the request upstream) last. Each module here de
 - `listener_config(listener) -> message | None`: its config in the chain of this listener, or
   None when the listener doesn't need it;
 - `route_config(route) -> message | None` (optional): its per-route config, put in the route's
-  `typed_per_filter_config` (e.g. to enable or tune the filter for one route only).
+  `typed_per_filter_config` (e.g. to enable or tune the filter for one route only);
+- `patch_connection_manager(listener, hcm) -> None` (optional): called when the filter is in the
+  chain, to set what it needs on the HttpConnectionManager itself (e.g. `local_reply_config`
+  mappers, which are appended to, never replaced);
+- `DISABLED_BY_DEFAULT = True` (optional): the filter is in the chain but off, and on only for the
+  routes whose `route_config` returns a `FilterConfig`.
 
 Adding a feature = one module here and one line in `HTTP_FILTERS`, at its place in the chain.
 Envoy's list of HTTP filters: https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_filters/http_filters
@@ -17,11 +22,17 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from meshgate.xds.translator.filters import health_check, router
+from meshgate.xds.translator.filters import cors, grpc_json_transcoder, grpc_web, health_check, jwt_authn, rbac, router
 
-# Chain order. Filters that answer on their own (health check) come first; the router is last.
+# Chain order. Filters that answer on their own (health check, CORS preflights) come first; the
+# router is last.
 HTTP_FILTERS: tuple[ModuleType, ...] = (
     health_check,
+    cors,
+    jwt_authn,  # who is calling: verifies the token, keeps its claims as request metadata
+    rbac,  # may they: reads those claims; after CORS, so preflights need no credentials
+    grpc_web,  # after CORS: a browser's preflight is answered before gRPC-Web sees it
+    grpc_json_transcoder,
     router,
 )
 

@@ -1,0 +1,259 @@
+"""SecurityPolicy: who may call a Gateway, listener, route or rule (Envoy Gateway's SecurityPolicy).
+
+Shaped and named like Envoy Gateway's `SecurityPolicy` (`gateway.envoyproxy.io/v1alpha1`), in
+meshgate's group: `jwt` (verified by Envoy's `jwt_authn` filter) and `authorization` (Envoy's
+`rbac` filter, on client addresses, methods, headers and JWT claims and scopes). Every check
+runs inside Envoy; no Python on the request path. The other fields of Envoy Gateway's kind
+(`oidc`, `apiKeyAuth`, `basicAuth`, `extAuth`, `cors`) are rejected with an error saying so.
+
+How it attaches and merges is `meshgate.gatewayapi.security`; this module is only shapes.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from meshgate.api.models import MESHGATE_V1ALPHA1, Duration, HeaderName, Method, Model, Resource
+from meshgate.api.policies import GATEWAY_GROUP, PolicyTargetReference, _reject_unsupported
+
+# A JWT claim name, or a dotted path into nested claims ("org.department").
+CLAIM_RE = r"^[A-Za-z0-9_:/.-]{1,253}$"
+
+
+class JWTHeaderExtractor(Model):
+    name: HeaderName
+    value_prefix: str | None = Field(
+        None, max_length=64, description='Stripped before the token, e.g. "Bearer " (with the space).')
+
+
+class JWTExtractor(Model):
+    """Where the token is read from. Default: `Authorization: Bearer <token>`, then the
+    `access_token` query parameter."""
+
+    headers: list[JWTHeaderExtractor] = Field(default_factory=list, max_length=8)
+    cookies: list[str] = Field(default_factory=list, max_length=8)
+    params: list[str] = Field(default_factory=list, max_length=8)
+
+    @field_validator("cookies", "params")
+    @classmethod
+    def _names(cls, names: list[str]) -> list[str]:
+        for name in names:
+            if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,256}", name):
+                raise ValueError(f"{name[:40]!r} is not a valid cookie or parameter name")
+        return names
+
+
+class RemoteJWKS(Model):
+    uri: str = Field(min_length=1, max_length=253,
+                     description="http(s) URL of the JSON Web Key Set. Envoy fetches it itself, through a "
+                     "cluster meshgate creates for the URL's host, and keeps it cached.")
+    cache_duration: Duration | None = Field(
+        None, description="meshgate extension. How long Envoy keeps the fetched keys before fetching them "
+        "again in the background (default 5m). Keys are refreshed on this timer only: Envoy 1.40 does not "
+        "re-fetch on an unknown `kid`.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unsupported(cls, data: Any) -> Any:
+        return _reject_unsupported(data, {k: "the JWKS host is reached directly (from uri)"
+                                          for k in ("backendRef", "backendRefs", "backendSettings")}, "remoteJWKS")
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, uri: str) -> str:
+        m = re.fullmatch(r"(https?)://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?(/[^\s#]*)?", uri)
+        if not m:
+            raise ValueError(f"{uri[:80]!r} is not an http:// or https:// URL")
+        if m.group(3) and not 1 <= int(m.group(3)[1:]) <= 65535:
+            raise ValueError(f"port {m.group(3)[1:]} is out of range")
+        return uri
+
+
+class LocalJWKS(Model):
+    type: Literal["Inline", "ValueRef"] = "Inline"
+    inline: str | None = Field(None, max_length=65536, description="The JSON Web Key Set, as JSON.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unsupported(cls, data: Any) -> Any:
+        return _reject_unsupported(data, {"valueRef": "ConfigMaps come with the Kubernetes provider; use inline"},
+                                   "localJWKS")
+
+    @model_validator(mode="after")
+    def _jwks(self) -> LocalJWKS:
+        if self.type == "ValueRef":
+            raise ValueError("type ValueRef (a ConfigMap) is not supported by meshgate yet; use type Inline")
+        if self.inline is None:
+            raise ValueError("type Inline needs inline")
+        try:
+            keys = json.loads(self.inline)
+        except ValueError as exc:
+            raise ValueError(f"inline is not JSON: {exc}") from None
+        if not isinstance(keys, dict) or not isinstance(keys.get("keys"), list) or not keys["keys"]:
+            raise ValueError('inline must be a JSON Web Key Set: {"keys": [ ... ]} with at least one key')
+        for key in keys["keys"]:
+            if not isinstance(key, dict) or not isinstance(key.get("kty"), str):
+                raise ValueError('every key of the set needs "kty"')
+            if any(k in key for k in ("d", "p", "q", "dp", "dq", "qi", "k")) and key.get("kty") != "oct":
+                raise ValueError("the key set holds a private key: give Envoy the public keys only")
+        return self
+
+
+class ClaimToHeader(Model):
+    header: HeaderName
+    claim: str = Field(pattern=CLAIM_RE)
+
+
+class JWTProvider(Model):
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    issuer: str | None = Field(None, max_length=253, description="The `iss` a token must carry (not checked if unset).")
+    audiences: list[str] = Field(default_factory=list, max_length=8,
+                                 description="A token's `aud` must hold one of these (not checked if empty).")
+    remote_jwks: RemoteJWKS | None = Field(None, alias="remoteJWKS")
+    local_jwks: LocalJWKS | None = Field(None, alias="localJWKS")
+    claim_to_headers: list[ClaimToHeader] = Field(default_factory=list, max_length=16)
+    recompute_route: bool | None = Field(None, description="Choose the route again after the claim headers are set.")
+    extract_from: JWTExtractor | None = None
+
+    @model_validator(mode="after")
+    def _one_jwks(self) -> JWTProvider:
+        if (self.remote_jwks is None) == (self.local_jwks is None):
+            raise ValueError("exactly one of remoteJWKS and localJWKS must be set")
+        if self.recompute_route and not self.claim_to_headers:
+            raise ValueError("recomputeRoute needs claimToHeaders")
+        return self
+
+
+class JWT(Model):
+    optional: bool | None = Field(
+        None, description="A request without a token passes (a request with a bad token is still refused).")
+    providers: list[JWTProvider] | None = Field(
+        None, min_length=1, max_length=4,
+        description="A token verified by any one of them is accepted. May be left out by a policy on a more "
+        "specific target that only changes `optional` (meshgate extension: the providers come from the "
+        "less specific policy, by the merge rule).")
+
+    @field_validator("providers")
+    @classmethod
+    def _unique(cls, providers: list[JWTProvider] | None) -> list[JWTProvider] | None:
+        names = [p.name for p in providers or ()]
+        if len(set(names)) != len(names):
+            raise ValueError("provider names must be unique")
+        return providers
+
+
+class JWTClaim(Model):
+    name: str = Field(pattern=CLAIM_RE)
+    value_type: Literal["String", "StringArray"] = "String"
+    values: list[str] = Field(min_length=1, max_length=16)
+
+
+class JWTPrincipal(Model):
+    provider: str = Field(min_length=1, max_length=253)
+    claims: list[JWTClaim] = Field(default_factory=list, max_length=16)
+    scopes: list[str] = Field(default_factory=list, max_length=16)
+
+    @model_validator(mode="after")
+    def _something(self) -> JWTPrincipal:
+        if not self.claims and not self.scopes:
+            raise ValueError("at least one of claims or scopes must be specified")
+        for scope in self.scopes:
+            if not scope or " " in scope:
+                raise ValueError(f"{scope!r} is not a scope (one word, no spaces)")
+        return self
+
+
+class AuthorizationHeaderMatch(Model):
+    name: HeaderName
+    values: list[str] = Field(min_length=1, max_length=256)
+
+
+class Principal(Model):
+    client_cidrs: list[str] = Field(default_factory=list, max_length=256, alias="clientCIDRs")
+    jwt: JWTPrincipal | None = None
+    headers: list[AuthorizationHeaderMatch] = Field(default_factory=list, max_length=256)
+
+    @field_validator("client_cidrs")
+    @classmethod
+    def _cidrs(cls, cidrs: list[str]) -> list[str]:
+        for cidr in cidrs:
+            try:
+                ipaddress.ip_network(cidr, strict=True)
+            except ValueError as exc:
+                raise ValueError(f"{cidr[:60]!r} is not a CIDR range like 10.0.0.0/8 ({exc})") from None
+        return cidrs
+
+    @model_validator(mode="after")
+    def _something(self) -> Principal:
+        if not self.client_cidrs and self.jwt is None and not self.headers:
+            raise ValueError("at least one of clientCIDRs, jwt or headers must be specified")
+        return self
+
+
+class Operation(Model):
+    methods: list[Method] = Field(min_length=1, max_length=16)
+
+
+class AuthorizationRule(Model):
+    name: str | None = Field(None, min_length=1, max_length=253)
+    action: Literal["Allow", "Deny"]
+    operation: Operation | None = None
+    principal: Principal
+
+
+class Authorization(Model):
+    rules: list[AuthorizationRule] = Field(default_factory=list, max_length=128,
+                                           description="Evaluated in order; the first rule that matches decides.")
+    default_action: Literal["Allow", "Deny"] | None = Field(None, description="When no rule matches. Default Deny.")
+
+
+class SecurityPolicySpec(Model):
+    target_refs: list[PolicyTargetReference] = Field(min_length=1, max_length=16)
+    jwt: JWT | None = None
+    authorization: Authorization | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unsupported(cls, data: Any) -> Any:
+        return _reject_unsupported(data, {
+            "targetRef": "use targetRefs (a list)",
+            "targetSelectors": "name targets with targetRefs",
+            "cors": "use the HTTPRoute CORS filter",
+            **{k: "" for k in ("oidc", "apiKeyAuth", "basicAuth", "extAuth")},
+        }, "SecurityPolicy")
+
+    @field_validator("target_refs")
+    @classmethod
+    def _targets(cls, refs: list[PolicyTargetReference]) -> list[PolicyTargetReference]:
+        for ref in refs:
+            if (ref.group, ref.kind) not in ((GATEWAY_GROUP, "Gateway"), (GATEWAY_GROUP, "HTTPRoute"),
+                                             (GATEWAY_GROUP, "GRPCRoute"), ("meshgate.io", "HTTPRoute")):
+                raise ValueError(f"a SecurityPolicy targets a Gateway, HTTPRoute or GRPCRoute, not {ref.group}/{ref.kind}")
+        return refs
+
+    @model_validator(mode="after")
+    def _jwt_principals(self) -> SecurityPolicySpec:
+        # A claim rule reads what a provider of this policy verified (Envoy Gateway's rule too).
+        providers = {p.name for p in self.jwt.providers or ()} if self.jwt else set()
+        for i, rule in enumerate(self.authorization.rules if self.authorization else []):
+            if rule.principal.jwt is not None and rule.principal.jwt.provider not in providers:
+                raise ValueError(f"authorization.rules[{i}].principal.jwt.provider {rule.principal.jwt.provider!r} "
+                                 "is not a jwt provider of this policy")
+        return self
+
+
+class SecurityPolicy(Resource):
+    """meshgate.io/v1alpha1 SecurityPolicy: JWT authentication and authorization rules for a
+    Gateway, a listener, a route or a rule."""
+
+    api_version: Literal["meshgate.io/v1alpha1"]
+    kind: Literal["SecurityPolicy"]
+    spec: SecurityPolicySpec
+
+
+__all__ = ["SecurityPolicy", "MESHGATE_V1ALPHA1"]

@@ -1,0 +1,173 @@
+"""SecurityPolicy → IR: which policy applies to each route rule on each listener, merged along
+Gateway → listener → route → rule (the merge rule of `meshgate.gatewayapi.policies`: the more
+specific target wins, field by field), resolved into `ir.Security` on the rule's IR routes.
+
+A route attached to two listeners can be secured differently on each (a policy on one
+listener): its IR routes are resolved per listener. A remote JWKS URL becomes a cluster of its
+own (`jwks/<scheme>/<host>:<port>`), through which Envoy fetches the keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from meshgate import ir
+from meshgate.api.models import duration_seconds
+from meshgate.api.security_policy import SecurityPolicy
+from meshgate.gatewayapi.policies import attach_policies, merged_spec
+from meshgate.gatewayapi.status import Condition
+
+if TYPE_CHECKING:
+    from meshgate.gatewayapi.translator import _Translator
+
+DEFAULT_JWKS_CACHE_S = 300.0
+# The trusted CAs for a remote JWKS over https: the system bundle (Debian's ca-certificates),
+# read by Envoy from its own machine.
+SYSTEM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
+SYSTEM_CA_SECRET = "meshgate/system-ca"
+
+
+class SecurityPolicies:
+    """The SecurityPolicies of one translation: their status, and their effect on routes."""
+
+    def __init__(self, t: _Translator) -> None:
+        self.t = t
+        self.winners = attach_policies(t, [p for p in t.policies if isinstance(p, SecurityPolicy)])
+        self.jwks_clusters: dict[str, ir.Cluster] = {}
+        self.secrets: dict[str, ir.CASecret] = {}
+        self._resolved: dict[tuple, ir.Security | None] = {}
+        self._applied: dict[tuple[int, ir.Security], ir.Route] = {}
+
+    def apply(self, route: Any, matches: list, built: list, gateway_key: tuple, listener: str) -> list:
+        """`built` ((precedence key, IR route) per match) as served on one listener, with the
+        SecurityPolicy in force there; the same objects where none applies."""
+        if not self.winners:
+            return built
+        key = self.t.key_of[id(route)]
+        out = []
+        for (where, _), (precedence, ir_route) in zip(matches, built):
+            rule_name = route.spec.rules[where[2]].name
+            chain = ((gateway_key, None), (gateway_key, listener), (key, None)) + (((key, rule_name),) if rule_name else ())
+            if chain not in self._resolved:
+                spec = merged_spec(self.winners, list(chain))
+                if "jwt" in spec and not spec["jwt"].get("providers"):
+                    self._no_providers(route, chain)
+                    spec = {k: v for k, v in spec.items() if k != "jwt"}
+                self._resolved[chain] = self._security(spec) if spec else None
+            security = self._resolved[chain]
+            if security is None:
+                out.append((precedence, ir_route))
+                continue
+            # One object per (route, security): the xDS translator's memo then serializes it once.
+            secured = self._applied.get((id(ir_route), security))
+            if secured is None or secured.name != ir_route.name:
+                secured = self._applied[(id(ir_route), security)] = replace(ir_route, security=security)
+            out.append((precedence, secured))
+        return out
+
+    def clusters(self) -> tuple[ir.Cluster, ...]:
+        return tuple(self.jwks_clusters[n] for n in sorted(self.jwks_clusters))
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _no_providers(self, route: Any, chain: tuple) -> None:
+        """A `jwt` with no providers in force (say `optional: true` alone, with no less specific
+        policy giving providers): nothing to verify with, so the policy says so."""
+        for target in reversed(chain):
+            policy = self.winners.get(target)
+            if policy is not None and policy.spec.jwt is not None:
+                self.t.status.condition(policy, Condition(
+                    "Accepted", "False", "Invalid",
+                    f"jwt has no providers for {route.ref}: neither this policy nor a policy on its Gateway or "
+                    "route sets jwt.providers"), ("spec", "jwt", "providers"))
+                return
+
+    def _security(self, spec: Mapping[str, Any]) -> ir.Security | None:
+        jwt, authorization = spec.get("jwt"), spec.get("authorization")
+        if jwt is None and authorization is None:
+            return None
+        return ir.Security(jwt=self._jwt(jwt) if jwt else None,
+                           authorization=_authorization(authorization) if authorization is not None else None)
+
+    def _jwt(self, jwt: Mapping[str, Any]) -> ir.JwtRequirement:
+        providers = tuple(self._provider(p) for p in jwt["providers"])
+        optional = bool(jwt.get("optional", False))
+        return ir.JwtRequirement(name=f"jwt-{_digest((providers, optional))}", providers=providers, optional=optional)
+
+    def _provider(self, p: Mapping[str, Any]) -> ir.JwtProvider:
+        extract = p.get("extract_from", {})
+        remote, local = p.get("remote_jwks"), p.get("local_jwks")
+        fields: dict[str, Any] = dict(
+            label=p["name"], issuer=p.get("issuer"), audiences=tuple(p.get("audiences", ())),
+            jwks_inline=local["inline"] if local else None,
+            jwks_uri=remote["uri"] if remote else None,
+            jwks_cluster=self._jwks_cluster(remote["uri"]) if remote else None,
+            jwks_cache_s=duration_seconds(remote["cache_duration"]) if remote and "cache_duration" in remote
+            else DEFAULT_JWKS_CACHE_S,
+            headers=tuple((h["name"], h.get("value_prefix", "")) for h in extract.get("headers", ())),
+            cookies=tuple(extract.get("cookies", ())), params=tuple(extract.get("params", ())),
+            claim_to_headers=tuple((c["header"], c["claim"]) for c in p.get("claim_to_headers", ())),
+            recompute_route=bool(p.get("recompute_route", False)),
+        )
+        # Named by content: the same provider in two policies is one Envoy provider, and its name
+        # (and so the listener's config) stays the same across reloads.
+        return ir.JwtProvider(name=f"{p['name']}-{_digest(tuple(sorted(fields.items())))}", **fields)
+
+    def _jwks_cluster(self, uri: str) -> str:
+        m = re.fullmatch(r"(https?)://([^/:\[\]]+|\[[^\]]+\])(?::(\d+))?(/.*)?", uri)
+        assert m is not None, uri  # the schema checked the URL
+        scheme, host = m.group(1), m.group(2).strip("[]")
+        port = int(m.group(3) or (443 if scheme == "https" else 80))
+        name = f"jwks/{scheme}/{host}:{port}"
+        if name not in self.jwks_clusters:
+            tls = None
+            if scheme == "https":
+                # Verified against the system's CAs, for the URL's host name (what a browser does).
+                self.secrets.setdefault(SYSTEM_CA_SECRET, ir.CASecret(SYSTEM_CA_SECRET, b"", ca_file=SYSTEM_CA_FILE))
+                tls = ir.UpstreamTLS(sni=None if _is_ip(host) else host, verify_name=None if _is_ip(host) else host,
+                                     ca_secret=SYSTEM_CA_SECRET, client_secret=None, alpn=("http/1.1",))
+            self.jwks_clusters[name] = ir.Cluster(
+                name=name, endpoints=(ir.Endpoint(host, port, 1),), lb="RoundRobin", protocol="HTTP1",
+                connect_timeout_s=5.0, dns=not _is_ip(host), tls=tls)
+        return name
+
+
+def _authorization(spec: Mapping[str, Any]) -> ir.Authorization:
+    rules = []
+    for i, rule in enumerate(spec.get("rules", ())):
+        principal = rule["principal"]
+        jwt = principal.get("jwt") or {}
+        rules.append(ir.AuthzRule(
+            name=rule.get("name") or f"rule-{i}",
+            allow=rule["action"] == "Allow",
+            methods=tuple(rule.get("operation", {}).get("methods", ())),
+            principal=ir.AuthzPrincipal(
+                cidrs=tuple(principal.get("client_cidrs", ())),
+                jwt_provider=jwt.get("provider"),
+                claims=tuple((c["name"], c.get("value_type") == "StringArray", tuple(c["values"]))
+                             for c in jwt.get("claims", ())),
+                scopes=tuple(jwt.get("scopes", ())),
+                headers=tuple((h["name"].lower(), tuple(h["values"])) for h in principal.get("headers", ())),
+            )))
+    return ir.Authorization(rules=tuple(rules), default_allow=spec.get("default_action") == "Allow")
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=repr).encode()).hexdigest()[:10]
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
+__all__ = ["SecurityPolicies", "SYSTEM_CA_FILE"]

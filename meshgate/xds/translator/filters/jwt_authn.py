@@ -1,0 +1,95 @@
+"""`envoy.filters.http.jwt_authn`: JSON Web Token verification (SecurityPolicy `jwt`).
+
+The listener's filter holds every provider its routes use and one *requirement* per distinct
+route setting ("a token from provider A or B; missing allowed or not"); each secured route names
+its requirement in its per-route config. Routes without one are not checked (the filter has no
+`rules` of its own). The verified payload is kept as request metadata under the provider's name,
+where the `rbac` filter reads claims and scopes. Envoy verifies signatures, `exp`/`nbf` (60 s of
+clock skew), issuer and audiences, and answers a missing or bad token itself: 401 with
+`www-authenticate: Bearer ...` (a wrong audience: 403).
+https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_filters/jwt_authn_filter
+"""
+
+from __future__ import annotations
+
+from envoy.config.core.v3 import http_uri_pb2
+from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
+from google.protobuf import empty_pb2
+
+from meshgate import ir
+
+NAME = "envoy.filters.http.jwt_authn"
+METADATA_NAMESPACE = NAME  # where the verified payloads are kept (rbac reads them there)
+# Claims that hold space-separated scopes (OAuth 2 `scope`, Azure AD's `scp`): kept as lists.
+SPACE_DELIMITED_CLAIMS = ("scope", "scp")
+
+
+def _requirements(listener: ir.Listener) -> dict[str, ir.JwtRequirement]:
+    out: dict[str, ir.JwtRequirement] = {}
+    for vhost in listener.virtual_hosts:
+        for route in vhost.routes:
+            if route.security is not None and route.security.jwt is not None:
+                out.setdefault(route.security.jwt.name, route.security.jwt)
+    return out
+
+
+def listener_config(listener: ir.Listener) -> jwt_pb2.JwtAuthentication | None:
+    requirements = _requirements(listener)
+    if not requirements:
+        return None
+    config = jwt_pb2.JwtAuthentication(bypass_cors_preflight=True)  # browsers send no token on preflights
+    for name in sorted(requirements):
+        requirement = requirements[name]
+        for provider in requirement.providers:
+            if provider.name not in config.providers:
+                config.providers[provider.name].CopyFrom(_provider(provider))
+        config.requirement_map[name].CopyFrom(_requirement(requirement))
+    return config
+
+
+def route_config(route: ir.Route) -> jwt_pb2.PerRouteConfig | None:
+    if route.security is None or route.security.jwt is None:
+        return None
+    return jwt_pb2.PerRouteConfig(requirement_name=route.security.jwt.name)
+
+
+def _requirement(requirement: ir.JwtRequirement) -> jwt_pb2.JwtRequirement:
+    names = [p.name for p in requirement.providers]
+    if len(names) == 1 and not requirement.optional:
+        return jwt_pb2.JwtRequirement(provider_name=names[0])
+    any_of = jwt_pb2.JwtRequirement()
+    for name in names:
+        any_of.requires_any.requirements.add(provider_name=name)
+    if requirement.optional:
+        # A request without a token passes; one with a bad token is still refused.
+        any_of.requires_any.requirements.add().allow_missing.CopyFrom(empty_pb2.Empty())
+    return any_of
+
+
+def _provider(p: ir.JwtProvider) -> jwt_pb2.JwtProvider:
+    out = jwt_pb2.JwtProvider(audiences=list(p.audiences), payload_in_metadata=p.label,
+                              clear_route_cache=p.recompute_route)
+    if p.issuer:
+        out.issuer = p.issuer
+    if p.jwks_inline is not None:
+        out.local_jwks.inline_string = p.jwks_inline
+    else:
+        remote = out.remote_jwks
+        remote.http_uri.CopyFrom(http_uri_pb2.HttpUri(uri=p.jwks_uri, cluster=p.jwks_cluster))
+        remote.http_uri.timeout.FromSeconds(5)
+        remote.cache_duration.FromMilliseconds(int(p.jwks_cache_s * 1000))
+        # Fetched when the listener starts and again before the cache expires, in the background;
+        # `fast_listener`: a JWKS host that is down must not hold up the listener (its requests
+        # get 401 until the keys arrive).
+        remote.async_fetch.fast_listener = True
+        remote.async_fetch.failed_refetch_duration.FromSeconds(1)
+    for name, prefix in p.headers:
+        out.from_headers.add(name=name, value_prefix=prefix)
+    out.from_cookies.extend(p.cookies)
+    out.from_params.extend(p.params)
+    out.normalize_payload_in_metadata.space_delimited_claims.extend(SPACE_DELIMITED_CLAIMS)
+    for header, claim in p.claim_to_headers:
+        out.claim_to_headers.add(header_name=header, claim_name=claim)
+    # Verified tokens are cached (per worker), so a repeated token is not verified again.
+    out.jwt_cache_config.jwt_cache_size = 1000
+    return out
