@@ -1,5 +1,6 @@
-"""Private keys out of printed output: `meshgate translate` shows the Envoy resources a config
-becomes, and those carry TLS keys (SDS secrets with the key inline). Printing them to a
+"""Secrets out of printed output: `meshgate translate` shows the Envoy resources a config
+becomes, and those carry TLS keys (SDS secrets with the key inline), API keys and htpasswd
+hashes (inline in routes: Envoy's api_key_auth and basic_auth filters have no SDS). Printing them to a
 terminal, a CI log or a bug report leaks them, so they are replaced unless asked for.
 """
 
@@ -15,8 +16,9 @@ __all__ = ["REDACTED", "redact_secrets", "redact_text"]
 REDACTED = "[redacted]"
 
 # Fields of Envoy messages whose DataSource holds key material (TlsCertificate.private_key and
-# .password, GenericSecret.secret, TlsSessionTicketKeys.keys); a `filename` there is kept.
-SECRET_FIELDS = frozenset({"private_key", "password", "secret", "keys"})
+# .password, GenericSecret.secret, TlsSessionTicketKeys.keys, basic auth's htpasswd `users`); a
+# `filename` there is kept.
+SECRET_FIELDS = frozenset({"private_key", "password", "secret", "keys", "users"})
 _INLINE = frozenset({"inline_bytes", "inline_string"})
 # A PEM private key of any type: RSA, EC, ENCRYPTED, OPENSSH, plain PKCS#8.
 _PEM_KEY = re.compile(r"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----.*?-----END \1PRIVATE KEY-----", re.S)
@@ -39,6 +41,9 @@ def redact_secrets(value: Any, _secret: bool = False) -> Any:
                 out[key] = REDACTED
             elif key == "inline_bytes" and isinstance(item, str) and _is_encoded_key(item):
                 out[key] = REDACTED
+            elif key == "credentials" and isinstance(item, list):
+                # api_key_auth's keys: the client ids stay, the keys go.
+                out[key] = [{**c, "key": REDACTED} if isinstance(c, dict) and "key" in c else c for c in item]
             else:
                 out[key] = redact_secrets(item, key in SECRET_FIELDS)
         return out

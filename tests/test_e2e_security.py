@@ -12,6 +12,10 @@ import base64
 import hashlib
 import hmac
 import json
+import secrets
+import shutil
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -22,10 +26,15 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from harness import Meshgate, free_port, request, wait_until
+from harness import ROOT, Meshgate, free_port, request, wait_until, write
 
 CONFIG = Path(__file__).parent / "e2e" / "security"
 ISSUER, AUDIENCE = "https://issuer.test", "api"
+
+
+# Credentials the test configures; none may ever show in a log, /status, metrics or `translate`.
+SECRETS = {"KEY_A": "key-a-" + secrets.token_hex(12), "KEY_B": "key-b-" + secrets.token_hex(12)}
+PASSWORD = "wonderland-" + secrets.token_hex(6)
 
 
 def _rsa_key():
@@ -67,8 +76,13 @@ def gw(tmp_path_factory: pytest.TempPathFactory):
     thread = threading.Thread(target=jwks_server.serve_forever, daemon=True)
     thread.start()
     env = {"HTTP_PORT": str(free_port()), "APP_PORT": str(free_port()), "JWKS": _jwks(("k1", TRUSTED)),
-           "PARTNER_JWKS_URL": f"http://127.0.0.1:{jwks_server.server_address[1]}/.well-known/jwks.json"}
-    mg = Meshgate([str(CONFIG)], tmp_path_factory.mktemp("security"), env=env)
+           "PARTNER_JWKS_URL": f"http://127.0.0.1:{jwks_server.server_address[1]}/.well-known/jwks.json",
+           **SECRETS, "ALICE_SHA": base64.b64encode(hashlib.sha1(PASSWORD.encode()).digest()).decode()}
+    work = tmp_path_factory.mktemp("security")
+    config = work / "config"
+    shutil.copytree(CONFIG, config)
+    mg = Meshgate([str(config)], work, env=env)
+    mg.config_dir = config
     try:
         mg.start()
         mg.port = int(env["HTTP_PORT"])
@@ -247,12 +261,69 @@ def test_a_rotated_remote_key_is_picked_up_without_a_restart(gw: Meshgate) -> No
     assert gw.envoy_pid == pid
 
 
+# -- API keys and basic auth ---------------------------------------------------------------------
+
+
+def test_an_api_key_in_the_header_or_the_query_passes(gw: Meshgate) -> None:
+    r = request(gw.port, "/keyed/x", headers={"x-api-key": SECRETS["KEY_A"]})
+    assert r.status == 200, r.body
+    assert r.json["headers"]["x-client-id"] == "client-a"  # forwarded to the upstream
+    assert "x-api-key" not in r.json["headers"]  # sanitize: the key itself is not
+    r = request(gw.port, f"/keyed/x?api_key={SECRETS['KEY_B']}&page=2")
+    assert r.status == 200 and r.json["headers"]["x-client-id"] == "client-b"
+    assert SECRETS["KEY_B"] not in json.dumps(r.json)  # nor in the query the upstream sees
+
+
+@pytest.mark.parametrize("headers", [{}, {"x-api-key": "wrong"}, {"x-other": "x"}], ids=["none", "wrong", "elsewhere"])
+def test_a_missing_or_unknown_api_key_is_refused(gw: Meshgate, headers: dict) -> None:
+    r = request(gw.port, "/keyed/x", headers=headers)
+    assert r.status == 401 and r.upstream is None
+
+
+def test_basic_auth(gw: Meshgate) -> None:
+    def basic(user: str, password: str) -> dict:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+    assert request(gw.port, "/console/x", headers=basic("alice", PASSWORD)).status == 200
+    for headers in ({}, basic("alice", "wrong"), basic("bob", PASSWORD)):
+        r = request(gw.port, "/console/x", headers=headers)
+        assert r.status == 401 and r.upstream is None
+
+
+def test_a_revoked_api_key_stops_working_on_reload(gw: Meshgate) -> None:
+    assert request(gw.port, "/keyed/x", headers={"x-api-key": SECRETS["KEY_B"]}).status == 200
+    write(gw.config_dir / "api-keys.yaml", (CONFIG / "api-keys.yaml").read_text().replace("  client-b: ${KEY_B}\n", ""))
+    wait_until(lambda: request(gw.port, "/keyed/x", headers={"x-api-key": SECRETS["KEY_B"]}).status == 401,
+               what="client-b's key to be refused")
+    assert request(gw.port, "/keyed/x", headers={"x-api-key": SECRETS["KEY_A"]}).status == 200
+
+
+def test_no_secret_shows_in_logs_status_metrics_or_translate(gw: Meshgate) -> None:
+    secret_values = [*SECRETS.values(), PASSWORD, base64.b64encode(hashlib.sha1(PASSWORD.encode()).digest()).decode()]
+    request(gw.port, "/keyed/x", headers={"x-api-key": "guess-" + SECRETS["KEY_A"]})  # a failed attempt is logged
+    seen = {
+        "meshgate output": gw.output(),
+        "/status": json.dumps(gw.status()),
+        "/status/objects": json.dumps(gw.objects()),
+        "/metrics": request(gw.status_port, "/metrics").body.decode(),
+    }
+    env = {**dict(__import__("os").environ), **gw.env}
+    translate = subprocess.run([sys.executable, "-m", "meshgate", "translate", str(gw.config_dir)], cwd=ROOT, env=env,
+                               capture_output=True, text=True, timeout=60)
+    assert translate.returncode == 0, translate.stderr
+    seen["meshgate translate"] = translate.stdout + translate.stderr
+    assert "[redacted]" in translate.stdout
+    for where, text in seen.items():
+        for value in secret_values:
+            assert value not in text, f"a configured secret shows in {where}"
+
+
 # -- status ----------------------------------------------------------------------------------------
 
 
 def test_policies_are_accepted(gw: Meshgate) -> None:
     policies = {o["name"]: o for o in gw.objects() if o["kind"] == "SecurityPolicy"}
-    assert set(policies) == {"api-jwt", "status-optional", "admin-rules", "partners"}
+    assert set(policies) == {"api-jwt", "status-optional", "admin-rules", "partners", "api-keys", "console-users"}
     for name, policy in policies.items():
         accepted = next(c for c in policy["conditions"] if c["type"] == "Accepted")
         assert accepted["status"] == "True", (name, policy)

@@ -392,9 +392,9 @@ class BackendTrafficPolicySpec(Model):
 
 
 class BackendTrafficPolicy(Resource):
-    """meshgate.io/v1alpha1 BackendTrafficPolicy: how Envoy talks to the backends of a Gateway's
-    routes, a route or a named rule (timeouts, retries, circuit breakers, health checks, load
-    balancing)."""
+    """meshgate.io/v1alpha1 BackendTrafficPolicy: how Envoy talks to backends (timeouts, retries, circuit breakers, health checks, load balancing).
+
+    Attached to a Gateway (all its routes), a route, or a named rule."""
 
     api_version: Literal["meshgate.io/v1alpha1"]
     kind: Literal["BackendTrafficPolicy"]

@@ -1,10 +1,11 @@
 """SecurityPolicy: who may call a Gateway, listener, route or rule (Envoy Gateway's SecurityPolicy).
 
 Shaped and named like Envoy Gateway's `SecurityPolicy` (`gateway.envoyproxy.io/v1alpha1`), in
-meshgate's group: `jwt` (verified by Envoy's `jwt_authn` filter) and `authorization` (Envoy's
-`rbac` filter, on client addresses, methods, headers and JWT claims and scopes). Every check
-runs inside Envoy; no Python on the request path. The other fields of Envoy Gateway's kind
-(`oidc`, `apiKeyAuth`, `basicAuth`, `extAuth`, `cors`) are rejected with an error saying so.
+meshgate's group: `jwt` (verified by Envoy's `jwt_authn` filter), `apiKeyAuth` (`api_key_auth`), `basicAuth`
+(`basic_auth`) and `authorization` (Envoy's `rbac` filter, on client addresses, methods,
+headers and JWT claims and scopes). Every check runs inside Envoy; no Python on the request
+path. The other fields of Envoy Gateway's kind (`oidc`, `extAuth`, `cors`) are rejected with an
+error saying so.
 
 How it attaches and merges is `meshgate.gatewayapi.security`; this module is only shapes.
 """
@@ -18,7 +19,15 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from meshgate.api.models import MESHGATE_V1ALPHA1, Duration, HeaderName, Method, Model, Resource
+from meshgate.api.models import (
+    MESHGATE_V1ALPHA1,
+    Duration,
+    HeaderName,
+    Method,
+    Model,
+    Resource,
+    SecretObjectReference,
+)
 from meshgate.api.policies import GATEWAY_GROUP, PolicyTargetReference, _reject_unsupported
 
 # A JWT claim name, or a dotted path into nested claims ("org.department").
@@ -212,9 +221,52 @@ class Authorization(Model):
     default_action: Literal["Allow", "Deny"] | None = Field(None, description="When no rule matches. Default Deny.")
 
 
+class ExtractFrom(Model):
+    """Where an API key is read from: exactly one of headers, params or cookies (names tried in order)."""
+
+    headers: list[HeaderName] | None = Field(None, min_length=1, max_length=8)
+    params: list[str] | None = Field(None, min_length=1, max_length=8)
+    cookies: list[str] | None = Field(None, min_length=1, max_length=8)
+
+    @model_validator(mode="after")
+    def _one(self) -> ExtractFrom:
+        if sum(x is not None for x in (self.headers, self.params, self.cookies)) != 1:
+            raise ValueError("exactly one of headers, params or cookies must be specified")
+        for name in (self.params or []) + (self.cookies or []):
+            if not re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,256}", name):
+                raise ValueError(f"{name[:40]!r} is not a valid parameter or cookie name")
+        return self
+
+
+class APIKeyAuth(Model):
+    """API keys checked by Envoy's `api_key_auth` filter. Each Secret named holds one key per
+    client: the data key is the client id, its value the API key."""
+
+    credential_refs: list[SecretObjectReference] = Field(min_length=1, max_length=16)
+    extract_from: list[ExtractFrom] = Field(min_length=1, max_length=8)
+    forward_client_id_header: HeaderName | None = Field(
+        None, alias="forwardClientIDHeader", description="Send the client id to the upstream in this header.")
+    sanitize: bool | None = Field(None, description="Remove the API key from the request before it goes upstream.")
+
+
+class BasicAuth(Model):
+    """HTTP basic authentication checked by Envoy's `basic_auth` filter, against the htpasswd
+    file in the Secret's `.htpasswd` key (SHA hashes: `htpasswd -s`, the only kind Envoy supports)."""
+
+    users: SecretObjectReference
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unsupported(cls, data: Any) -> Any:
+        return _reject_unsupported(data, {"forwardUsernameHeader": "Envoy sets it per listener, not per route"},
+                                   "basicAuth")
+
+
 class SecurityPolicySpec(Model):
     target_refs: list[PolicyTargetReference] = Field(min_length=1, max_length=16)
     jwt: JWT | None = None
+    api_key_auth: APIKeyAuth | None = Field(None, alias="apiKeyAuth")
+    basic_auth: BasicAuth | None = None
     authorization: Authorization | None = None
 
     @model_validator(mode="before")
@@ -224,7 +276,7 @@ class SecurityPolicySpec(Model):
             "targetRef": "use targetRefs (a list)",
             "targetSelectors": "name targets with targetRefs",
             "cors": "use the HTTPRoute CORS filter",
-            **{k: "" for k in ("oidc", "apiKeyAuth", "basicAuth", "extAuth")},
+            **{k: "" for k in ("oidc", "extAuth")},
         }, "SecurityPolicy")
 
     @field_validator("target_refs")

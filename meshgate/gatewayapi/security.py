@@ -9,6 +9,7 @@ own (`jwks/<scheme>/<host>:<port>`), through which Envoy fetches the keys.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import ipaddress
 import json
@@ -59,7 +60,7 @@ class SecurityPolicies:
                 if "jwt" in spec and not spec["jwt"].get("providers"):
                     self._no_providers(route, chain)
                     spec = {k: v for k, v in spec.items() if k != "jwt"}
-                self._resolved[chain] = self._security(spec) if spec else None
+                self._resolved[chain] = self._security(spec, chain) if spec else None
             security = self._resolved[chain]
             if security is None:
                 out.append((precedence, ir_route))
@@ -88,12 +89,84 @@ class SecurityPolicies:
                     "route sets jwt.providers"), ("spec", "jwt", "providers"))
                 return
 
-    def _security(self, spec: Mapping[str, Any]) -> ir.Security | None:
+    def _security(self, spec: Mapping[str, Any], chain: tuple) -> ir.Security | None:
         jwt, authorization = spec.get("jwt"), spec.get("authorization")
-        if jwt is None and authorization is None:
+        api_key, basic = spec.get("api_key_auth"), spec.get("basic_auth")
+        if jwt is None and authorization is None and api_key is None and basic is None:
             return None
-        return ir.Security(jwt=self._jwt(jwt) if jwt else None,
-                           authorization=_authorization(authorization) if authorization is not None else None)
+        problems: list[str] = []
+        return ir.Security(
+            jwt=self._jwt(jwt) if jwt else None,
+            api_key=self._api_key(api_key, chain, problems) if api_key is not None else None,
+            basic=self._basic(basic, chain, problems) if basic is not None else None,
+            authorization=_authorization(authorization) if authorization is not None else None,
+            invalid="; ".join(problems) or None)
+
+    # -- Secrets: API keys and htpasswd ---------------------------------------------------------
+
+    def _source(self, chain: tuple, field: str) -> SecurityPolicy:
+        """The most specific policy of `chain` that sets `field`: the one whose namespace its
+        Secret references are relative to (and whose status reports them)."""
+        for target in reversed(chain):
+            policy = self.winners.get(target)
+            if policy is not None and getattr(policy.spec, field) is not None:
+                return policy
+        raise AssertionError(field)  # the merged spec has the field, so some policy set it
+
+    def _secret(self, policy: SecurityPolicy, ref: Mapping[str, Any], where: tuple, problems: list[str]):
+        """The Secret a policy names, or None with the reason in its status and in `problems`."""
+        ns = ref.get("namespace") or policy.metadata.namespace
+        secret = self.t.secrets.get((ns, ref["name"]))
+        why = None
+        if secret is None:
+            why = self.t._missing("", "Secret", ns, ref["name"])
+        elif ns != policy.metadata.namespace and not self.t.granted(policy, "", "Secret", ns, ref["name"]):
+            why = f"Secret {ns}/{ref['name']} is in another namespace and no ReferenceGrant allows it"
+        if why is not None:
+            self._unresolved(policy, why, where, problems)
+            return None
+        return secret
+
+    def _unresolved(self, policy: SecurityPolicy, why: str, where: tuple, problems: list[str]) -> None:
+        self.t.status.condition(policy, Condition("ResolvedRefs", "False", "InvalidReference", why), where)
+        problems.append(f"{policy.ref}: {why}")
+
+    def _api_key(self, spec: Mapping[str, Any], chain: tuple, problems: list[str]) -> ir.ApiKeyAuth:
+        policy = self._source(chain, "api_key_auth")
+        credentials: dict[str, str] = {}
+        for i, ref in enumerate(spec.get("credential_refs", ())):
+            secret = self._secret(policy, ref, ("spec", "apiKeyAuth", "credentialRefs", i), problems)
+            for client, key in _secret_values(secret).items() if secret is not None else ():
+                credentials.setdefault(client, key)  # a client in two Secrets: the first one's key
+        if len(set(credentials.values())) != len(credentials):
+            self._unresolved(policy, "two clients have the same API key", ("spec", "apiKeyAuth", "credentialRefs"),
+                             problems)
+        sources = []
+        for source in spec.get("extract_from", ()):
+            for kind, names in (("header", source.get("headers")), ("query", source.get("params")),
+                                ("cookie", source.get("cookies"))):
+                sources.extend((kind, n) for n in names or ())
+        return ir.ApiKeyAuth(credentials=tuple(sorted(credentials.items())), sources=tuple(sources),
+                             forward_client_id_header=spec.get("forward_client_id_header"),
+                             sanitize=bool(spec.get("sanitize", False)))
+
+    def _basic(self, spec: Mapping[str, Any], chain: tuple, problems: list[str]) -> ir.BasicAuth:
+        policy = self._source(chain, "basic_auth")
+        where = ("spec", "basicAuth", "users")
+        secret = self._secret(policy, spec["users"], where, problems)
+        htpasswd = _secret_values(secret).get(".htpasswd") if secret is not None else None
+        if secret is not None and htpasswd is None:
+            self._unresolved(policy, f"Secret {secret.metadata.namespace}/{secret.metadata.name} has no .htpasswd key",
+                             where, problems)
+        lines = [line.strip() for line in (htpasswd or "").splitlines() if line.strip() and not line.startswith("#")]
+        for n, line in enumerate(lines, 1):
+            user, _, hashed = line.partition(":")
+            if not user or not re.fullmatch(r"\{SHA\}[A-Za-z0-9+/]{27}=", hashed):
+                # Say which line, never what it holds.
+                self._unresolved(policy, f".htpasswd line {n}: not user:{{SHA}}hash (Envoy supports only SHA "
+                                 "hashes: htpasswd -s)", where, problems)
+                break
+        return ir.BasicAuth(htpasswd="\n".join(lines) + "\n")
 
     def _jwt(self, jwt: Mapping[str, Any]) -> ir.JwtRequirement:
         providers = tuple(self._provider(p) for p in jwt["providers"])
@@ -156,6 +229,19 @@ def _authorization(spec: Mapping[str, Any]) -> ir.Authorization:
                 headers=tuple((h["name"].lower(), tuple(h["values"])) for h in principal.get("headers", ())),
             )))
     return ir.Authorization(rules=tuple(rules), default_allow=spec.get("default_action") == "Allow")
+
+
+def _secret_values(secret: Any) -> dict[str, str]:
+    """A Secret's entries as text: stringData as is, data base64-decoded (invalid base64 and
+    non-UTF-8 entries are skipped; the Secret's own status reports base64)."""
+    out: dict[str, str] = {}
+    for name, value in secret.data.items():
+        try:
+            out[name] = base64.b64decode(value, validate=True).decode()
+        except (ValueError, UnicodeDecodeError):
+            continue
+    out.update(secret.string_data)
+    return out
 
 
 def _digest(value: Any) -> str:

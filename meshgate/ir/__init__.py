@@ -169,11 +169,31 @@ class Authorization:
 
 
 @dataclass(slots=True, unsafe_hash=True)
+class ApiKeyAuth:
+    """API keys: a request must carry one of `credentials` in one of `sources`."""
+
+    credentials: tuple[tuple[str, str], ...]  # (client id, key)
+    sources: tuple[tuple[str, str], ...]  # (header | query | cookie, name), tried in order
+    forward_client_id_header: str | None = None
+    sanitize: bool = False  # remove the key before the request goes upstream
+
+
+@dataclass(slots=True, unsafe_hash=True)
+class BasicAuth:
+    htpasswd: str  # "user:{SHA}base64(sha1(password))" lines
+
+
+@dataclass(slots=True, unsafe_hash=True)
 class Security:
     """Who may call a route (SecurityPolicy, resolved)."""
 
     jwt: JwtRequirement | None = None
+    api_key: ApiKeyAuth | None = None
+    basic: BasicAuth | None = None
     authorization: Authorization | None = None
+    # Set when the policy in force can't be applied (a Secret it names is missing, say): the
+    # route answers 500 rather than serve unprotected.
+    invalid: str | None = None
 
 
 @dataclass(slots=True, unsafe_hash=True)

@@ -308,7 +308,12 @@ def translate_route(route: ir.Route) -> rc.Route:
         # application/grpc-web[+proto|-text]. Not `match.grpc`, which accepts only the former:
         # Envoy picks the route before the grpc_web filter rewrites gRPC-Web to gRPC.
         out.match.headers.add(name="content-type", string_match=string_pb2.StringMatcher(prefix="application/grpc"))
-    if route.redirect is not None:
+    if route.security is not None and route.security.invalid:
+        # The SecurityPolicy in force can't be applied (its Secret is missing, say): refuse rather
+        # than serve the route unprotected, as Envoy Gateway does. The reason is in its status.
+        out.direct_response.status = 500
+        out.direct_response.body.inline_string = "the security policy of this route is invalid\n"
+    elif route.redirect is not None:
         _set_redirect(out.redirect, route.redirect)
     else:
         _set_action(out.route, route)

@@ -22,7 +22,17 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from meshgate.xds.translator.filters import cors, grpc_json_transcoder, grpc_web, health_check, jwt_authn, rbac, router
+from meshgate.xds.translator.filters import (
+    api_key_auth,
+    basic_auth,
+    cors,
+    grpc_json_transcoder,
+    grpc_web,
+    health_check,
+    jwt_authn,
+    rbac,
+    router,
+)
 
 # Chain order. Filters that answer on their own (health check, CORS preflights) come first; the
 # router is last.
@@ -30,6 +40,8 @@ HTTP_FILTERS: tuple[ModuleType, ...] = (
     health_check,
     cors,
     jwt_authn,  # who is calling: verifies the token, keeps its claims as request metadata
+    api_key_auth,  # API keys, where a route asks for them (too)
+    basic_auth,  # user and password, likewise
     rbac,  # may they: reads those claims; after CORS, so preflights need no credentials
     grpc_web,  # after CORS: a browser's preflight is answered before gRPC-Web sees it
     grpc_json_transcoder,
