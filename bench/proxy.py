@@ -196,7 +196,7 @@ def start_static_envoy(procs: Processes, tmp: Path, name: str, upstream_port: in
 
 
 def start_meshgate(procs: Processes, tmp: Path, upstream_port: int, commands: list[str],
-                   name: str = "C", extra: tuple[str, ...] = ()) -> dict:
+                   name: str = "C", extra: tuple[str, ...] = (), ready_path: str = "/") -> dict:
     port, xds_port, status_port = free_port(), free_port(), free_port()
     config_dir = tmp / f"meshgate-config-{name}"
     config_dir.mkdir()
@@ -227,7 +227,7 @@ def start_meshgate(procs: Processes, tmp: Path, upstream_port: int, commands: li
     pin = ["taskset", "-apc", ENVOY_CPU, str(envoy_pid)]
     subprocess.run(pin, check=True, stdout=subprocess.DEVNULL)
     commands.append(f"{name}: {fmt_cmd(pin[:3])} <envoy pid from /status>   (all threads)")
-    wait_http_200(f"http://127.0.0.1:{port}/", 20, proc, "meshgate's Envoy")
+    wait_http_200(f"http://127.0.0.1:{port}{ready_path}", 20, proc, "meshgate's Envoy")
     return {"port": port, "proc": proc, "status": status, "envoy_pid": envoy_pid, "status_url": status_url}
 
 

@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     server_args(r, "STATE_DIR/access.log")
     r.add_argument("--bind", default="127.0.0.1", help="address Gateway listeners bind to (default 127.0.0.1)")
     r.add_argument("--admin-port", type=int, default=19901, help="Envoy admin port on 127.0.0.1 (0 = any free)")
+    r.add_argument("--stats-address", default="127.0.0.1:19902", metavar="HOST:PORT|off",
+                   help="where Envoy serves Prometheus metrics (/stats/prometheus; default 127.0.0.1:19902); 'off' for none")
     r.add_argument("--state-dir", type=Path, default=Path(".meshgate"), help="Envoy bootstrap, logs, access log")
     r.add_argument("--concurrency", type=int, default=1, help="Envoy worker threads")
     r.add_argument("--delta", action="store_true", help="use delta (incremental) xDS instead of state of the world")
@@ -73,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--node-id", default=None, help="Envoy node.id, unique per Envoy (default: $POD_NAME if set, else HOSTNAME-PID of this meshgate process)")
     b.add_argument("--admin-port", type=int, default=19901)
     b.add_argument("--delta", action="store_true")
+    b.add_argument("--stats-address", default="off", metavar="HOST:PORT|off",
+                   help="add a listener serving Envoy's Prometheus metrics (/stats/prometheus, /ready) there, "
+                        "e.g. 0.0.0.0:19902 for Prometheus on other hosts; needs a fixed --admin-port (default off)")
 
     s = sub.add_parser("schema", help="print the JSON Schema of every kind (or one)")
     s.add_argument("kind", nargs="?", help="e.g. HTTPRoute, Backend, gateway.networking.k8s.io/v1/Gateway")
@@ -148,6 +153,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     opts = _run_options(args)
     opts.bind_address = args.bind
     opts.admin_port = args.admin_port
+    opts.stats_host, opts.stats_port = (None, None) if args.stats_address == "off" else _split(args.stats_address)
+    opts.stats_host = opts.stats_host or "127.0.0.1"
     opts.state_dir = args.state_dir
     opts.concurrency = args.concurrency
     opts.delta = args.delta
@@ -170,9 +177,14 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     from meshgate.envoy.bootstrap import BootstrapOptions, render_bootstrap
 
     host, port = _split(args.xds_address)
+    stats_host, stats_port = ("127.0.0.1", None) if args.stats_address == "off" else _split(args.stats_address)
+    if stats_port is not None and not args.admin_port:
+        print("meshgate: --stats-address needs a fixed --admin-port (its listener forwards to the admin interface)",
+              file=sys.stderr)
+        return 2
     print(json.dumps(render_bootstrap(BootstrapOptions(
         xds_host=host, xds_port=port, node_id=args.node_id, node_cluster=args.group,
-        admin_port=args.admin_port, delta=args.delta)), indent=2))
+        admin_port=args.admin_port, delta=args.delta, stats_host=stats_host, stats_port=stats_port)), indent=2))
     return 0
 
 

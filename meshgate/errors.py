@@ -23,8 +23,19 @@ __all__ = [
     "InconsistentSnapshot",
     "MeshgateError",
     "StartupError",
+    "NO_LINE",
     "format_field_path",
+    "format_location",
 ]
+
+# The "line" of a document that is not a file: a Kubernetes object, whose origin
+# (`kubernetes:HTTPRoute NAMESPACE/NAME`) already says where it is, so no line is printed.
+NO_LINE = -1
+
+
+def format_location(file: str, line: int) -> str:
+    """`FILE:LINE`, or the origin alone for a document that has no lines (`NO_LINE`)."""
+    return file if line == NO_LINE else f"{file}:{line}"
 
 
 class MeshgateError(Exception):
@@ -67,9 +78,10 @@ class ConfigError(MeshgateError):
         return self.args[3]
 
     def __str__(self) -> str:
+        where = format_location(self.file, self.line)
         if self.field == "":
-            return f"{self.file}:{self.line}: {self.message}"
-        return f"{self.file}:{self.line}: {self.field}: {self.message}"
+            return f"{where}: {self.message}"
+        return f"{where}: {self.field}: {self.message}"
 
     def __repr__(self) -> str:
         return (

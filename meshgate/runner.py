@@ -22,6 +22,7 @@ from meshgate.envoy.bootstrap import BootstrapOptions, render_bootstrap
 from meshgate.controlplane.pipeline import ControlPlane
 from meshgate.controlplane.status import ControlPlaneStatus
 from meshgate.envoy.process import EnvoyProcess
+from meshgate.envoy.stats import DEFAULT_STATS_PORT, STATS_PATH, bound_stats_port, pick_free_port
 from meshgate.xds.server import start_xds_server
 from meshgate.xds.snapshot import SnapshotCache
 from meshgate.controlplane.status_server import start_status_server
@@ -46,6 +47,9 @@ class RunOptions:
     status_port: int = 19000
     bind_address: str = "127.0.0.1"  # where Gateway listeners bind in `meshgate run`
     admin_port: int = 19901
+    # Envoy's Prometheus endpoint (meshgate.envoy.stats) in `meshgate run`; None = none (port 0 = any free).
+    stats_host: str = "127.0.0.1"
+    stats_port: int | None = DEFAULT_STATS_PORT
     state_dir: Path = Path(".meshgate")
     concurrency: int = 1
     delta: bool = False
@@ -164,6 +168,8 @@ async def serve_xds(opts: RunOptions) -> int:
     async with contextlib.AsyncExitStack() as stack:
         xds_port, status_port = await _start_servers(stack, opts, cache, status)
         log.info("control plane serving", extra={"xds": f"{opts.xds_host}:{xds_port}", "status": f"http://{opts.status_host}:{status_port}"})
+        # Every Prometheus endpoint; the Envoys' own are wherever their bootstraps put them.
+        status.extra["metrics"] = {"control_plane": f"http://{opts.status_host}:{status_port}/metrics"}
         watcher = asyncio.create_task(plane.watch())
         stack.callback(watcher.cancel)
         stack.push_async_callback(plane.publisher.aclose)  # a staged publish still waiting ends too
@@ -193,9 +199,13 @@ async def run_local(opts: RunOptions) -> int:
             return 1
         state.mkdir(parents=True, exist_ok=True)  # only once the config is valid: a failed run leaves nothing
         xds_port, status_port = await _start_servers(stack, opts, cache, status)
+        admin_port = opts.admin_port
+        if opts.stats_port is not None and not admin_port:
+            admin_port = pick_free_port()  # the stats listener forwards to the admin port: it must be known
         bootstrap = render_bootstrap(BootstrapOptions(
             xds_host=opts.xds_host, xds_port=xds_port, node_cluster=opts.group,
-            node_id=f"{opts.group}-local", admin_port=opts.admin_port, delta=opts.delta,
+            node_id=f"{opts.group}-local", admin_port=admin_port, delta=opts.delta,
+            stats_host=opts.stats_host, stats_port=opts.stats_port,
         ))
         # Flush the access log every 0.5 s (Envoy's default is 10 s) so `tail -f` shows requests as they happen.
         envoy = EnvoyProcess(bootstrap, state, concurrency=opts.concurrency, log_level=opts.envoy_log_level,
@@ -210,7 +220,12 @@ async def run_local(opts: RunOptions) -> int:
         status.extra["envoy"] = lambda: {"pid": envoy.pid, "restarts": envoy.restarts, "admin": envoy.admin_url,
                                          "log": str(envoy.log_path), "access_log": access_log}
         status.extra["status_url"] = f"http://{opts.status_host}:{status_port}"
-        print(_summary(plane, opts, status_port, envoy, access_log), flush=True)
+        metrics = {"control_plane": f"http://{opts.status_host}:{status_port}/metrics"}
+        if opts.stats_port is not None:
+            stats_port = await bound_stats_port(envoy.admin_url)  # the bound one, when asked for port 0
+            metrics["envoy"] = f"http://{_url_host(opts.stats_host)}:{stats_port}{STATS_PATH}"
+        status.extra["metrics"] = metrics
+        print(_summary(plane, opts, status_port, envoy, access_log, metrics), flush=True)
         watcher = asyncio.create_task(plane.watch())
         stack.callback(watcher.cancel)
         stack.push_async_callback(plane.publisher.aclose)  # a staged publish still waiting ends too
@@ -227,7 +242,12 @@ def _envoy_reason(message: str) -> str:
     return message.splitlines()[0] if message else "unknown error"
 
 
-def _summary(plane: ControlPlane, opts: RunOptions, status_port: int, envoy: EnvoyProcess, access_log: str | None) -> str:
+def _url_host(host: str) -> str:
+    return "localhost" if host in ("0.0.0.0", "::") else host
+
+
+def _summary(plane: ControlPlane, opts: RunOptions, status_port: int, envoy: EnvoyProcess, access_log: str | None,
+             metrics: dict[str, str]) -> str:
     from meshgate.xds.snapshot import LISTENER, ROUTE
 
     snap = plane.snapshot
@@ -242,6 +262,8 @@ def _summary(plane: ControlPlane, opts: RunOptions, status_port: int, envoy: Env
     lines.append(f"  {summary.get('routes', 0)} route objects, {summary.get('backends', 0)} backends")
     lines.append(f"  status:     http://{opts.status_host}:{status_port}/status  (also /healthz /readyz /metrics)")
     lines.append(f"  Envoy:      pid {envoy.pid}, admin {envoy.admin_url}")
+    lines.append(f"  metrics:    {metrics['control_plane']}  (control plane)"
+                 + (f", {metrics['envoy']}  (Envoy)" if "envoy" in metrics else ""))
     lines.append(f"  logs:       {envoy.log_path}  (Envoy), " + (f"{access_log}  (access log, JSON lines)" if access_log else "access log off"))
     for node in plane.status.nodes.values():
         for kind, nack in sorted(node.nacked.items()):

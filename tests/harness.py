@@ -98,6 +98,29 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+class ThreadedHTTPServer:
+    """A `http.server` handler class served on 127.0.0.1 (a free port) from a daemon thread:
+    small upstreams a test controls (a JWKS server, a recorder of mirrored requests).
+    `with ThreadedHTTPServer(Handler) as server:`; `server.port`."""
+
+    def __init__(self, handler: type) -> None:
+        from http.server import ThreadingHTTPServer
+        import threading
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> ThreadedHTTPServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
 @dataclass
 class Meshgate:
     """A `meshgate run` subprocess with its ports and logs."""
@@ -127,7 +150,8 @@ class Meshgate:
     def start(self, timeout: float = 30.0) -> Meshgate:
         cmd = [sys.executable, "-m", "meshgate", "run", *self.config,
                "--xds-address", f"127.0.0.1:{self.xds_port}", "--status-address", f"127.0.0.1:{self.status_port}",
-               "--admin-port", "0", "--state-dir", str(self.workdir / "state"), *self.args]
+               "--admin-port", "0", "--stats-address", "127.0.0.1:0",  # any free ports: no clash with a running meshgate
+               "--state-dir", str(self.workdir / "state"), *self.args]
         env = {**os.environ, **self.env}
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.stdout_path.open("wb"),
                                      stderr=self.stderr_path.open("wb"), stdin=subprocess.DEVNULL)

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import shutil
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
-from harness import Meshgate, free_port, request, wait_until, write
+from harness import Meshgate, ThreadedHTTPServer, free_port, request, wait_until, write
 
 CONFIG = Path(__file__).parent / "e2e" / "cors-mirror"
 ALLOWED = "https://app.example"
@@ -37,25 +37,20 @@ class _Recorder(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory):
-    shadow = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
-    thread = threading.Thread(target=shadow.serve_forever, daemon=True)
-    thread.start()
-    env = {"HTTP_PORT": str(free_port()), "APP_PORT": str(free_port()), "SHADOW_PORT": str(shadow.server_address[1])}
-    work = tmp_path_factory.mktemp("cors-mirror")
-    config = work / "config"
-    shutil.copytree(CONFIG, config)
-    mg = Meshgate([str(config)], work, env=env)
-    mg.config_dir = config
-    try:
-        mg.start()
-        mg.port = int(env["HTTP_PORT"])
-        yield mg
-        assert mg.stop() == 0, mg.output()
-    finally:
-        mg.stop()
-        shadow.shutdown()
-        shadow.server_close()
-        thread.join(5)
+    with ThreadedHTTPServer(_Recorder) as shadow:
+        env = {"HTTP_PORT": str(free_port()), "APP_PORT": str(free_port()), "SHADOW_PORT": str(shadow.port)}
+        work = tmp_path_factory.mktemp("cors-mirror")
+        config = work / "config"
+        shutil.copytree(CONFIG, config)
+        mg = Meshgate([str(config)], work, env=env)
+        mg.config_dir = config
+        try:
+            mg.start()
+            mg.port = int(env["HTTP_PORT"])
+            yield mg
+            assert mg.stop() == 0, mg.output()
+        finally:
+            mg.stop()
 
 
 def preflight(gw: Meshgate, path: str, origin: str, method: str = "PUT"):

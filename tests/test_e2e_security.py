@@ -16,9 +16,8 @@ import secrets
 import shutil
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import jwt as pyjwt
@@ -26,7 +25,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from harness import ROOT, Meshgate, free_port, request, wait_until, write
+from harness import ROOT, Meshgate, ThreadedHTTPServer, free_port, request, wait_until, write
 
 CONFIG = Path(__file__).parent / "e2e" / "security"
 ISSUER, AUDIENCE = "https://issuer.test", "api"
@@ -72,27 +71,22 @@ class _JWKSServer(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory):
-    jwks_server = ThreadingHTTPServer(("127.0.0.1", 0), _JWKSServer)
-    thread = threading.Thread(target=jwks_server.serve_forever, daemon=True)
-    thread.start()
-    env = {"HTTP_PORT": str(free_port()), "APP_PORT": str(free_port()), "JWKS": _jwks(("k1", TRUSTED)),
-           "PARTNER_JWKS_URL": f"http://127.0.0.1:{jwks_server.server_address[1]}/.well-known/jwks.json",
-           **SECRETS, "ALICE_SHA": base64.b64encode(hashlib.sha1(PASSWORD.encode()).digest()).decode()}
-    work = tmp_path_factory.mktemp("security")
-    config = work / "config"
-    shutil.copytree(CONFIG, config)
-    mg = Meshgate([str(config)], work, env=env)
-    mg.config_dir = config
-    try:
-        mg.start()
-        mg.port = int(env["HTTP_PORT"])
-        yield mg
-        assert mg.stop() == 0, mg.output()
-    finally:
-        mg.stop()
-        jwks_server.shutdown()
-        jwks_server.server_close()
-        thread.join(5)
+    with ThreadedHTTPServer(_JWKSServer) as jwks_server:
+        env = {"HTTP_PORT": str(free_port()), "APP_PORT": str(free_port()), "JWKS": _jwks(("k1", TRUSTED)),
+               "PARTNER_JWKS_URL": f"http://127.0.0.1:{jwks_server.port}/.well-known/jwks.json",
+               **SECRETS, "ALICE_SHA": base64.b64encode(hashlib.sha1(PASSWORD.encode()).digest()).decode()}
+        work = tmp_path_factory.mktemp("security")
+        config = work / "config"
+        shutil.copytree(CONFIG, config)
+        mg = Meshgate([str(config)], work, env=env)
+        mg.config_dir = config
+        try:
+            mg.start()
+            mg.port = int(env["HTTP_PORT"])
+            yield mg
+            assert mg.stop() == 0, mg.output()
+        finally:
+            mg.stop()
 
 
 def token(key=TRUSTED, kid: str = "k1", alg: str = "RS256", **claims) -> str:

@@ -3,7 +3,8 @@ Gateway's `BackendTrafficPolicy`, resilience part): timeouts, retries, circuit b
 and passive health checks, load balancing.
 
 Shapes only; attachment and merging are `meshgate.gatewayapi.backend_policy`, Envoy config
-`meshgate.xds.translator.backend_traffic`. Fields of Envoy Gateway's kind that meshgate does not
+`meshgate.xds.translator.backend_traffic`; the shaping fields (rate limits) are in
+`meshgate.api.backend_traffic_shaping`. Fields of Envoy Gateway's kind that meshgate does not
 implement are listed in `UNSUPPORTED` and rejected with an error naming them.
 """
 
@@ -14,6 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from meshgate.api.models import Duration, HeaderName, Model, Resource, duration_seconds
+from meshgate.api.backend_traffic_shaping import RateLimitSpec
 from meshgate.api.policies import GATEWAY_GROUP, PolicyTargetReference, _reject_unsupported
 
 # Envoy Gateway BackendTrafficPolicy fields meshgate does not implement yet (field -> hint).
@@ -21,7 +23,6 @@ from meshgate.api.policies import GATEWAY_GROUP, PolicyTargetReference, _reject_
 UNSUPPORTED: dict[str, str] = {
     "targetRef": "use targetRefs (a list)",
     "targetSelectors": "name targets with targetRefs",
-    "rateLimit": "",
     "faultInjection": "",
     "compression": "",
     "compressor": "",
@@ -371,6 +372,8 @@ class BackendTrafficPolicySpec(Model):
     circuit_breaker: CircuitBreaker | None = None
     health_check: HealthCheck | None = None
     load_balancer: BackendLoadBalancer | None = None
+    # Shaping (meshgate.api.backend_traffic_shaping): enforced per route by Envoy's HTTP filters.
+    rate_limit: RateLimitSpec | None = None
 
     @model_validator(mode="before")
     @classmethod

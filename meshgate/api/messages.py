@@ -31,6 +31,9 @@ _PATTERN_WORDS = {
         "is not a valid hostname (a lowercase DNS name like api.example.com, or *.example.com)",
     r"^[A-Za-z0-9!#$%&'*+\-.^_`|~]+$":
         "is not a valid header name (letters, digits and !#$%&'*+-.^_`|~ only)",
+    # security_policy.ParamName
+    r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,256}$": "is not a valid cookie or parameter name (letters, digits and "
+        "!#$%&'*+-.^_`|~ only)",
     # models.CORS_ORIGIN_RE
     r"^(\*|https?://(\*|(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*)(:[0-9]{1,5})?)$":
         "is not an origin (scheme://host[:port] with scheme http or https, like https://app.example or "

@@ -18,14 +18,14 @@ Run from a shell:  python -m meshgate.devtools.greeter --name g1 --port 50061
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+from meshgate.devtools._serve import GrpcServer, main_for
 
 __all__ = ["DESCRIPTOR_SET", "SERVICE", "GreeterServer", "messages"]
 
@@ -39,39 +39,10 @@ def messages() -> dict[str, type]:
     return message_factory.GetMessages(list(fds.file), pool=descriptor_pool.DescriptorPool())
 
 
-class GreeterServer:
+class GreeterServer(GrpcServer):
     """A grpc.aio server (plaintext HTTP/2) serving the Greeter service."""
 
-    def __init__(self, name: str, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.name = name
-        self.host = host
-        self.port = port  # the bound port once started
-        self._server: grpc.aio.Server | None = None
-
-    @property
-    def target(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    async def start(self) -> None:
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers((self._handlers(),))
-        self.port = server.add_insecure_port(f"{self.host}:{self.port}")
-        if self.port == 0:
-            raise OSError(f"gRPC greeter server {self.name!r} could not bind {self.host}")
-        await server.start()
-        self._server = server
-
-    async def stop(self, grace: float | None = 0.5) -> None:
-        if self._server is not None:
-            server, self._server = self._server, None
-            await server.stop(grace)
-
-    async def __aenter__(self) -> GreeterServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+    kind = "gRPC greeter"
 
     def _handlers(self) -> grpc.GenericRpcHandler:
         m = messages()
@@ -122,31 +93,7 @@ class GreeterServer:
 _PKG = SERVICE.rsplit(".", 1)[0]
 
 
-async def _serve(pairs: list[tuple[str, int]], host: str) -> None:
-    servers = [GreeterServer(name, host, port) for name, port in pairs]
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        for server in servers:
-            await server.start()
-            print(f"greeter {server.name} listening on {server.target}", flush=True)
-        await stop.wait()
-    finally:
-        for server in servers:
-            await server.stop()
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Run sample gRPC Greeter upstreams.")
-    parser.add_argument("--name", action="append", required=True, help="upstream name (repeat)")
-    parser.add_argument("--port", action="append", type=int, required=True, help="port (repeat)")
-    parser.add_argument("--host", default="127.0.0.1")
-    args = parser.parse_args(argv)
-    if len(args.name) != len(args.port):
-        parser.error("give one --port per --name")
-    asyncio.run(_serve(list(zip(args.name, args.port)), args.host))
+main = main_for(GreeterServer, "Run sample gRPC Greeter upstreams.", "greeter")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 
 import grpc
 
+from meshgate.devtools._serve import GrpcServer
+
 __all__ = [
     "SERVICE",
     "GrpcEchoServer",
@@ -34,46 +36,11 @@ Metadata = Sequence[tuple[str, str]]
 _CHANNEL_OPTIONS = [("grpc.enable_http_proxy", 0)]
 
 
-class GrpcEchoServer:
+class GrpcEchoServer(GrpcServer):
     """A grpc.aio server serving the Echo service: plaintext HTTP/2, or TLS (h2 by ALPN) with
     `credentials` (`grpc.ssl_server_credentials`, e.g. requiring a client certificate)."""
 
-    def __init__(self, name: str, host: str = "127.0.0.1", port: int = 0,
-                 credentials: grpc.ServerCredentials | None = None) -> None:
-        self.name = name
-        self.host = host
-        self.port = port  # the bound port once started
-        self.credentials = credentials
-        self._server: grpc.aio.Server | None = None
-
-    @property
-    def target(self) -> str:
-        return f"{self.host}:{self.port}"
-
-    async def start(self) -> None:
-        server = grpc.aio.server()
-        server.add_generic_rpc_handlers((self._handlers(),))
-        address = f"{self.host}:{self.port}"
-        if self.credentials is not None:
-            self.port = server.add_secure_port(address, self.credentials)
-        else:
-            self.port = server.add_insecure_port(address)
-        if self.port == 0:
-            raise OSError(f"gRPC echo server {self.name!r} could not bind {self.host}")
-        await server.start()
-        self._server = server
-
-    async def stop(self, grace: float | None = 0.5) -> None:
-        if self._server is not None:
-            server, self._server = self._server, None
-            await server.stop(grace)
-
-    async def __aenter__(self) -> GrpcEchoServer:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+    kind = "gRPC echo"
 
     def _handlers(self) -> grpc.GenericRpcHandler:
         prefix = self.name.encode() + b":"

@@ -18,15 +18,15 @@ Run from a shell:  python -m meshgate.devtools.upstreams --name a --port 9001 --
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import re
-import signal
 import socket
 from typing import Any
 
 from aiohttp import web
+
+from meshgate.devtools._serve import main_for
 
 __all__ = ["EchoServer", "main"]
 
@@ -108,31 +108,7 @@ class EchoServer:
         )
 
 
-async def _serve(pairs: list[tuple[str, int]], host: str) -> None:
-    servers = [EchoServer(name, host, port) for name, port in pairs]
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        for server in servers:
-            await server.start()
-            print(f"upstream {server.name} listening on {server.url}", flush=True)
-        await stop.wait()
-    finally:
-        for server in servers:
-            await server.stop()
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Run sample HTTP echo upstreams.")
-    parser.add_argument("--name", action="append", required=True, help="upstream name (repeat)")
-    parser.add_argument("--port", action="append", type=int, required=True, help="port (repeat)")
-    parser.add_argument("--host", default="127.0.0.1")
-    args = parser.parse_args(argv)
-    if len(args.name) != len(args.port):
-        parser.error("give one --port per --name")
-    asyncio.run(_serve(list(zip(args.name, args.port)), args.host))
+main = main_for(EchoServer, "Run sample HTTP echo upstreams.", "upstream")
 
 
 if __name__ == "__main__":

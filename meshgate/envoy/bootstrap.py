@@ -21,6 +21,7 @@ from meshgate.envoy.overload import (
     DEFAULT_MAX_HEAP_BYTES,
     overload_manager,
 )
+from meshgate.envoy.stats import stats_resources
 
 # Name of the static cluster that points at the meshgate xDS server. Dynamic clusters sent over
 # ADS must never use this name, or they would replace the control-plane connection.
@@ -63,6 +64,10 @@ class BootstrapOptions:
     # Overload manager limits (see meshgate.envoy.overload): heap and total client connections.
     max_heap_bytes: int = DEFAULT_MAX_HEAP_BYTES
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    # Where Prometheus scrapes Envoy's metrics (meshgate.envoy.stats): a static listener serving
+    # only /stats/prometheus and /ready; None = no such listener. Needs a fixed admin_port.
+    stats_host: str = "127.0.0.1"
+    stats_port: int | None = None
 
 
 def render_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
@@ -103,12 +108,19 @@ def render_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
             "cds_config": {"ads": {}, "resource_api_version": "V3"},
             "lds_config": {"ads": {}, "resource_api_version": "V3"},
         },
-        "static_resources": {
-            "clusters": [_xds_cluster(opts.xds_host, opts.xds_port)],
-        },
+        "static_resources": _static_resources(opts),
         # Degrade (503s, refused connections) before the heap or connection count runs out.
         "overload_manager": overload_manager(opts.max_heap_bytes, opts.max_connections),
     }
+
+
+def _static_resources(opts: BootstrapOptions) -> dict[str, Any]:
+    static: dict[str, Any] = {"clusters": [_xds_cluster(opts.xds_host, opts.xds_port)]}
+    if opts.stats_port is not None:
+        listener, admin_cluster = stats_resources(opts.stats_host, opts.stats_port, opts.admin_host, opts.admin_port)
+        static["listeners"] = [listener]
+        static["clusters"].append(admin_cluster)
+    return static
 
 
 def _socket_address(host: str, port: int) -> dict[str, Any]:

@@ -3,7 +3,8 @@ route → rule, and what it changes in the rule's IR routes and clusters.
 
 Two levels, because Envoy has two places for these settings:
 
-- **route level** (timeouts, retries, hash key): set on the rule's IR routes;
+- **route level** (timeouts, retries, hash key; shaping: rate limits, see
+  `meshgate.gatewayapi.shaping`): set on the rule's IR routes;
 - **cluster level** (connect timeout, connection timeouts, circuit breakers, active and passive
   health checks, load balancing): a Backend's cluster is shared by every route that uses it, so a
   rule whose merged policy has cluster-level settings gets a **cluster variant**: a copy of the
@@ -26,6 +27,7 @@ from meshgate import ir
 from meshgate.api.backend_traffic_policy import IDEMPOTENT_METHODS, BackendTrafficPolicy
 from meshgate.api.models import duration_seconds
 from meshgate.gatewayapi.policies import Target, attach_policies, merged_spec
+from meshgate.gatewayapi.shaping import route_shaping
 from meshgate.gatewayapi.status import Condition, object_key
 
 if TYPE_CHECKING:
@@ -116,6 +118,9 @@ class BackendTraffic:
         consistent = lb.get("consistent_hash")
         if consistent is not None:
             route["hash_policy"] = _hash_policy(consistent)
+        shaping = route_shaping(spec)  # rate limits: per-route HTTP filter config
+        if shaping is not None:
+            route["shaping"] = shaping
         return route, _cluster_settings(spec)
 
     def _apply(self, route: ir.Route, changes: dict[str, Any], settings: ir.ClusterSettings | None) -> ir.Route:

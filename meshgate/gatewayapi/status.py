@@ -16,7 +16,7 @@ from typing import Any
 
 from meshgate.providers.file.loader import SourceDocument
 from meshgate.api.models import Resource
-from meshgate.errors import ConfigError
+from meshgate.errors import ConfigError, format_location
 
 ObjectKey = tuple[str, str, str, str]  # (API group, kind, namespace, name)
 
@@ -103,7 +103,7 @@ class StatusBook:
         self._docs[key] = doc
         status = self.objects.get(key)
         if status is None:
-            status = self.objects[key] = ObjectStatus(kind, key[2], key[3], f"{doc.file}:{doc.line}")
+            status = self.objects[key] = ObjectStatus(kind, key[2], key[3], format_location(doc.file, doc.line))
         return status
 
     def of(self, resource: Resource) -> ObjectStatus:

@@ -43,7 +43,7 @@ from meshgate.api.models import (
 )
 from meshgate.api.policies import ClientTrafficPolicy
 from meshgate.api.backend_traffic_policy import BackendTrafficPolicy
-from meshgate.errors import format_field_path
+from meshgate.errors import format_field_path, format_location
 from meshgate.gatewayapi import policies
 from meshgate.gatewayapi.backend_policy import BackendTraffic
 from meshgate.gatewayapi.security import SecurityPolicies
@@ -181,7 +181,7 @@ class _Translator:
             first = self.docs[key]
             # Not tracked: the status slot belongs to the first definition.
             self.status.problems.append(doc.error(("metadata", "name"),
-                                                  f"duplicate {resource.ref}, first defined at {first.file}:{first.line}"))
+                                                  f"duplicate {resource.ref}, first defined at {format_location(first.file, first.line)}"))
             return
         self.docs[key] = doc
         if isinstance(resource, (HTTPRoute, MeshgateHTTPRoute, GRPCRoute)):
@@ -470,7 +470,7 @@ class _Translator:
                             conflicts.append((route, Condition(
                                 "Conflicted", "True", "IdenticalMatch",
                                 f"same match as {first.ref} {format_field_path(first_where)} "
-                                f"({src.file}:{src.locate(first_where)[1]}) on port {port}, host {host}"), where))
+                                f"({format_location(*src.locate(first_where))}) on port {port}, host {host}"), where))
         for (gateway_key, listener_name), count in attached.items():
             self.status.objects[gateway_key].attached_routes[listener_name] = count
         for route, condition, where in conflicts:
@@ -550,7 +550,7 @@ def translate_view(view: StoreView, read_file: ReadFile = _read_file, memo: Tran
                             for e in errors[:3]) or "its file could not be read"
         status = book.objects.get(key)
         if status is None:
-            origin = f"{errors[0].file}:{errors[0].line}" if errors else ""
+            origin = format_location(errors[0].file, errors[0].line) if errors else ""
             status = book.objects[key] = ObjectStatus(key[1], key[2], key[3], origin)
         status.conditions[:] = [c for c in status.conditions if c.type not in ("Accepted", "Programmed")]
         status.conditions.insert(0, Condition("Accepted", "False", "Invalid", message))

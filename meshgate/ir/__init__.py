@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from meshgate.ir.shaping import Shaping  # noqa: F401  (re-exported: route traffic shaping types)
+
 
 @dataclass(slots=True)
 class HeaderMatch:
@@ -229,6 +231,7 @@ class Route:
     cors: CorsPolicy | None = None
     security: Security | None = None
     transcoding: GrpcJsonTranscoding | None = None  # JSON requests become gRPC calls (grpc_json_transcoder)
+    shaping: Shaping | None = None  # rate limits (BackendTrafficPolicy), see meshgate.ir.shaping
 
 
 @dataclass(slots=True)
@@ -309,6 +312,9 @@ class Endpoint:
     address: str
     port: int
     weight: int
+    # A Kubernetes endpoint that is terminating but still serving: Envoy sends it no new requests
+    # while others are healthy (health status DRAINING), so in-flight requests can finish.
+    draining: bool = False
 
 
 @dataclass(slots=True)

@@ -37,7 +37,7 @@ from google.protobuf.message import Message
 
 from meshgate import ir
 from meshgate.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
-from meshgate.xds.translator import upstream_tls, websocket
+from meshgate.xds.translator import stats, upstream_tls, websocket
 from meshgate.xds.translator.filters import HTTP_FILTERS
 from meshgate.xds.translator import backend_traffic
 
@@ -263,7 +263,8 @@ def translate_route_config(listener: ir.Listener, memo: TranslateMemo | None = N
     # this is a few ms instead of translating and copying every route message again.
     data = [config.SerializeToString(deterministic=True)]
     for vhost in listener.virtual_hosts:
-        parts = [rc.VirtualHost(name=vhost.name, domains=vhost.domains).SerializeToString(deterministic=True)]
+        # The name roots the virtual host's statistics: no dots (see translator/stats.py).
+        parts = [rc.VirtualHost(name=stats.virtual_host_name(vhost.name), domains=vhost.domains).SerializeToString(deterministic=True)]
         for route in vhost.routes:
             cached = memo.routes.get(id(route)) if memo is not None else None
             if cached is None or cached[0] is not route:
@@ -301,7 +302,8 @@ def _string_match(value: str, regex: bool) -> string_pb2.StringMatcher:
 
 
 def translate_route(route: ir.Route) -> rc.Route:
-    out = rc.Route(name=route.name)
+    # stat_prefix: per-rule statistics (requests by code, latency histogram), see translator/stats.py.
+    out = rc.Route(name=route.name, stat_prefix=stats.route_stat_prefix(route))
     _set_match(out.match, route.match)
     if route.grpc:
         # Only gRPC calls: content-type application/grpc[+proto] and, for browsers, gRPC-Web's
@@ -519,6 +521,9 @@ def translate_endpoints(cluster: ir.Cluster) -> endpoint_pb2.ClusterLoadAssignme
                 address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=e.address, port_value=e.port))
             ),
             load_balancing_weight=wrappers_pb2.UInt32Value(value=e.weight),
+            # DRAINING: no new requests while other endpoints are healthy (Envoy's panic mode
+            # still uses it if nothing else is left).
+            health_status=base_pb2.DRAINING if e.draining else base_pb2.UNKNOWN,
         )
     return cla
 

@@ -30,6 +30,7 @@ from meshgate.xds.translator.filters import (
     grpc_web,
     health_check,
     jwt_authn,
+    local_ratelimit,
     rbac,
     router,
 )
@@ -43,6 +44,7 @@ HTTP_FILTERS: tuple[ModuleType, ...] = (
     api_key_auth,  # API keys, where a route asks for them (too)
     basic_auth,  # user and password, likewise
     rbac,  # may they: reads those claims; after CORS, so preflights need no credentials
+    local_ratelimit,  # after authentication and authorization: refused requests spend no tokens
     grpc_web,  # after CORS: a browser's preflight is answered before gRPC-Web sees it
     grpc_json_transcoder,
     router,

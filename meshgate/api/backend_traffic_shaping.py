@@ -1,0 +1,140 @@
+"""BackendTrafficPolicy, shaping part: the fields that shape a route's traffic rather than the
+connection to its backends, shaped like Envoy Gateway's (`api/v1alpha1/ratelimit_types.go`):
+local rate limits (`rateLimit`).
+
+Shapes and validation only. What they become: `meshgate.gatewayapi.backend_policy` (resolved per
+route into `meshgate.ir.shaping`), then one Envoy HTTP filter each under
+`meshgate.xds.translator.filters`. Everything here is enforced by Envoy itself.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from meshgate.api.models import HeaderName, Model, _check_regex
+from meshgate.api.policies import _reject_unsupported
+
+# -- rateLimit --------------------------------------------------------------------------------
+
+# A rate-limit unit in seconds: how often Envoy refills a bucket (Envoy Gateway's month and year).
+RATE_LIMIT_UNITS = {"Second": 1, "Minute": 60, "Hour": 3600, "Day": 86400, "Month": 30 * 86400, "Year": 365 * 86400}
+
+_U32 = 4_294_967_295
+
+
+class RateLimitHeaderMatch(Model):
+    type: Literal["Exact", "RegularExpression", "Distinct"] = Field(
+        "Exact", description="Exact: the header has this value; RegularExpression: its value matches this RE2 "
+        "expression; Distinct: each value of the header has its own bucket (no `value`).")
+    name: HeaderName
+    value: str | None = Field(None, max_length=1024)
+    invert: bool | None = Field(None, description="The rule applies to requests whose header does *not* match "
+                                "(a missing header does not match). Not with Distinct.")
+
+    @model_validator(mode="after")
+    def _value(self) -> RateLimitHeaderMatch:
+        if self.type == "Distinct":
+            if self.value is not None or self.invert:
+                raise ValueError("type Distinct takes no value and no invert: each value of the header is "
+                                 "counted on its own")
+        elif self.value is None:
+            raise ValueError(f"type {self.type} needs a value")
+        elif self.type == "RegularExpression":
+            _check_regex(self.value)
+        return self
+
+
+class RateLimitMethodMatch(Model):
+    value: Literal["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"]
+    invert: bool | None = None
+
+
+class SourceMatch(Model):
+    type: Literal["Exact", "Distinct"] = Field(
+        "Exact", description="Exact: every client address in the range shares one bucket; Distinct: each client "
+        "address in the range has its own bucket.")
+    value: str = Field(min_length=1, max_length=256, description="A CIDR range, e.g. `192.168.0.0/24`, "
+                       "`2001:db8::/64`; `0.0.0.0/0` for every IPv4 client.")
+
+    @field_validator("value")
+    @classmethod
+    def _cidr(cls, value: str) -> str:
+        try:
+            net = ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a CIDR range (e.g. 10.0.0.0/8, 2001:db8::/32)") from None
+        if "/" not in value:
+            raise ValueError(f"{value!r} needs a prefix length (e.g. {value}/{net.max_prefixlen})")
+        return str(net)  # network address: what Envoy's masked remote address produces
+
+
+class RateLimitSelectCondition(Model):
+    headers: list[RateLimitHeaderMatch] | None = Field(None, max_length=16, description="All must match.")
+    methods: list[RateLimitMethodMatch] | None = Field(None, max_length=9, description="Any one must match.")
+    source_cidr: SourceMatch | None = Field(None, alias="sourceCIDR")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unsupported(cls, data: Any) -> Any:
+        return _reject_unsupported(data, {"path": "use a policy on a rule with a path match"}, "clientSelectors")
+
+    @model_validator(mode="after")
+    def _some(self) -> RateLimitSelectCondition:
+        if not (self.headers or self.methods or self.source_cidr):
+            raise ValueError("a client selector needs headers, methods or sourceCIDR")
+        if self.methods and len({m.invert or False for m in self.methods}) > 1:
+            raise ValueError("methods must all be inverted or none (they are ORed)")
+        return self
+
+
+class RateLimitValue(Model):
+    requests: int = Field(ge=1, le=_U32)
+    unit: Literal["Second", "Minute", "Hour", "Day", "Month", "Year"]
+
+
+class RateLimitRule(Model):
+    client_selectors: list[RateLimitSelectCondition] | None = Field(
+        None, max_length=8, description="All must hold for the rule to count a request. None: the rule counts "
+        "every request of the route.")
+    limit: RateLimitValue
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unsupported(cls, data: Any) -> Any:
+        return _reject_unsupported(data, {"cost": "", "shared": "", "shadowMode": ""}, "rules")
+
+
+class LocalRateLimit(Model):
+    rules: list[RateLimitRule] = Field(min_length=1, max_length=16, description="Each request is counted by every "
+                                       "rule it matches, and refused when one of them is out of tokens.")
+
+    @field_validator("rules")
+    @classmethod
+    def _one_default(cls, rules: list[RateLimitRule]) -> list[RateLimitRule]:
+        if sum(1 for r in rules if not r.client_selectors) > 1:
+            raise ValueError("only one rule may have no clientSelectors (the route's overall limit)")
+        return rules
+
+
+class RateLimitSpec(Model):
+    type: Literal["Local", "Global"] | None = Field(
+        None, description="Local: each Envoy counts on its own (Envoy's `local_ratelimit`). Global is not "
+        "supported yet. Envoy Gateway deprecates it in favour of `local` alone.")
+    local: LocalRateLimit | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unsupported(cls, data: Any) -> Any:
+        if isinstance(data, dict) and (data.get("type") == "Global" or "global" in data):
+            raise ValueError("global rate limits (type Global) need meshgate's rate-limit companion, which is not "
+                             "available yet; use type Local (a limit per Envoy)")
+        return data
+
+    @model_validator(mode="after")
+    def _local(self) -> RateLimitSpec:
+        if self.local is None:
+            raise ValueError("a rate limit needs local (with its rules)")
+        return self

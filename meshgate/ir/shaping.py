@@ -1,0 +1,38 @@
+"""IR types of traffic shaping (BackendTrafficPolicy `rateLimit`, resolved per route). Types
+only, Envoy-agnostic, never changed after they are built (see `meshgate.ir`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True, unsafe_hash=True)
+class RateLimitCondition:
+    """One condition a request must meet to be counted by a rule."""
+
+    kind: str  # "header" (value or regex) | "distinct_header" | "method" | "cidr" | "distinct_cidr"
+    name: str = ""  # header name
+    value: str = ""  # header value or regex; methods as "GET|POST"; CIDR as "10.0.0.0/8"
+    regex: bool = False
+    invert: bool = False
+
+
+@dataclass(slots=True, unsafe_hash=True)
+class RateLimitRule:
+    conditions: tuple[RateLimitCondition, ...]  # all must hold; empty: every request
+    requests: int
+    interval_s: int  # the bucket holds `requests` tokens and is refilled every interval
+
+
+@dataclass(slots=True, unsafe_hash=True)
+class LocalRateLimit:
+    """Per-proxy limits of one route: a request is refused (429) when a rule it matches is out of tokens."""
+
+    rules: tuple[RateLimitRule, ...]
+
+
+@dataclass(slots=True, unsafe_hash=True)
+class Shaping:
+    """How a route's traffic is shaped (BackendTrafficPolicy, resolved); None fields: not shaped."""
+
+    local_rate_limit: LocalRateLimit | None = None
