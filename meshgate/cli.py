@@ -25,8 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"meshgate {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def config_args(cmd: argparse.ArgumentParser) -> None:
-        cmd.add_argument("paths", nargs="+", metavar="PATH", help="YAML files or folders (multi-document)")
+    def config_args(cmd: argparse.ArgumentParser, paths: str = "+") -> None:
+        cmd.add_argument("paths", nargs=paths, metavar="PATH", help="YAML files or folders (multi-document)")
         cmd.add_argument("--env", help="merge overlay files NAME.ENV.yaml over NAME.yaml")
 
     v = sub.add_parser("validate", help="check config files and report every problem")
@@ -39,9 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--show-secrets", action="store_true",
                    help="print TLS private keys as they are (by default they show as [redacted])")
 
-    def server_args(cmd: argparse.ArgumentParser, access_log_default: str) -> None:
+    def server_args(cmd: argparse.ArgumentParser, access_log_default: str, paths: str = "+") -> None:
         # Both servers are unauthenticated: loopback unless the user chooses to expose them.
-        config_args(cmd)
+        config_args(cmd, paths)
         cmd.add_argument("--xds-address", default="127.0.0.1:18000",
                          help="ADS gRPC server address, host:port (default 127.0.0.1:18000; "
                               "0.0.0.0:18000 serves Envoys on other hosts)")
@@ -67,7 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     x = sub.add_parser("xds", help="run the control plane alone (ADS + status servers), reload on edit",
                        description="Run the control plane alone: ADS and status servers, reloading on edit. "
                                    "Gateway listeners of the Envoys it serves bind to 0.0.0.0.")
-    server_args(x, "Envoy's stdout")
+    server_args(x, "Envoy's stdout", paths="*")
+    x.add_argument("--kubernetes", action="store_true",
+                   help="read Gateway API objects, meshgate CRDs, Secrets, Services and EndpointSlices from the "
+                        "Kubernetes API instead of files (see docs/kubernetes.md)")
+    x.add_argument("--kubeconfig", metavar="PATH",
+                   help="with --kubernetes: the kubeconfig to use (default: $KUBECONFIG, else the pod's service account)")
 
     b = sub.add_parser("bootstrap", help="print an Envoy bootstrap (JSON) that connects to meshgate xds")
     b.add_argument("--xds-address", default="127.0.0.1:18000")
@@ -142,6 +147,11 @@ def _run_options(args: argparse.Namespace):
     opts = RunOptions(paths=args.paths, env=args.env, group=args.group, xds_host=xds_host, xds_port=xds_port,
                       status_host=status_host, status_port=status_port, log_level=args.log_level,
                       access_log=None if args.access_log == "off" else args.access_log)
+    import os
+
+    from meshgate.xds.translator.tracing import tracing_from_env
+
+    opts.tracing = tracing_from_env(os.environ)  # OTEL_EXPORTER_OTLP_ENDPOINT & co.; None = no tracing
     return opts
 
 
@@ -168,8 +178,15 @@ def cmd_xds(args: argparse.Namespace) -> int:
     from meshgate.runner import serve_xds
 
     setup_logging(args.log_level)
+    if args.kubernetes == bool(args.paths):
+        print("meshgate xds: give config PATHs or --kubernetes (one of them)", file=sys.stderr)
+        return 2
+    if args.kubeconfig and not args.kubernetes:
+        print("meshgate xds: --kubeconfig needs --kubernetes", file=sys.stderr)
+        return 2
     opts = _run_options(args)
     opts.bind_address = "0.0.0.0"
+    opts.kubernetes, opts.kubeconfig = args.kubernetes, args.kubeconfig
     return asyncio.run(serve_xds(opts))
 
 

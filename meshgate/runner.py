@@ -27,6 +27,7 @@ from meshgate.xds.server import start_xds_server
 from meshgate.xds.snapshot import SnapshotCache
 from meshgate.controlplane.status_server import start_status_server
 from meshgate.xds.translator import TranslateOptions
+from meshgate.xds.translator.tracing import TracingOptions
 
 log = logging.getLogger("meshgate.run")
 
@@ -56,7 +57,11 @@ class RunOptions:
     sample_upstreams: bool = True
     access_log: str | None = ""  # "" = the default (STATE_DIR/access.log for run, Envoy's stdout for xds); None = off
     log_level: str = "info"
+    # Envoy's OpenTelemetry tracing (from OTEL_* environment variables, see translator/tracing.py); None = off.
+    tracing: TracingOptions | None = None
     envoy_log_level: str = "info"
+    kubernetes: bool = False  # `meshgate xds --kubernetes`: objects from the Kubernetes API, not files
+    kubeconfig: str | None = None  # None: $KUBECONFIG, else in-cluster (the pod's service account)
     # where errors of a rejected config are printed, in the same format as `meshgate validate`
     print_errors: Callable[[list[str]], None] = field(
         default=lambda lines: print("\n".join(lines), file=sys.stderr, flush=True)
@@ -161,11 +166,21 @@ async def serve_xds(opts: RunOptions) -> int:
     cache = SnapshotCache()
     status = ControlPlaneStatus()
     access_log = "/dev/stdout" if opts.access_log == "" else opts.access_log
+    provider = None
+    if opts.kubernetes:
+        from meshgate.providers.kubernetes import KubernetesProvider
+
+        provider = KubernetesProvider(opts.kubeconfig)
+        await provider.start()  # the first lists, so the first config is the whole cluster
     plane = ControlPlane(opts.paths, cache, group=opts.group, env=opts.env, status=status,
-                         options=TranslateOptions(bind_address=opts.bind_address, access_log_path=access_log),
-                         on_rejected=opts.print_errors)
+                         options=TranslateOptions(bind_address=opts.bind_address, access_log_path=access_log,
+                                                  tracing=opts.tracing),
+                         on_rejected=opts.print_errors, provider=provider)
+    status.extra["tracing"] = _tracing_status(opts.tracing)
     plane.reload()
     async with contextlib.AsyncExitStack() as stack:
+        if provider is not None:
+            stack.push_async_callback(provider.close)
         xds_port, status_port = await _start_servers(stack, opts, cache, status)
         log.info("control plane serving", extra={"xds": f"{opts.xds_host}:{xds_port}", "status": f"http://{opts.status_host}:{status_port}"})
         # Every Prometheus endpoint; the Envoys' own are wherever their bootstraps put them.
@@ -186,7 +201,7 @@ async def run_local(opts: RunOptions) -> int:
     status = ControlPlaneStatus()
     plane = ControlPlane(
         opts.paths, cache, group=opts.group, env=opts.env, status=status,
-        options=TranslateOptions(bind_address=opts.bind_address, access_log_path=access_log),
+        options=TranslateOptions(bind_address=opts.bind_address, access_log_path=access_log, tracing=opts.tracing),
         on_config=upstreams.sync if opts.sample_upstreams else None,
         on_rejected=opts.print_errors,
     )
@@ -225,6 +240,7 @@ async def run_local(opts: RunOptions) -> int:
             stats_port = await bound_stats_port(envoy.admin_url)  # the bound one, when asked for port 0
             metrics["envoy"] = f"http://{_url_host(opts.stats_host)}:{stats_port}{STATS_PATH}"
         status.extra["metrics"] = metrics
+        status.extra["tracing"] = _tracing_status(opts.tracing)
         print(_summary(plane, opts, status_port, envoy, access_log, metrics), flush=True)
         watcher = asyncio.create_task(plane.watch())
         stack.callback(watcher.cancel)
@@ -240,6 +256,13 @@ def _envoy_reason(message: str) -> str:
     if critical:
         return critical[-1].split("] ", 3)[-1].strip()
     return message.splitlines()[0] if message else "unknown error"
+
+
+def _tracing_status(tracing: TracingOptions | None) -> dict[str, object]:
+    if tracing is None:
+        return {"enabled": False}
+    return {"enabled": True, "exporter": "otlp-grpc", "endpoint": tracing.endpoint,
+            "sampling_percent": tracing.sampling_percent, "service_name": tracing.service_name}
 
 
 def _url_host(host: str) -> str:
@@ -264,6 +287,9 @@ def _summary(plane: ControlPlane, opts: RunOptions, status_port: int, envoy: Env
     lines.append(f"  Envoy:      pid {envoy.pid}, admin {envoy.admin_url}")
     lines.append(f"  metrics:    {metrics['control_plane']}  (control plane)"
                  + (f", {metrics['envoy']}  (Envoy)" if "envoy" in metrics else ""))
+    if opts.tracing is not None:
+        lines.append(f"  traces:     OTLP/gRPC to {opts.tracing.endpoint}  ({opts.tracing.sampling_percent:g}% of requests, "
+                     f"service.name {opts.tracing.service_name})")
     lines.append(f"  logs:       {envoy.log_path}  (Envoy), " + (f"{access_log}  (access log, JSON lines)" if access_log else "access log off"))
     for node in plane.status.nodes.values():
         for kind, nack in sorted(node.nacked.items()):

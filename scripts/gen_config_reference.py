@@ -368,7 +368,8 @@ stringData:
 """,
     (models.MESHGATE_V1ALPHA1, "BackendTrafficPolicy"): """\
 # Every route of the Gateway gets a request timeout and retries; the `api` route adds a circuit
-# breaker and health checks (cluster settings: its own Envoy cluster, see Policy attachment).
+# breaker and health checks (cluster settings: its own Envoy cluster, see Policy attachment) and
+# a local rate limit per user (docs/traffic.md#rate-limits).
 apiVersion: meshgate.io/v1alpha1
 kind: BackendTrafficPolicy
 metadata: {name: edge-defaults}
@@ -392,6 +393,12 @@ spec:
   healthCheck:
     active: {type: HTTP, http: {path: /healthz}, interval: 2s, unhealthyThreshold: 2}
     passive: {consecutive5XxErrors: 5, baseEjectionTime: 30s, maxEjectionPercent: 50}
+  rateLimit:
+    type: Local
+    local:
+      rules:
+        - clientSelectors: [{headers: [{name: x-user, type: Distinct}]}]
+          limit: {requests: 60, unit: Minute}
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway

@@ -59,9 +59,54 @@ def policy(body: str, refs: str | None = None) -> str:
     return text + body
 
 
+def _rl(selector: str) -> str:
+    return ("  rateLimit:\n    local:\n      rules:\n        - clientSelectors: [" + selector
+            + "]\n          limit: {requests: 1, unit: Second}\n")
+
+
 BAD = [
-    ("rate-limit", policy("  rateLimit: {type: Local}\n"),
-     "4: spec: BackendTrafficPolicy field 'rateLimit' (from Envoy Gateway) is not supported by meshgate yet"),
+    # rateLimit (local): tests/golden/translate/rate-limit-local.*, tests/test_e2e_shaping.py
+    ("rate-limit-global", policy("  rateLimit: {type: Global, global: {rules: []}}\n"),
+     "6: spec.rateLimit: global rate limits (type Global) need meshgate's rate-limit companion, which is not "
+     "available yet; use type Local (a limit per Envoy)"),
+    ("rate-limit-no-local", policy("  rateLimit: {type: Local}\n"),
+     "6: spec.rateLimit: a rate limit needs local (with its rules)"),
+    ("rate-limit-two-defaults", policy("  rateLimit:\n    local:\n      rules: [{limit: {requests: 1, unit: Second}}, "
+                                       "{limit: {requests: 2, unit: Minute}}]\n"),
+     "8: spec.rateLimit.local.rules: only one rule may have no clientSelectors (the route's overall limit)"),
+    ("rate-limit-distinct-value", policy(_rl("{headers: [{name: x-u, type: Distinct, value: a}]}")),
+     "9: spec.rateLimit.local.rules[0].clientSelectors[0].headers[0]: type Distinct takes no value and no invert: "
+     "each value of the header is counted on its own"),
+    ("rate-limit-exact-without-value", policy(_rl("{headers: [{name: x-u}]}")),
+     "9: spec.rateLimit.local.rules[0].clientSelectors[0].headers[0]: type Exact needs a value"),
+    ("rate-limit-bad-regex", policy(_rl("{headers: [{name: x-u, type: RegularExpression, value: '(?=a)'}]}")),
+     "9: spec.rateLimit.local.rules[0].clientSelectors[0].headers[0]: invalid regular expression (RE2): invalid "
+     "perl operator: (?="),
+    ("rate-limit-bad-cidr", policy(_rl("{sourceCIDR: {value: 10.0.0.0/33}}")),
+     "9: spec.rateLimit.local.rules[0].clientSelectors[0].sourceCIDR.value: '10.0.0.0/33' is not a CIDR range "
+     "(e.g. 10.0.0.0/8, 2001:db8::/32)"),
+    ("rate-limit-empty-selector", policy(_rl("{}")),
+     "9: spec.rateLimit.local.rules[0].clientSelectors[0]: a client selector needs headers, methods or sourceCIDR"),
+    ("rate-limit-path", policy(_rl("{path: {value: /x}}")),
+     "9: spec.rateLimit.local.rules[0].clientSelectors[0]: clientSelectors field 'path' (from Envoy Gateway) is "
+     "not supported by meshgate yet: use a policy on a rule with a path match"),
+    # compression: tests/golden/translate/compression.*, tests/test_e2e_shaping.py
+    ("compression-twice", policy("  compression: [{type: Gzip}, {type: Gzip}]\n"),
+     "6: spec.compression: each compression type may be listed once"),
+    ("compression-other-options", policy("  compression: [{type: Gzip, brotli: {quality: 3}}]\n"),
+     "6: spec.compression[0]: brotli is only used with type Brotli"),
+    ("compression-min-length", policy("  compression: [{type: Gzip, minContentLength: 10}]\n"),
+     "6: spec.compression[0].minContentLength: Envoy compresses nothing under 30 bytes: use 30 or more"),
+    ("compression-content-type", policy("  compression: [{type: Gzip, contentTypes: ['text/html; charset=utf-8']}]\n"),
+     "6: spec.compression[0].contentTypes: 'text/html; charset=utf-8' is not a content type in lowercase without "
+     "parameters (e.g. application/json)"),
+    ("compression-unsupported-option", policy("  compression: [{type: Gzip, gzip: {windowBits: 10}}]\n"),
+     "6: spec.compression[0].gzip: gzip field 'windowBits' (from Envoy Gateway) is not supported by meshgate yet"),
+    ("compressor", policy("  compressor: [{type: Gzip}]\n"),
+     "4: spec: BackendTrafficPolicy field 'compressor' (from Envoy Gateway) is not supported by meshgate yet: use "
+     "compression (a list, one item per algorithm)"),
+    ("rate-limit-zero", policy("  rateLimit:\n    local:\n      rules:\n        - limit: {requests: 0, unit: Second}\n"),
+     "9: spec.rateLimit.local.rules[0].limit.requests: input should be greater than or equal to 1"),
     ("fault-injection", policy("  faultInjection: {abort: {httpStatus: 503}}\n"),
      "4: spec: BackendTrafficPolicy field 'faultInjection' (from Envoy Gateway) is not supported by meshgate yet"),
     ("per-endpoint", policy("  circuitBreaker: {perEndpoint: {maxConnections: 1}}\n"),
@@ -100,6 +145,15 @@ GOOD = [
         "  circuitBreaker: {maxPendingRequests: 1, retryBudget: {percent: 10}}\n"
         "  healthCheck: {active: {type: GRPC}, passive: {}, panicThreshold: 0}\n"
         "  loadBalancer: {type: ConsistentHash, consistentHash: {type: Cookie, cookie: {name: s, ttl: 1h}}}\n")),
+    ("rate-limit", policy(
+        "  rateLimit:\n    type: Local\n    local:\n      rules:\n        - limit: {requests: 10, unit: Second}\n"
+        "        - clientSelectors: [{headers: [{name: x-u, type: Distinct}], sourceCIDR: {value: 10.0.0.0/8}},\n"
+        "                            {methods: [{value: POST}, {value: PUT}]}]\n"
+        "          limit: {requests: 1, unit: Year}\n")),
+    ("compression", policy(
+        "  compression:\n    - {type: Brotli, brotli: {quality: 11}, minContentLength: 1Ki}\n"
+        "    - {type: Zstd, zstd: {compressionLevel: 22}, contentTypes: [application/json, text/csv]}\n"
+        "    - {type: Gzip, gzip: {compressionLevel: 1}, minContentLength: 30}\n")),
 ]
 
 

@@ -12,12 +12,16 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import threading
 import urllib.error
 import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness import Meshgate, free_port, request, wait_until
@@ -26,12 +30,45 @@ CONFIG = Path(__file__).parent / "e2e" / "observability"
 HOST = "api.example.com"
 
 
+class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
+    """A real OTLP/gRPC trace receiver: keeps every export request Envoy sends."""
+
+    def __init__(self) -> None:
+        self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
+        self._lock = threading.Lock()
+
+    def Export(self, request, context):  # noqa: N802 - the gRPC method's name
+        with self._lock:
+            self.requests.append(request)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+    def spans(self) -> list[tuple[dict[str, str], object]]:
+        """(resource attributes, span) of every span received so far."""
+        with self._lock:
+            requests = list(self.requests)
+        return [({a.key: a.value.string_value for a in rs.resource.attributes}, span)
+                for r in requests for rs in r.resource_spans for ss in rs.scope_spans for span in ss.spans]
+
+
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory):
+def otlp():
+    receiver = OtlpReceiver()
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
+    receiver.port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield receiver
+    server.stop(grace=1).wait(5)
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory, otlp: OtlpReceiver):
     work = tmp_path_factory.mktemp("observability")
-    env = {"HTTP_PORT": str(free_port()), "ECHO_PORT": str(free_port())}
+    env = {"HTTP_PORT": str(free_port()), "ECHO_PORT": str(free_port()),
+           "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp.port}", "OTEL_SERVICE_NAME": "meshgate-test"}
     mg = Meshgate([str(CONFIG)], work, env=env).start()
     mg.http = int(env["HTTP_PORT"])
+    mg.access_log = work / "state" / "access.log"
     yield mg
     assert mg.stop() == 0, mg.output()
 
@@ -141,3 +178,87 @@ def test_promtool_checks_both(gw: Meshgate) -> None:
     envoy = check(metrics["envoy"])
     output = envoy.stdout + envoy.stderr
     assert "error while linting" not in output and "parsing error" not in output, output
+
+
+# -- traces -------------------------------------------------------------------------------------------
+
+
+def _attributes(span) -> dict[str, str]:
+    def value(v):
+        kind = v.WhichOneof("value")
+        return str(getattr(v, kind)) if kind else ""
+
+    return {a.key: value(a.value) for a in span.attributes}
+
+
+def _span_of(otlp: OtlpReceiver, trace_id: str):
+    """The span Envoy exported for the trace (bounded wait: Envoy flushes spans every 5 s)."""
+    return wait_until(lambda: next((pair for pair in otlp.spans() if pair[1].trace_id.hex() == trace_id), None),
+                      timeout=20, what=f"a span of trace {trace_id}")
+
+
+def test_a_request_yields_a_span_whose_trace_the_upstream_saw(gw: Meshgate, otlp: OtlpReceiver) -> None:
+    r = request(gw.http, "/a/traced", host=HOST)
+    assert r.status == 200
+    traceparent = r.json["headers"]["traceparent"]  # W3C: 00-TRACEID-PARENTID-FLAGS
+    version, trace_id, parent_id, flags = traceparent.split("-")
+    assert version == "00" and len(trace_id) == 32 and flags == "01"
+    resource, span = _span_of(otlp, trace_id)
+    assert resource["service.name"] == "meshgate-test"
+    assert span.span_id.hex() == parent_id  # the upstream's parent is Envoy's server span
+    attributes = _attributes(span)
+    assert attributes["http.status_code"] == "200"
+    assert attributes["meshgate.route"] == "httproute/default/app/rule/0/match/0"
+    assert attributes["http.url"] == f"http://{HOST}/a/traced"
+    assert attributes["upstream_cluster"] == "backend/default/echo"
+    assert attributes["guid:x-request-id"] == r.json["headers"]["x-request-id"]
+
+
+def test_an_incoming_traceparent_is_continued(gw: Meshgate, otlp: OtlpReceiver) -> None:
+    trace_id, parent = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    r = request(gw.http, "/b/continued", host=HOST, headers={"traceparent": f"00-{trace_id}-{parent}-01"})
+    assert r.json["headers"]["traceparent"].split("-")[1] == trace_id
+    _, span = _span_of(otlp, trace_id)
+    assert span.parent_span_id.hex() == parent
+
+
+def test_status_and_summary_name_the_trace_exporter(gw: Meshgate, otlp: OtlpReceiver) -> None:
+    endpoint = f"http://127.0.0.1:{otlp.port}"
+    assert gw.status()["tracing"] == {"enabled": True, "exporter": "otlp-grpc", "endpoint": endpoint,
+                                      "sampling_percent": 100.0, "service_name": "meshgate-test"}
+    assert f"traces:     OTLP/gRPC to {endpoint}  (100% of requests, service.name meshgate-test)" in gw.stdout_path.read_text()
+
+
+# -- redaction ----------------------------------------------------------------------------------------
+
+SECRET_HEADERS = {
+    "authorization": "Bearer SECRET-AUTHORIZATION",
+    "proxy-authorization": "Basic SECRET-PROXY-AUTHORIZATION",
+    "cookie": "session=SECRET-COOKIE",
+    "x-api-key": "SECRET-X-API-KEY",
+    "api-key": "SECRET-API-KEY",
+}
+SECRET_QUERY = {"token": "SECRET-TOKEN", "api_key": "SECRET-QUERY-API-KEY", "access_token": "SECRET-ACCESS-TOKEN"}
+
+
+def test_credentials_are_never_in_the_access_log_nor_in_spans(gw: Meshgate, otlp: OtlpReceiver) -> None:
+    query = "&".join(f"{k}={v}" for k, v in SECRET_QUERY.items())
+    r = request(gw.http, f"/cookie/x?{query}&page=2", host=HOST, headers=SECRET_HEADERS)
+    assert r.status == 200 and r.headers["set-cookie"].startswith("sid=SECRET-SET-COOKIE")
+    assert r.json["headers"]["authorization"] == SECRET_HEADERS["authorization"]  # still forwarded upstream
+    request_id, trace_id = r.json["headers"]["x-request-id"], r.json["headers"]["traceparent"].split("-")[1]
+
+    line = wait_until(lambda: next((json.loads(l) for l in gw.access_log.read_text().splitlines()
+                                    if json.loads(l)["request_id"] == request_id), None),
+                      timeout=10, what="the request's access log line")
+    assert line["trace_id"] == trace_id  # beside the request id
+    assert line["path"] == "/cookie/x"  # without the query string
+    _span_of(otlp, trace_id)
+
+    secrets = [*SECRET_HEADERS.values(), *SECRET_QUERY.values(), "SECRET-SET-COOKIE"]
+    secrets += [v.split(" ", 1)[-1].split("=", 1)[-1] for v in SECRET_HEADERS.values()]  # the bare values too
+    log = gw.access_log.read_text()
+    spans = [span.SerializeToString() + str(resource).encode() for resource, span in otlp.spans()]
+    for secret in secrets:
+        assert secret not in log, f"{secret} in the access log"
+        assert not [s for s in spans if secret.encode() in s], f"{secret} in a span"

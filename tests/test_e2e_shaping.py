@@ -1,5 +1,5 @@
-"""BackendTrafficPolicy shaping through the real Envoy: local rate limits (`rateLimit`), as a
-client sees them.
+"""BackendTrafficPolicy shaping through the real Envoy: local rate limits (`rateLimit`) and
+response compression (`compression`: gzip, brotli, zstd), as a client sees them.
 
 One `meshgate run` for the module; the upstream is the test's own aiohttp server. Rate-limit
 buckets refill on Envoy's timer, so a burst may straddle a refill: assertions allow up to twice
@@ -9,10 +9,14 @@ the limit through and never depend on timing. Every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import http.client
+import json
 import threading
 
+import brotli
 import pytest
+import zstandard
 from aiohttp import web
 
 from harness import Meshgate, Response, free_port, wait_until
@@ -21,7 +25,8 @@ pytestmark = pytest.mark.timeout(120)
 
 
 class Upstream:
-    """An HTTP/1.1 upstream: answers every path with a small JSON body naming the path."""
+    """An HTTP/1.1 upstream: answers every path with a small JSON body naming the path, but
+    `/compress/big.json` (JSON, a few KB), `/compress/big.png` (the same bytes as an image)."""
 
     def __init__(self) -> None:
         self.port = 0
@@ -45,6 +50,10 @@ class Upstream:
 
     async def _handle(self, req: web.Request) -> web.Response:
         self.requests += 1
+        if req.path.endswith("/big.json"):
+            return web.Response(body=BIG, content_type="application/json")
+        if req.path.endswith("/big.png"):
+            return web.Response(body=BIG, content_type="image/png")
         return web.json_response({"path": req.path})
 
     def stop(self) -> None:
@@ -66,6 +75,8 @@ def call(port: int, path: str, *, headers: dict[str, str] | None = None, method:
     finally:
         conn.close()
 
+
+BIG = json.dumps([{"id": i, "name": f"item {i}", "tags": ["a", "b"]} for i in range(100)]).encode()
 
 CONFIG = """\
 apiVersion: gateway.networking.k8s.io/v1
@@ -113,6 +124,20 @@ spec:
         - clientSelectors: [{{sourceCIDR: {{type: Distinct, value: 127.0.0.0/8}}}}]
           limit: {{requests: 3, unit: Minute}}
 ---
+# Compression; its own rate limit replaces the Gateway's (policies merge field by field).
+apiVersion: meshgate.io/v1alpha1
+kind: BackendTrafficPolicy
+metadata: {{name: compress}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: compress}}]
+  rateLimit:
+    local:
+      rules: [{{limit: {{requests: 1000, unit: Second}}}}]
+  compression:
+    - {{type: Gzip, minContentLength: 100}}
+    - {{type: Brotli, minContentLength: 100}}
+    - {{type: Zstd, minContentLength: 100}}
+---
 apiVersion: meshgate.io/v1alpha1
 kind: Backend
 metadata: {{name: app}}
@@ -129,6 +154,15 @@ spec:
       matches: [{{path: {{type: PathPrefix, value: /per-ip}}}}]
       backendRefs: [{{group: meshgate.io, kind: Backend, name: app}}]
     - matches: [{{path: {{type: PathPrefix, value: /limits}}}}]
+      backendRefs: [{{group: meshgate.io, kind: Backend, name: app}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: compress}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules:
+    - matches: [{{path: {{type: PathPrefix, value: /compress}}}}]
       backendRefs: [{{group: meshgate.io, kind: Backend, name: app}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
@@ -212,4 +246,36 @@ def test_envoy_runs_the_route_limits_and_policies_are_accepted(gw) -> None:  # n
     assert config["enable_retry_after_header"] is True  # set by field number (newer than xds-protos)
     assert config["max_dynamic_descriptors"] == 10000
     objects = [o for o in gw.objects() if o["kind"] == "BackendTrafficPolicy"]
-    assert len(objects) == 3 and all(o["conditions"][0]["reason"] == "Accepted" for o in objects)
+    assert len(objects) == 4 and all(o["conditions"][0]["reason"] == "Accepted" for o in objects)
+
+
+# -- compression ----------------------------------------------------------------------------------
+
+_DECODE = {"gzip": gzip.decompress, "br": brotli.decompress,
+           "zstd": lambda data: zstandard.ZstdDecompressor().decompressobj().decompress(data)}
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "br", "zstd"])
+def test_responses_are_compressed_with_the_encoding_the_client_accepts(gw, encoding: str) -> None:  # noqa: ANN001
+    r = call(gw.port, "/compress/big.json", headers={"Accept-Encoding": encoding})
+    assert r.status == 200 and r.headers["content-encoding"] == encoding
+    assert "accept-encoding" in r.headers["vary"].lower()
+    assert len(r.body) < len(BIG) and _DECODE[encoding](r.body) == BIG
+    assert "content-length" not in r.headers  # streamed while compressed
+
+
+def test_the_clients_preferred_encoding_wins(gw) -> None:  # noqa: ANN001
+    r = call(gw.port, "/compress/big.json", headers={"Accept-Encoding": "gzip;q=0.5, zstd;q=0.1, br"})
+    assert r.headers["content-encoding"] == "br" and brotli.decompress(r.body) == BIG
+
+
+def test_what_is_not_compressed(gw) -> None:  # noqa: ANN001
+    plain = call(gw.port, "/compress/big.json")  # no Accept-Encoding
+    assert "content-encoding" not in plain.headers and plain.body == BIG
+    assert "accept-encoding" in plain.headers["vary"].lower()  # caches must keep the variants apart
+    small = call(gw.port, "/compress/small", headers={"Accept-Encoding": "gzip"})  # under minContentLength
+    assert "content-encoding" not in small.headers and small.json == {"path": "/compress/small"}
+    image = call(gw.port, "/compress/big.png", headers={"Accept-Encoding": "gzip"})  # not a listed type
+    assert "content-encoding" not in image.headers and image.body == BIG
+    other = call(gw.port, "/limits/x", headers={"Accept-Encoding": "gzip"})  # a route without compression
+    assert "content-encoding" not in other.headers

@@ -40,6 +40,10 @@ def static_bootstrap(resources) -> dict:
             tls = chain.get("transport_socket", {}).get("typed_config", {}).get("common_tls_context", {})
             for sds in tls.get("tls_certificate_sds_secret_configs", []):
                 sds.pop("sds_config")  # static secret of that name
+            for http_filter in hcm.get("http_filters", []):  # the oauth2 filter's secrets, likewise
+                credentials = http_filter.get("typed_config", {}).get("config", {}).get("credentials", {})
+                for key in ("token_secret", "hmac_secret"):
+                    credentials.get(key, {}).pop("sds_config", None)
         listeners.append(d)
     clusters = []
     for name, cluster in resources[CLUSTER].items():
@@ -55,7 +59,9 @@ def static_bootstrap(resources) -> dict:
         tls.get("combined_validation_context", {}).get("validation_context_sds_secret_config", {}).pop("sds_config", None)
         clusters.append(d)
     secrets = [as_dict(s) for s in resources.get(SECRET, {}).values()]
-    return {"static_resources": {"listeners": listeners, "clusters": clusters, "secrets": secrets}}
+    # The oauth2 filter needs a node id and cluster (as every Envoy meshgate runs has).
+    return {"node": {"id": "validate", "cluster": "edge"},
+            "static_resources": {"listeners": listeners, "clusters": clusters, "secrets": secrets}}
 
 
 @pytest.mark.parametrize("name", CASES)

@@ -3,7 +3,7 @@ Gateway's `BackendTrafficPolicy`, resilience part): timeouts, retries, circuit b
 and passive health checks, load balancing.
 
 Shapes only; attachment and merging are `meshgate.gatewayapi.backend_policy`, Envoy config
-`meshgate.xds.translator.backend_traffic`; the shaping fields (rate limits) are in
+`meshgate.xds.translator.backend_traffic`; the shaping fields (rate limits, compression, fault injection) are in
 `meshgate.api.backend_traffic_shaping`. Fields of Envoy Gateway's kind that meshgate does not
 implement are listed in `UNSUPPORTED` and rejected with an error naming them.
 """
@@ -15,7 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from meshgate.api.models import Duration, HeaderName, Model, Resource, duration_seconds
-from meshgate.api.backend_traffic_shaping import RateLimitSpec
+from meshgate.api.backend_traffic_shaping import Compression, FaultInjection, RateLimitSpec, check_compression
 from meshgate.api.policies import GATEWAY_GROUP, PolicyTargetReference, _reject_unsupported
 
 # Envoy Gateway BackendTrafficPolicy fields meshgate does not implement yet (field -> hint).
@@ -23,9 +23,7 @@ from meshgate.api.policies import GATEWAY_GROUP, PolicyTargetReference, _reject_
 UNSUPPORTED: dict[str, str] = {
     "targetRef": "use targetRefs (a list)",
     "targetSelectors": "name targets with targetRefs",
-    "faultInjection": "",
-    "compression": "",
-    "compressor": "",
+    "compressor": "use compression (a list, one item per algorithm)",
     "responseOverride": "",
     "proxyProtocol": "",
     "tcpKeepalive": "",
@@ -374,6 +372,15 @@ class BackendTrafficPolicySpec(Model):
     load_balancer: BackendLoadBalancer | None = None
     # Shaping (meshgate.api.backend_traffic_shaping): enforced per route by Envoy's HTTP filters.
     rate_limit: RateLimitSpec | None = None
+    compression: list[Compression] | None = Field(
+        None, max_length=3, description="Compress responses with the algorithms the client accepts (Accept-Encoding), "
+        "one item per algorithm; the client's preference (q-values) picks among them.")
+
+    fault_injection: FaultInjection | None = Field(
+        None, description="Delay or abort a share of the requests, as a failing backend would (tests of clients' "
+        "resilience).")
+
+    _compression = field_validator("compression")(classmethod(lambda cls, v: check_compression(v)))
 
     @model_validator(mode="before")
     @classmethod

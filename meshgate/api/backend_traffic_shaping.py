@@ -1,6 +1,7 @@
 """BackendTrafficPolicy, shaping part: the fields that shape a route's traffic rather than the
 connection to its backends, shaped like Envoy Gateway's (`api/v1alpha1/ratelimit_types.go`):
-local rate limits (`rateLimit`).
+local rate limits (`rateLimit`), compression (`compression_types.go`), fault injection
+(`fault_injection.go`).
 
 Shapes and validation only. What they become: `meshgate.gatewayapi.backend_policy` (resolved per
 route into `meshgate.ir.shaping`), then one Envoy HTTP filter each under
@@ -10,12 +11,13 @@ route into `meshgate.ir.shaping`), then one Envoy HTTP filter each under
 from __future__ import annotations
 
 import ipaddress
+import re
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from meshgate.api.models import HeaderName, Model, _check_regex
-from meshgate.api.policies import _reject_unsupported
+from meshgate.api.models import Duration, HeaderName, Model, _check_regex, duration_seconds
+from meshgate.api.policies import Size, _check_size, _reject_unsupported, size_bytes
 
 # -- rateLimit --------------------------------------------------------------------------------
 
@@ -137,4 +139,131 @@ class RateLimitSpec(Model):
     def _local(self) -> RateLimitSpec:
         if self.local is None:
             raise ValueError("a rate limit needs local (with its rules)")
+        return self
+
+
+# -- compression ------------------------------------------------------------------------------
+
+
+class GzipCompressor(Model):
+    compression_level: int | None = Field(None, ge=1, le=9, description="zlib level, 1 (fastest) to 9 (smallest). "
+                                          "Default: zlib's (6).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unsupported(cls, data: Any) -> Any:
+        return _reject_unsupported(data, {"compressionStrategy": "", "memoryLevel": "", "windowBits": "",
+                                          "chunkSize": ""}, "gzip")
+
+
+class BrotliCompressor(Model):
+    quality: int | None = Field(None, ge=0, le=11, description="0 (fastest) to 11 (smallest). Default 3.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unsupported(cls, data: Any) -> Any:
+        return _reject_unsupported(data, {"encoderMode": "", "windowBits": "", "inputBlockBits": "", "chunkSize": "",
+                                          "disableLiteralContextModeling": ""}, "brotli")
+
+
+class ZstdCompressor(Model):
+    compression_level: int | None = Field(None, ge=1, le=22, description="1 (fastest) to 22 (smallest). Default 3.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unsupported(cls, data: Any) -> Any:
+        return _reject_unsupported(data, {"enableChecksum": "", "strategy": "", "chunkSize": ""}, "zstd")
+
+
+# Envoy's compressor compresses these content types unless told otherwise.
+DEFAULT_COMPRESSED_TYPES = ("text/html", "text/plain", "text/css", "application/javascript", "application/x-javascript",
+                            "text/javascript", "text/x-javascript", "text/ecmascript", "text/js", "text/jscript",
+                            "text/x-js", "application/ecmascript", "application/x-json", "application/xml",
+                            "application/json", "image/svg+xml", "text/xml", "application/xhtml+xml")
+
+
+class Compression(Model):
+    type: Literal["Gzip", "Brotli", "Zstd"]
+    gzip: GzipCompressor | None = None
+    brotli: BrotliCompressor | None = None
+    zstd: ZstdCompressor | None = None
+    min_content_length: Size | None = Field(
+        None, description="Responses smaller than this are sent as they are. Default 30 bytes (Envoy's minimum). "
+        "A response without Content-Length (streamed) is compressed whatever its size.")
+    content_types: list[str] | None = Field(
+        None, min_length=1, max_length=50, description="meshgate extension. Content types (without parameters) "
+        "that are compressed. Default: Envoy's list (text/html, text/plain, text/css, application/javascript, "
+        "application/json, application/xml, image/svg+xml, ...).")
+
+    @field_validator("min_content_length")
+    @classmethod
+    def _min(cls, value: Size | None) -> Size | None:
+        if value is not None:
+            _check_size(value)
+            if size_bytes(value) < 30:
+                raise ValueError("Envoy compresses nothing under 30 bytes: use 30 or more")
+            if size_bytes(value) > _U32:
+                raise ValueError("at most 4294967295 bytes")
+        return value
+
+    @field_validator("content_types")
+    @classmethod
+    def _types(cls, types: list[str] | None) -> list[str] | None:
+        for t in types or ():
+            if not re.fullmatch(r"[a-z0-9][a-z0-9!#$&^_.+-]*/[a-z0-9][a-z0-9!#$&^_.+-]*", t):
+                raise ValueError(f"{t!r} is not a content type in lowercase without parameters (e.g. application/json)")
+        return types
+
+    @model_validator(mode="after")
+    def _union(self) -> Compression:
+        for kind in ("gzip", "brotli", "zstd"):
+            if getattr(self, kind) is not None and self.type.lower() != kind:
+                raise ValueError(f"{kind} is only used with type {kind.capitalize()}")
+        return self
+
+
+def check_compression(items: list[Compression] | None) -> list[Compression] | None:
+    if items and len({c.type for c in items}) != len(items):
+        raise ValueError("each compression type may be listed once")
+    return items
+
+
+# -- faultInjection ---------------------------------------------------------------------------
+
+
+class FaultInjectionDelay(Model):
+    fixed_delay: Duration = Field(description="How long a delayed request waits before it goes on.")
+    percentage: float | None = Field(None, ge=0, le=100, description="Share of requests delayed, in percent "
+                                     "(to 0.0001%). Default 100.")
+
+    @field_validator("fixed_delay")
+    @classmethod
+    def _positive(cls, value: str) -> str:
+        if duration_seconds(value) <= 0:
+            raise ValueError("the delay must be more than 0")
+        return value
+
+
+class FaultInjectionAbort(Model):
+    http_status: int | None = Field(None, ge=200, le=599, description="The HTTP status the aborted request gets.")
+    grpc_status: int | None = Field(None, ge=0, le=16, description="The gRPC status an aborted gRPC call gets "
+                                    "(HTTP 200, trailers only).")
+    percentage: float | None = Field(None, ge=0, le=100, description="Share of requests aborted, in percent "
+                                     "(to 0.0001%). Default 100.")
+
+    @model_validator(mode="after")
+    def _one(self) -> FaultInjectionAbort:
+        if (self.http_status is None) == (self.grpc_status is None):
+            raise ValueError("an abort needs exactly one of httpStatus and grpcStatus")
+        return self
+
+
+class FaultInjection(Model):
+    delay: FaultInjectionDelay | None = None
+    abort: FaultInjectionAbort | None = None
+
+    @model_validator(mode="after")
+    def _some(self) -> FaultInjection:
+        if self.delay is None and self.abort is None:
+            raise ValueError("fault injection needs a delay, an abort or both")
         return self

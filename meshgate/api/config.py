@@ -21,13 +21,14 @@ from meshgate.api.models import KINDS as _MODEL_KINDS
 from meshgate.api.models import Resource
 from meshgate.api.policies import POLICY_KINDS
 from meshgate.api.transcoding import TRANSCODING_KINDS
+from meshgate.api.service import SERVICE_KINDS
 from meshgate.errors import ConfigError, ConfigErrors
 
 if TYPE_CHECKING:
     from meshgate.gatewayapi import Translation
 
 # (apiVersion, kind) -> model, for every kind meshgate reads.
-KINDS: dict[tuple[str, str], type[Resource]] = {**_MODEL_KINDS, **POLICY_KINDS, **TRANSCODING_KINDS}
+KINDS: dict[tuple[str, str], type[Resource]] = {**_MODEL_KINDS, **POLICY_KINDS, **TRANSCODING_KINDS, **SERVICE_KINDS}
 
 
 def load_config(

@@ -71,12 +71,7 @@ class RemoteJWKS(Model):
     @field_validator("uri")
     @classmethod
     def _uri(cls, uri: str) -> str:
-        m = re.fullmatch(r"(https?)://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?(/[^\s#]*)?", uri)
-        if not m:
-            raise ValueError(f"{uri[:80]!r} is not an http:// or https:// URL")
-        if m.group(3) and not 1 <= int(m.group(3)[1:]) <= 65535:
-            raise ValueError(f"port {m.group(3)[1:]} is out of range")
-        return uri
+        return check_http_url(uri)
 
 
 class LocalJWKS(Model):
@@ -255,9 +250,95 @@ class BasicAuth(Model):
                                    "basicAuth")
 
 
+class OIDCProvider(Model):
+    issuer: str = Field(min_length=1, max_length=253)
+    authorization_endpoint: str | None = Field(None, max_length=253,
+                                               description="Where browsers are sent to log in.")
+    token_endpoint: str | None = Field(None, max_length=253,
+                                       description="Where Envoy exchanges the code for tokens (and refreshes them).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unsupported(cls, data: Any) -> Any:
+        return _reject_unsupported(data, {k: "the provider is reached directly (from its URLs)"
+                                          for k in ("backendRef", "backendRefs", "backendSettings")}, "provider")
+
+    @model_validator(mode="after")
+    def _urls(self) -> OIDCProvider:
+        for name in ("issuer", "authorization_endpoint", "token_endpoint"):
+            value = getattr(self, name)
+            if value is not None:
+                check_http_url(value)
+        if self.authorization_endpoint is None or self.token_endpoint is None:
+            # Envoy Gateway fetches them from {issuer}/.well-known/openid-configuration; meshgate's
+            # translation does no I/O, so they are named.
+            raise ValueError("set authorizationEndpoint and tokenEndpoint (meshgate does not read the "
+                             "provider's discovery document yet)")
+        return self
+
+
+class OIDCDenyRedirectHeader(Model):
+    name: HeaderName
+    type: Literal["Exact", "Prefix", "Suffix", "RegularExpression"] = "Exact"
+    value: str = Field(min_length=1, max_length=1024)
+
+
+class OIDCDenyRedirect(Model):
+    headers: list[OIDCDenyRedirectHeader] = Field(min_length=1, max_length=16)
+
+
+class OIDC(Model):
+    """OpenID Connect login (authorization code flow with PKCE) by Envoy's `oauth2` filter: a
+    browser without a session is sent to the provider, and comes back with session cookies."""
+
+    provider: OIDCProvider
+    client_id: str = Field(min_length=1, max_length=253, alias="clientID")
+    client_secret: SecretObjectReference = Field(description="A Secret whose `client-secret` key holds it.")
+    scopes: list[str] = Field(default_factory=list, max_length=32, description="`openid` is always asked for.")
+    resources: list[str] = Field(default_factory=list, max_length=16)
+    redirect_url: str | None = Field(
+        None, alias="redirectURL", description="Default `%REQ(x-forwarded-proto)%://%REQ(:authority)%/oauth2/callback`: "
+        "the callback on the host the browser asked for.")
+    logout_path: str | None = Field(None, pattern=r"^/[^\s?#]*$", description="Clears the session (default /logout).")
+    forward_access_token: bool | None = Field(None, description="Send the access token upstream as a bearer token.")
+    refresh_token: bool | None = Field(
+        None, description="Use the refresh token to renew an expired access token without a new login (default off).")
+    default_token_ttl: Duration | None = Field(None, alias="defaultTokenTTL")
+    default_refresh_token_ttl: Duration | None = Field(None, alias="defaultRefreshTokenTTL")
+    cookie_domain: str | None = Field(None, max_length=253)
+    deny_redirect: OIDCDenyRedirect | None = Field(
+        None, description="Requests matching these headers (an API client, say) get 401 instead of a redirect to log in.")
+    pass_through_auth_header: bool | None = Field(
+        None, description="A request that already carries an Authorization header passes without a session "
+        "(let a jwt provider of the same policy check it).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unsupported(cls, data: Any) -> Any:
+        return _reject_unsupported(data, {k: "" for k in (
+            "cookieNames", "cookieConfig", "csrfTokenTTL", "disableTokenEncryption", "endSessionEndpoint")}, "oidc")
+
+    @field_validator("redirect_url")
+    @classmethod
+    def _redirect(cls, value: str | None) -> str | None:
+        if value is not None and "%" not in value:
+            check_http_url(value)
+        return value
+
+
+def check_http_url(url: str) -> str:
+    m = re.fullmatch(r"(https?)://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?(/[^\s#]*)?", url)
+    if not m:
+        raise ValueError(f"{url[:80]!r} is not an http:// or https:// URL")
+    if m.group(3) and not 1 <= int(m.group(3)[1:]) <= 65535:
+        raise ValueError(f"port {m.group(3)[1:]} is out of range")
+    return url
+
+
 class SecurityPolicySpec(Model):
     target_refs: list[PolicyTargetReference] = Field(min_length=1, max_length=16)
     jwt: JWT | None = None
+    oidc: OIDC | None = None
     api_key_auth: APIKeyAuth | None = Field(None, alias="apiKeyAuth")
     basic_auth: BasicAuth | None = None
     authorization: Authorization | None = None
@@ -269,7 +350,7 @@ class SecurityPolicySpec(Model):
             "targetRef": "use targetRefs (a list)",
             "targetSelectors": "name targets with targetRefs",
             "cors": "use the HTTPRoute CORS filter",
-            **{k: "" for k in ("oidc", "extAuth")},
+            "extAuth": "",
         }, "SecurityPolicy")
 
     @field_validator("target_refs")

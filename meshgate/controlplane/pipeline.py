@@ -13,11 +13,13 @@ import asyncio
 import gc
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from meshgate.api.config import all_problems
+from meshgate.providers.base import EndpointSource, Provider
 from meshgate.providers.file import FileProvider
 from meshgate.controlplane.publish import StagedPublisher
 from meshgate.controlplane.status import ControlPlaneStatus
@@ -58,6 +60,11 @@ def _named(cla: endpoint_pb2.ClusterLoadAssignment, name: str) -> endpoint_pb2.C
     return renamed
 
 
+def _cla(cluster: str, endpoints: tuple[ir.Endpoint, ...]) -> endpoint_pb2.ClusterLoadAssignment:
+    return translate_endpoints(ir.Cluster(name=cluster, endpoints=endpoints, lb="RoundRobin", protocol="HTTP1",
+                                          connect_timeout_s=0, dns=False))
+
+
 def compile_config(translation: Translation, options: TranslateOptions, memo: TranslateMemo | None = None) -> Resources:
     """IR → Envoy resources, shared by `meshgate translate` and the control plane."""
     return translate(translation.ir, options, memo)
@@ -89,6 +96,7 @@ class ControlPlane:
         environ: Mapping[str, str] | None = None,
         on_config: Callable[[Translation], None] | None = None,
         on_rejected: Callable[[list[str]], None] | None = None,
+        provider: Provider | None = None,
     ) -> None:
         self.paths = list(paths)
         self.cache = cache
@@ -100,8 +108,12 @@ class ControlPlane:
         self.on_config = on_config  # called with every translation that was published
         self.on_rejected = on_rejected  # called with problem lines not reported before
         self.publisher = StagedPublisher(cache, group, self.status)
-        # Loads the files (re-reading only changed ones) and reports settled changes.
-        self.provider = FileProvider(self.paths, env, environ)
+        # Loads the files (re-reading only changed ones) and reports settled changes; or another
+        # source of documents (the Kubernetes API), see meshgate.providers.base.
+        self.provider: Provider = provider if provider is not None else FileProvider(self.paths, env, environ)
+        self.source = getattr(provider, "description", "") or ", ".join(self.paths)  # for messages
+        self._provider_clas: dict[str, tuple[tuple, endpoint_pb2.ClusterLoadAssignment]] = {}
+        self._provider_clas_lock = threading.Lock()  # the loop and a reload's worker thread both read them
         self.store = ObjectStore()  # objects with their last valid versions, across reloads
         self.memo = TranslationMemo()  # per-route translations, reused while unchanged
         self.xds_memo = TranslateMemo()  # per-route Envoy messages, likewise
@@ -190,7 +202,9 @@ class ControlPlane:
             problems = [str(e) for e in all_problems(view, translation)]
             resources = compile_config(translation, self.options, self.xds_memo)
             variants = cluster_variants(translation)
-            for cluster, cla in dict(self.endpoints).items():  # a copy: set_endpoints runs on the loop
+            external = dict(self._provider_endpoints())
+            external.update(self.endpoints)  # a copy: set_endpoints runs on the loop
+            for cluster, cla in external.items():
                 for name in (cluster, *variants.get(cluster, ())):
                     if name in resources[ENDPOINT]:
                         resources[ENDPOINT][name] = _named(cla, name)
@@ -243,7 +257,7 @@ class ControlPlane:
         """Log each problem once (while it lasts), and say when the config is valid again."""
         problems = result.problems
         if result.empty:
-            problems = [f"{', '.join(self.paths)}: no objects found (an empty config serves nothing)"]
+            problems = [f"{self.source}: no objects found (an empty config serves nothing)"]
         self.status.metrics.config_errors.set(len(result.problems))
         self.status.last_error = problems
         new = [p for p in problems if p not in self._reported]
@@ -265,11 +279,15 @@ class ControlPlane:
         translated again), and updates arriving within `ENDPOINT_BATCH_SECONDS` are sent together.
         Must be called on the event loop.
         """
-        cluster = cluster_name_of(namespace, name)
-        self.endpoints[cluster] = translate_endpoints(ir.Cluster(
-            name=cluster, endpoints=tuple(ir.Endpoint(a, p, w) for a, p, w in endpoints),
-            lb="RoundRobin", protocol="HTTP1", connect_timeout_s=0, dns=False))
-        self._endpoints_dirty.add(cluster)
+        self.set_cluster_endpoints(cluster_name_of(namespace, name), (ir.Endpoint(a, p, w) for a, p, w in endpoints))
+
+    def set_cluster_endpoints(self, cluster: str, endpoints: Iterable[ir.Endpoint]) -> None:
+        """`set_endpoints` for any cluster by name (e.g. a Service port's `service/NS/NAME/PORT`)."""
+        self.endpoints[cluster] = _cla(cluster, tuple(endpoints))
+        self._endpoints_changed({cluster})
+
+    def _endpoints_changed(self, clusters: Iterable[str]) -> None:
+        self._endpoints_dirty.update(clusters)
         if self._endpoints_flush is None:
             self._endpoints_flush = asyncio.get_running_loop().call_later(ENDPOINT_BATCH_SECONDS, self._flush_endpoints)
 
@@ -288,11 +306,33 @@ class ControlPlane:
         changed = [(c, name) for c, name in targets if name in eds]  # not (yet) in the config: applied when they are
         if not changed:
             return
+        external = self._provider_endpoints()
         for cluster, name in changed:
-            eds[name] = _named(self.endpoints[cluster], name)
+            cla = self.endpoints.get(cluster)
+            cla = cla if cla is not None else external.get(cluster)
+            if cla is not None:
+                eds[name] = _named(cla, name)
         resources = {**current.resources, ENDPOINT: eds}
         self.publisher.publish(Snapshot.build(resources, previous=current))
         self.status.metrics.endpoint_updates.inc(len({c for c, _ in changed}))
+
+    def _provider_endpoints(self) -> dict[str, endpoint_pb2.ClusterLoadAssignment]:
+        """The provider's endpoints (an `EndpointSource`: Kubernetes EndpointSlices) as
+        ClusterLoadAssignments, each built again only when its endpoints changed."""
+        if not isinstance(self.provider, EndpointSource):
+            return {}
+        table, known = self.provider.endpoints(), self._provider_clas
+        out = {}
+        with self._provider_clas_lock:
+            for cluster, endpoints in table.items():
+                cached = known.get(cluster)
+                if cached is None or cached[0] != endpoints:
+                    cached = known[cluster] = (endpoints, _cla(cluster, endpoints))
+                out[cluster] = cached[1]
+            if len(known) > len(table):
+                for cluster in [c for c in known if c not in table]:
+                    del known[cluster]
+        return out
 
     # -- memory --------------------------------------------------------------------------------
     def _schedule_collect(self) -> None:
@@ -315,9 +355,24 @@ class ControlPlane:
     # -- watching ------------------------------------------------------------------------------
     async def watch(self) -> None:
         """Reload whenever a config file (or a certificate file a Gateway names) has changed and
-        settled: inotify through the file provider, no polling."""
+        settled: inotify through the file provider, no polling. With another provider, whenever
+        its objects change; its endpoint changes (an `EndpointSource`) go out as EDS alone."""
+        if isinstance(self.provider, EndpointSource):
+            await asyncio.gather(self._watch_config(), self._watch_endpoints())
+        else:
+            await self._watch_config()
+
+    async def _watch_endpoints(self) -> None:
+        async for clusters in self.provider.endpoint_changes():  # type: ignore[attr-defined]
+            self._endpoints_changed(clusters)
+
+    async def _watch_config(self) -> None:
+        files = isinstance(self.provider, FileProvider)
         async for changed in self.provider.changes():
-            log.info("config files changed, reloading", extra={"files": sorted(changed)[:20]})
+            if files:
+                log.info("config files changed, reloading", extra={"files": sorted(changed)[:20]})
+            else:
+                log.info("config changed, reloading", extra={"objects": sorted(changed)[:20]})
             try:
                 await self.reload_in_thread()
             except Exception:  # a bug must not end hot reload for the life of the process

@@ -31,7 +31,9 @@ from meshgate.ir import (
 
 
 def cluster_name(backend: Backend) -> str:
-    return cluster_name_of(backend.metadata.namespace, backend.metadata.name)
+    # A Kubernetes Service port resolved as a Backend (gatewayapi/services.py) names its own cluster.
+    own = getattr(backend, "cluster", None)
+    return own if own is not None else cluster_name_of(backend.metadata.namespace, backend.metadata.name)
 
 
 def cluster_name_of(namespace: str, name: str) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import ipaddress
 import json
 import re
@@ -92,11 +93,13 @@ class SecurityPolicies:
     def _security(self, spec: Mapping[str, Any], chain: tuple) -> ir.Security | None:
         jwt, authorization = spec.get("jwt"), spec.get("authorization")
         api_key, basic = spec.get("api_key_auth"), spec.get("basic_auth")
-        if jwt is None and authorization is None and api_key is None and basic is None:
+        if all(spec.get(k) is None for k in ("jwt", "authorization", "api_key_auth", "basic_auth", "oidc")):
             return None
         problems: list[str] = []
+        oidc = spec.get("oidc")
         return ir.Security(
             jwt=self._jwt(jwt) if jwt else None,
+            oidc=self._oidc(oidc, chain, problems) if oidc is not None else None,
             api_key=self._api_key(api_key, chain, problems) if api_key is not None else None,
             basic=self._basic(basic, chain, problems) if basic is not None else None,
             authorization=_authorization(authorization) if authorization is not None else None,
@@ -150,6 +153,44 @@ class SecurityPolicies:
                              forward_client_id_header=spec.get("forward_client_id_header"),
                              sanitize=bool(spec.get("sanitize", False)))
 
+    def _oidc(self, spec: Mapping[str, Any], chain: tuple, problems: list[str]) -> ir.OIDC:
+        policy = self._source(chain, "oidc")
+        where = ("spec", "oidc", "clientSecret")
+        secret = self._secret(policy, spec["client_secret"], where, problems)
+        client_secret = _secret_values(secret).get("client-secret") if secret is not None else None
+        if secret is not None and client_secret is None:
+            self._unresolved(policy, f"Secret {secret.metadata.namespace}/{secret.metadata.name} has no client-secret key",
+                             where, problems)
+        provider = spec["provider"]
+        redirect = spec.get("redirect_url") or DEFAULT_REDIRECT_URL
+        settings = dict(
+            client_id=spec["client_id"], authorization_endpoint=provider["authorization_endpoint"],
+            token_endpoint=provider["token_endpoint"],
+            token_cluster=self._url_cluster(provider["token_endpoint"], "oauth2"),
+            redirect_uri=redirect, redirect_path=_url_path(redirect),
+            logout_path=spec.get("logout_path", "/logout"), scopes=tuple(spec.get("scopes", ())),
+            resources=tuple(spec.get("resources", ())),
+            forward_access_token=bool(spec.get("forward_access_token", False)),
+            refresh_token=bool(spec.get("refresh_token", False)),
+            default_token_ttl_s=duration_seconds(spec["default_token_ttl"]) if "default_token_ttl" in spec else None,
+            default_refresh_token_ttl_s=duration_seconds(spec["default_refresh_token_ttl"])
+            if "default_refresh_token_ttl" in spec else None,
+            cookie_domain=spec.get("cookie_domain"),
+            deny_redirect=tuple((h["name"].lower(), h.get("type", "Exact"), h["value"])
+                                for h in spec.get("deny_redirect", {}).get("headers", ())),
+            pass_through_auth_header=bool(spec.get("pass_through_auth_header", False)),
+        )
+        secret_value = (client_secret or "").encode()
+        # The secret's value is part of the name: a rotated client secret is a new filter config.
+        name = f"oidc-{_digest((tuple(sorted(settings.items())), hashlib.sha256(secret_value).hexdigest()))}"
+        client, hmac_name = f"oauth2/{name}/client-secret", f"oauth2/{name}/hmac"
+        self.secrets[client] = ir.GenericSecret(client, secret_value)
+        # The session cookies' signing key: derived from the client secret, so every replica
+        # (and every reload) signs alike without a key of its own to distribute.
+        self.secrets[hmac_name] = ir.GenericSecret(
+            hmac_name, hmac.new(secret_value, b"meshgate oauth2 session cookies " + name.encode(), hashlib.sha256).digest())
+        return ir.OIDC(name=name, client_secret=client, hmac_secret=hmac_name, **settings)
+
     def _basic(self, spec: Mapping[str, Any], chain: tuple, problems: list[str]) -> ir.BasicAuth:
         policy = self._source(chain, "basic_auth")
         where = ("spec", "basicAuth", "users")
@@ -193,12 +234,16 @@ class SecurityPolicies:
         return ir.JwtProvider(name=f"{p['name']}-{_digest(tuple(sorted(fields.items())))}", **fields)
 
     def _jwks_cluster(self, uri: str) -> str:
+        return self._url_cluster(uri, "jwks")
+
+    def _url_cluster(self, uri: str, kind: str) -> str:
+        """The cluster through which Envoy reaches `uri`'s host itself (a JWKS, a token endpoint)."""
         m = re.fullmatch(r"(https?)://([^/:\[\]]+|\[[^\]]+\])(?::(\d+))?(/.*)?", uri)
         assert m is not None, uri  # the schema checked the URL
         scheme, host = m.group(1), m.group(2).strip("[]")
         port = int(m.group(3) or (443 if scheme == "https" else 80))
-        name = f"jwks/{scheme}/{host}:{port}"
-        if name not in self.jwks_clusters:
+        name = f"{kind}/{scheme}/{host}:{port}"
+        if name not in self.jwks_clusters:  # (all such clusters, not only JWKS ones)
             tls = None
             if scheme == "https":
                 # Verified against the system's CAs, for the URL's host name (what a browser does).
@@ -229,6 +274,18 @@ def _authorization(spec: Mapping[str, Any]) -> ir.Authorization:
                 headers=tuple((h["name"].lower(), tuple(h["values"])) for h in principal.get("headers", ())),
             )))
     return ir.Authorization(rules=tuple(rules), default_allow=spec.get("default_action") == "Allow")
+
+
+# Envoy Gateway's default: the callback on the host and scheme the browser used.
+DEFAULT_REDIRECT_URL = "%REQ(x-forwarded-proto)%://%REQ(:authority)%/oauth2/callback"
+
+
+def _url_path(url: str) -> str:
+    """The path of a redirect URL, which may start with Envoy formatters (%REQ(...)%)."""
+    rest = url.split("://", 1)[1] if "://" in url else url
+    rest = re.sub(r"%[A-Z_]+\([^)]*\)%", "host", rest)
+    path = "/" + rest.split("/", 1)[1] if "/" in rest else "/"
+    return path.split("?", 1)[0]
 
 
 def _secret_values(secret: Any) -> dict[str, str]:

@@ -5,9 +5,12 @@ more specific policy's `rateLimit` replaces the general one's rules as a whole).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from meshgate.api.backend_traffic_shaping import RATE_LIMIT_UNITS
+from meshgate.api.models import duration_seconds
+from meshgate.api.policies import size_bytes
 from meshgate.ir import shaping as ir
 
 
@@ -15,9 +18,35 @@ def route_shaping(spec: Mapping[str, Any]) -> ir.Shaping | None:
     """The shaping part of a merged spec (snake_case dict), or None when it has none."""
     rate_limit = spec.get("rate_limit")
     local = _local_rate_limit(rate_limit["local"]) if rate_limit else None
-    if local is None:
+    compression = tuple(_compressor(c) for c in spec.get("compression", ()))
+    fault = _fault(spec["fault_injection"]) if "fault_injection" in spec else None
+    if local is None and not compression and fault is None:
         return None
-    return ir.Shaping(local_rate_limit=local)
+    return ir.Shaping(local_rate_limit=local, compression=compression, fault=fault)
+
+
+def _per_million(percentage: float | None) -> int:
+    return 1_000_000 if percentage is None else round(percentage * 10_000)
+
+
+def _fault(f: Mapping[str, Any]) -> ir.Fault:
+    delay, abort = f.get("delay"), f.get("abort")
+    out = ir.Fault()
+    if delay is not None:
+        out = replace(out, delay_s=duration_seconds(delay["fixed_delay"]), delay_per_million=_per_million(delay.get("percentage")))
+    if abort is not None:
+        out = replace(out, abort_http_status=abort.get("http_status"), abort_grpc_status=abort.get("grpc_status"),
+                      abort_per_million=_per_million(abort.get("percentage")))
+    return out
+
+
+def _compressor(c: Mapping[str, Any]) -> ir.Compressor:
+    kind = c["type"].lower()
+    options = c.get(kind, {})
+    return ir.Compressor(
+        kind=kind, level=options.get("quality" if kind == "brotli" else "compression_level"),
+        min_length=size_bytes(c["min_content_length"]) if "min_content_length" in c else 30,
+        content_types=tuple(c.get("content_types", ())))
 
 
 def _local_rate_limit(local: Mapping[str, Any]) -> ir.LocalRateLimit:

@@ -51,6 +51,8 @@ from meshgate.api.security_policy import SecurityPolicy
 from meshgate.gatewayapi.checks import effective_hostnames, match_identity, pem_problem
 from meshgate.gatewayapi.backend_tls import resolve_backend_tls
 from meshgate.gatewayapi.routes import backend_cluster, build_routes
+from meshgate.gatewayapi.services import ServiceIndex
+from meshgate.api.service import EndpointSlice, Service
 from meshgate.gatewayapi.transcoding import TranscoderResolver
 from meshgate.gatewayapi.status import Condition, ObjectKey, ObjectStatus, StatusBook, object_key
 from meshgate.providers.store import StoreView
@@ -143,6 +145,7 @@ class _Translator:
         self.secrets: dict[tuple[str, str], Secret] = {}
         self.grants: list[ReferenceGrant] = []
         self.policies: list[Resource] = []
+        self.services = ServiceIndex()  # Kubernetes Services and EndpointSlices, for backendRefs to Services
         self.key_of: dict[int, ObjectKey] = self.status.keys  # id(resource) -> its key, computed once
         self.route_docs: dict[ObjectKey, SourceDocument] = {}
         for resource, doc in objects:
@@ -159,7 +162,8 @@ class _Translator:
         # routes (Backends only through what routes use of them: name, protocol, hash key, so
         # that an endpoint change re-translates nothing) and which objects are invalid.
         self.context = (
-            tuple(id(r) for r, _ in objects if not isinstance(r, (HTTPRoute, MeshgateHTTPRoute, GRPCRoute, Backend))),
+            tuple(id(r) for r, _ in objects
+                  if not isinstance(r, (HTTPRoute, MeshgateHTTPRoute, GRPCRoute, Backend, EndpointSlice))),
             tuple(sorted((k, b.spec.protocol, b.spec.load_balancer.model_dump_json()) for k, b in self.backends.items())),
             frozenset(k for k in invalid if k[1] not in ("HTTPRoute", "GRPCRoute")))
         self._context_objects = [r for r, _ in objects]  # keeps the ids above from being reused
@@ -200,6 +204,8 @@ class _Translator:
             self.grants.append(resource)
         elif isinstance(resource, (ClientTrafficPolicy, BackendTrafficPolicy, SecurityPolicy)):
             self.policies.append(resource)
+        elif isinstance(resource, (Service, EndpointSlice)):
+            self.services.add(resource)
 
     # -- ReferenceGrant ----------------------------------------------------------------------
 
@@ -389,9 +395,12 @@ class _Translator:
         ns = ref.namespace or route.metadata.namespace
         unresolved = lambda reason, message, path: self.status.condition(  # noqa: E731
             route, Condition("ResolvedRefs", "False", reason, message), path)
+        if (ref.group, ref.kind) == ("", "Service"):  # a Kubernetes Service port: its EndpointSlices' pods
+            return self.services.resolve(self, route, ref, ns, where, unresolved)
         if (ref.group, ref.kind) != ("meshgate.io", "Backend"):
-            unresolved("InvalidKind", f"{ref.kind or 'Service'} {ns}/{ref.name}: only meshgate.io Backends can be "
-                       "referenced here (set group: meshgate.io and kind: Backend)", (*where, "kind"))
+            unresolved("InvalidKind", f"{ref.kind or 'Service'} {ns}/{ref.name}: only meshgate.io Backends and "
+                       "Services can be referenced here (group: meshgate.io, kind: Backend; or kind: Service)",
+                       (*where, "kind"))
             return None
         backend = self.backends.get((ns, ref.name))
         if backend is None:
@@ -455,6 +464,7 @@ class _Translator:
         conflicts: list[tuple[AnyRoute, Condition, tuple]] = []
         for route in self.routes:
             result = self._route(route, programmed)
+            self.services.use(result.built)
             routes_built = traffic.apply(route, result.matches, result.built, result.attachments)
             for gateway_key, listener_name, port, hostnames in result.attachments:
                 attached[(gateway_key, listener_name)] += 1
@@ -499,7 +509,7 @@ class _Translator:
             usable, upstream_tls = resolve_backend_tls(self, backend, secrets)
             if usable:
                 clusters.append(replace(backend_cluster(backend), tls=upstream_tls))
-        clusters = tuple(clusters)
+        clusters = tuple(clusters) + self.services.clusters()  # Service ports the routes send to
         clusters += traffic.clusters(clusters)  # variants of Backend clusters (BackendTrafficPolicy)
         clusters += security.clusters()  # where Envoy fetches remote JWKS
         secrets.update(security.secrets)

@@ -186,10 +186,36 @@ class BasicAuth:
 
 
 @dataclass(slots=True, unsafe_hash=True)
+class OIDC:
+    """OpenID Connect login by the proxy (authorization code flow)."""
+
+    name: str  # unique on the listener (derived from the settings)
+    client_id: str
+    client_secret: str  # name of a `GenericSecret` in IR.secrets
+    hmac_secret: str  # likewise: the key that signs the session cookies
+    authorization_endpoint: str
+    token_endpoint: str
+    token_cluster: str  # the cluster (in IR.clusters) that reaches the token endpoint
+    redirect_uri: str
+    redirect_path: str  # the callback path the proxy answers itself
+    logout_path: str
+    scopes: tuple[str, ...]
+    resources: tuple[str, ...] = ()
+    forward_access_token: bool = False
+    refresh_token: bool = False
+    default_token_ttl_s: float | None = None
+    default_refresh_token_ttl_s: float | None = None
+    cookie_domain: str | None = None
+    deny_redirect: tuple[tuple[str, str, str], ...] = ()  # (header, Exact|Prefix|Suffix|RegularExpression, value)
+    pass_through_auth_header: bool = False
+
+
+@dataclass(slots=True, unsafe_hash=True)
 class Security:
     """Who may call a route (SecurityPolicy, resolved)."""
 
     jwt: JwtRequirement | None = None
+    oidc: OIDC | None = None
     api_key: ApiKeyAuth | None = None
     basic: BasicAuth | None = None
     authorization: Authorization | None = None
@@ -257,6 +283,14 @@ class CASecret:
     name: str
     ca_pem: bytes
     ca_file: str | None = None  # instead of ca_pem: a bundle the proxy reads itself (the system's CAs)
+
+
+@dataclass(slots=True)
+class GenericSecret:
+    """A secret value (an OAuth client secret, a cookie-signing key), delivered by name (SDS)."""
+
+    name: str
+    value: bytes
 
 
 @dataclass(slots=True)
@@ -400,4 +434,4 @@ class Cluster:
 class IR:
     listeners: tuple[Listener, ...] = ()
     clusters: tuple[Cluster, ...] = ()
-    secrets: tuple[Secret | CASecret, ...] = ()
+    secrets: tuple[Secret | CASecret | GenericSecret, ...] = ()

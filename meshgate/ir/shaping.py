@@ -1,4 +1,4 @@
-"""IR types of traffic shaping (BackendTrafficPolicy `rateLimit`, resolved per route). Types
+"""IR types of traffic shaping (BackendTrafficPolicy `rateLimit`, `compression`, `faultInjection`, resolved per route). Types
 only, Envoy-agnostic, never changed after they are built (see `meshgate.ir`)."""
 
 from __future__ import annotations
@@ -32,7 +32,30 @@ class LocalRateLimit:
 
 
 @dataclass(slots=True, unsafe_hash=True)
+class Compressor:
+    """Responses compressed with one algorithm, for clients that accept it."""
+
+    kind: str  # "gzip" | "brotli" | "zstd" (the Accept-Encoding token: gzip, br, zstd)
+    level: int | None = None  # gzip/zstd level, brotli quality; None: the library's default
+    min_length: int = 30  # bytes
+    content_types: tuple[str, ...] = ()  # empty: the proxy's default list
+
+
+@dataclass(slots=True, unsafe_hash=True)
+class Fault:
+    """Faults injected into a share of a route's requests (shares per million)."""
+
+    delay_s: float | None = None
+    delay_per_million: int = 1_000_000
+    abort_http_status: int | None = None
+    abort_grpc_status: int | None = None
+    abort_per_million: int = 1_000_000
+
+
+@dataclass(slots=True, unsafe_hash=True)
 class Shaping:
     """How a route's traffic is shaped (BackendTrafficPolicy, resolved); None fields: not shaped."""
 
     local_rate_limit: LocalRateLimit | None = None
+    compression: tuple[Compressor, ...] = ()
+    fault: Fault | None = None

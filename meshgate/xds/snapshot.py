@@ -308,6 +308,8 @@ def secret_references(listeners: Mapping[str, Message], clusters: Mapping[str, M
             if chain.HasField("transport_socket"):
                 for secret in _tls_secret_names(chain.transport_socket, _DOWNSTREAM_TLS):
                     wanted.setdefault(secret, []).append(f"listener {name}")
+            for secret in _http_filter_secret_names(chain):
+                wanted.setdefault(secret, []).append(f"listener {name}")
     for name, cluster in clusters.items():
         sockets = [m.transport_socket for m in cluster.transport_socket_matches if m.HasField("transport_socket")]
         if cluster.HasField("transport_socket"):
@@ -338,6 +340,30 @@ def _tls_secret_names(transport_socket: Message, full_name: str) -> Iterator[str
     for cfg in configs:
         if cfg.HasField("sds_config") and cfg.sds_config.HasField("ads"):
             yield cfg.name
+
+
+_HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+_OAUTH2 = "envoy.extensions.filters.http.oauth2.v3.OAuth2"
+
+
+def _http_filter_secret_names(chain: Message) -> Iterator[str]:
+    """SDS-over-ADS secrets HTTP filters of a filter chain fetch: the oauth2 filter's client
+    secret and cookie-signing key."""
+    from envoy.extensions.filters.http.oauth2.v3 import oauth_pb2
+
+    for network_filter in chain.filters:
+        if network_filter.typed_config.type_url.rsplit("/", 1)[-1] != _HCM:
+            continue
+        hcm = hcm_pb2.HttpConnectionManager()
+        network_filter.typed_config.Unpack(hcm)
+        for http_filter in hcm.http_filters:
+            if http_filter.typed_config.type_url.rsplit("/", 1)[-1] != _OAUTH2:
+                continue
+            oauth2 = oauth_pb2.OAuth2()
+            http_filter.typed_config.Unpack(oauth2)
+            for cfg in (oauth2.config.credentials.token_secret, oauth2.config.credentials.hmac_secret):
+                if cfg.HasField("sds_config") and cfg.sds_config.HasField("ads"):
+                    yield cfg.name
 
 
 def default_group_of(node: base_pb2.Node) -> str:

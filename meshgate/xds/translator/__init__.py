@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, extension_pb2, protocol_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, extension_pb2, health_check_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.accesslog.v3 import accesslog_pb2
@@ -37,7 +37,8 @@ from google.protobuf.message import Message
 
 from meshgate import ir
 from meshgate.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
-from meshgate.xds.translator import stats, upstream_tls, websocket
+from meshgate.xds.translator import stats, tracing, upstream_tls, websocket
+from meshgate.xds.translator.tracing import TracingOptions
 from meshgate.xds.translator.filters import HTTP_FILTERS
 from meshgate.xds.translator import backend_traffic
 
@@ -48,15 +49,21 @@ Resources = dict[str, dict[str, Message]]
 class TranslateOptions:
     bind_address: str = "0.0.0.0"
     access_log_path: str | None = "/dev/stdout"  # None: no access log
+    tracing: TracingOptions | None = None  # None: no tracing (see translator/tracing.py)
 
 
-# The access log is one JSON object per request; x-request-id ties it to upstream logs.
+# The access log is one JSON object per request; x-request-id ties it to upstream logs, and the
+# trace id (null while tracing is off) to the request's spans. Nothing secret is written: the path
+# is logged without its query string (tokens, API keys), and no credential header (authorization,
+# cookie, API keys) nor any response header is a field. docs/observability.md lists the fields.
 ACCESS_LOG_FORMAT = {
     "start_time": "%START_TIME%",
     "request_id": "%REQ(X-REQUEST-ID)%",
+    "trace_id": "%TRACE_ID%",
     "method": "%REQ(:METHOD)%",
     "authority": "%REQ(:AUTHORITY)%",
-    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    # The path the client sent (before any rewrite: x-envoy-original-path, else :path), without query.
+    "path": "%PATH(NQ:ORIG_OR_PATH)%",
     "protocol": "%PROTOCOL%",
     "response_code": "%RESPONSE_CODE%",
     "response_flags": "%RESPONSE_FLAGS%",
@@ -88,6 +95,8 @@ def translate(model: ir.IR, options: TranslateOptions = TranslateOptions(), memo
         resources[CLUSTER][cluster.name] = translate_cluster(cluster)
         if not cluster.dns:
             resources[ENDPOINT][cluster.name] = translate_endpoints(cluster)
+    if options.tracing is not None and model.listeners:
+        resources[CLUSTER][tracing.OTLP_CLUSTER] = tracing.otlp_cluster(options.tracing)  # where spans go
     for listener in model.listeners:
         resources[LISTENER][listener.name] = translate_listener(listener, options)
         resources[ROUTE][listener.name] = translate_route_config(listener, memo)
@@ -168,9 +177,13 @@ def _downstream_tls(secret_name: str) -> tls_pb2.DownstreamTlsContext:
     return ctx
 
 
-def translate_secret(secret: ir.Secret | ir.CASecret) -> secret_pb2.Secret:
+def translate_secret(secret: ir.Secret | ir.CASecret | ir.GenericSecret) -> secret_pb2.Secret:
     if isinstance(secret, ir.CASecret):
         return upstream_tls.translate_ca_secret(secret)  # a trusted-CA bundle (upstream TLS)
+    if isinstance(secret, ir.GenericSecret):
+        out = secret_pb2.Secret(name=secret.name)
+        out.generic_secret.secret.inline_bytes = secret.value  # e.g. the oauth2 filter's client secret
+        return out
     out = secret_pb2.Secret(name=secret.name)
     out.tls_certificate.certificate_chain.inline_bytes = secret.cert_pem
     out.tls_certificate.private_key.inline_bytes = secret.key_pem
@@ -225,6 +238,8 @@ def _connection_manager(listener: ir.Listener, options: TranslateOptions) -> hcm
     h2.initial_stream_window_size.value = s.http2_initial_stream_window_bytes
     h2.initial_connection_window_size.value = s.http2_initial_connection_window_bytes
     websocket.set_upgrades(hcm, listener)  # WebSocket over HTTP/1.1 and HTTP/2 (RFC 8441)
+    if options.tracing is not None:
+        tracing.set_tracing(hcm, options.tracing)  # OpenTelemetry spans, traceparent upstream
     if options.access_log_path:
         log = file_pb2.FileAccessLog(path=options.access_log_path)
         fmt = struct_pb2.Struct()
@@ -232,15 +247,35 @@ def _connection_manager(listener: ir.Listener, options: TranslateOptions) -> hcm
         log.log_format.json_format.CopyFrom(fmt)
         hcm.access_log.append(accesslog_pb2.AccessLog(name="envoy.access_loggers.file", typed_config=_pack(log)))
     for module in HTTP_FILTERS:
-        config = module.listener_config(listener)
-        if config is not None:
+        instances = _listener_filters(module, listener)
+        for name, config in instances:
             # disabled: off unless a route's typed_per_filter_config turns it on.
-            hcm.http_filters.add(name=module.NAME, typed_config=_pack(config),
+            hcm.http_filters.add(name=name, typed_config=_pack(config),
                                  disabled=getattr(module, "DISABLED_BY_DEFAULT", False))
-            patch = getattr(module, "patch_connection_manager", None)
-            if patch is not None:
-                patch(listener, hcm)  # connection-manager settings the filter needs (e.g. local replies)
+        patch = getattr(module, "patch_connection_manager", None)
+        if instances and patch is not None:
+            patch(listener, hcm)  # connection-manager settings the filter needs (e.g. local replies)
     return hcm
+
+
+def _listener_filters(module, listener: ir.Listener) -> list[tuple[str, Message]]:  # noqa: ANN001
+    """(name, config) of each instance of a registry module's filter in this listener's chain:
+    one (`listener_config`), or one per distinct setting (`listener_filters`)."""
+    many = getattr(module, "listener_filters", None)
+    if many is not None:
+        return many(listener)
+    config = module.listener_config(listener)
+    return [] if config is None else [(module.NAME, config)]
+
+
+def _route_filters(module, route: ir.Route) -> list[tuple[str, Message]]:  # noqa: ANN001
+    """(filter name, per-route config) a registry module sets on this route."""
+    many = getattr(module, "route_filters", None)
+    if many is not None:
+        return many(route)
+    route_config = getattr(module, "route_config", None)
+    config = route_config(route) if route_config else None
+    return [] if config is None else [(module.NAME, config)]
 
 
 def _stat_name(name: str) -> str:
@@ -330,10 +365,8 @@ def translate_route(route: ir.Route) -> rc.Route:
         out.response_headers_to_add.append(_header(name, value, overwrite=False))
     out.response_headers_to_remove.extend(route.response_headers.remove)
     for module in HTTP_FILTERS:
-        route_config = getattr(module, "route_config", None)
-        config = route_config(route) if route_config else None
-        if config is not None:
-            out.typed_per_filter_config[module.NAME].Pack(config, deterministic=True)
+        for name, config in _route_filters(module, route):
+            out.typed_per_filter_config[name].Pack(config, deterministic=True)
     return out
 
 
@@ -523,7 +556,7 @@ def translate_endpoints(cluster: ir.Cluster) -> endpoint_pb2.ClusterLoadAssignme
             load_balancing_weight=wrappers_pb2.UInt32Value(value=e.weight),
             # DRAINING: no new requests while other endpoints are healthy (Envoy's panic mode
             # still uses it if nothing else is left).
-            health_status=base_pb2.DRAINING if e.draining else base_pb2.UNKNOWN,
+            health_status=health_check_pb2.DRAINING if e.draining else health_check_pb2.UNKNOWN,
         )
     return cla
 

@@ -12,7 +12,10 @@ list, the router (which forwards the request upstream) last. Each module here de
   chain, to set what it needs on the HttpConnectionManager itself (e.g. `local_reply_config`
   mappers, which are appended to, never replaced);
 - `DISABLED_BY_DEFAULT = True` (optional): the filter is in the chain but off, and on only for the
-  routes whose `route_config` returns a `FilterConfig`.
+  routes whose `route_config` returns a `FilterConfig`;
+- `listener_filters(listener) -> [(name, config)]` and `route_filters(route) -> [(name, config)]`
+  (instead of `listener_config` / `route_config`): for a filter that appears once per distinct
+  setting (one `oauth2` instance per OIDC client, named `NAME/<id>`), each route enabling its own.
 
 Adding a feature = one module here and one line in `HTTP_FILTERS`, at its place in the chain.
 Envoy's list of HTTP filters: https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_filters/http_filters
@@ -25,12 +28,15 @@ from types import ModuleType
 from meshgate.xds.translator.filters import (
     api_key_auth,
     basic_auth,
+    compressor,
     cors,
+    fault,
     grpc_json_transcoder,
     grpc_web,
     health_check,
     jwt_authn,
     local_ratelimit,
+    oauth2,
     rbac,
     router,
 )
@@ -39,7 +45,9 @@ from meshgate.xds.translator.filters import (
 # router is last.
 HTTP_FILTERS: tuple[ModuleType, ...] = (
     health_check,
+    compressor,  # sees responses last (encoders run in reverse): compresses what the filters below write too
     cors,
+    oauth2,  # OIDC login: a browser without a session goes to the provider; sets the bearer token
     jwt_authn,  # who is calling: verifies the token, keeps its claims as request metadata
     api_key_auth,  # API keys, where a route asks for them (too)
     basic_auth,  # user and password, likewise
@@ -47,6 +55,7 @@ HTTP_FILTERS: tuple[ModuleType, ...] = (
     local_ratelimit,  # after authentication and authorization: refused requests spend no tokens
     grpc_web,  # after CORS: a browser's preflight is answered before gRPC-Web sees it
     grpc_json_transcoder,
+    fault,  # stands in for the backend: after auth, limits and the gRPC transcoders
     router,
 )
 

@@ -1,0 +1,321 @@
+"""`KubernetesProvider`: config documents from a Kubernetes API server, kept current by informers
+(list + watch, see `informer.py`), for the same `ObjectStore` and translation as files.
+
+What is watched (all namespaces):
+
+- Gateway API (`gateway.networking.k8s.io`): `GatewayClass`, `Gateway`, `HTTPRoute`, `GRPCRoute`,
+  `ReferenceGrant`. A Gateway is meshgate's only when its `gatewayClassName` names a GatewayClass
+  whose `spec.controllerName` is meshgate's (`CONTROLLER_NAME` by default): a cluster may run
+  several gateway implementations side by side, each owning its classes.
+- meshgate's kinds (`meshgate.io/v1alpha1`, CRDs): Backend, HTTPRoute, ClientTrafficPolicy,
+  BackendTrafficPolicy, SecurityPolicy, GRPCJSONTranscoder.
+- Secrets of type `kubernetes.io/tls` and `Opaque` only (a field selector, so the server never
+  sends service-account tokens or Helm releases).
+- Services, and EndpointSlices (those labelled `kubernetes.io/service-name`). Slices are not
+  documents: their ready endpoints go to the control plane as EDS alone (`EndpointSource`), so a
+  pod coming or going re-translates nothing.
+
+Each document's origin is `kubernetes:KIND NAMESPACE/NAME`, which error messages and `/status`
+show instead of FILE:LINE. Fields the API server adds (uid, resourceVersion, managedFields,
+status) are dropped before the store sees a document, so a status write or a relist that changes
+nothing is no change at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import threading
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from meshgate import ir
+from meshgate.api.service import SERVICE_NAME_LABEL, EndpointSlice, Service
+from meshgate.errors import NO_LINE, StartupError
+from meshgate.gatewayapi.services import service_clusters_endpoints
+from meshgate.providers.file.loader import LoadResult, SourceDocument
+from meshgate.providers.kubernetes.informer import Informer, ObjectKey, WatchedKind
+
+log = logging.getLogger("meshgate.providers.kubernetes")
+
+__all__ = ["CONTROLLER_NAME", "WATCHED", "KubernetesProvider"]
+
+# The GatewayClass `spec.controllerName` that makes a class (and its Gateways) meshgate's.
+CONTROLLER_NAME = "meshgate.io/gateway-controller"
+
+GATEWAY_API = "gateway.networking.k8s.io"
+MESHGATE = "meshgate.io"
+GATEWAY_CLASS = WatchedKind(GATEWAY_API, "v1", "gatewayclasses", "GatewayClass")
+SERVICES = WatchedKind("", "v1", "services", "Service")
+ENDPOINT_SLICES = WatchedKind("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice",
+                              label_selector=SERVICE_NAME_LABEL)
+
+WATCHED: list[WatchedKind] = [
+    GATEWAY_CLASS,
+    WatchedKind(GATEWAY_API, "v1", "gateways", "Gateway"),
+    WatchedKind(GATEWAY_API, "v1", "httproutes", "HTTPRoute"),
+    WatchedKind(GATEWAY_API, "v1", "grpcroutes", "GRPCRoute"),
+    WatchedKind(GATEWAY_API, "v1beta1", "referencegrants", "ReferenceGrant"),
+    WatchedKind(MESHGATE, "v1alpha1", "backends", "Backend"),
+    WatchedKind(MESHGATE, "v1alpha1", "httproutes", "HTTPRoute"),
+    WatchedKind(MESHGATE, "v1alpha1", "clienttrafficpolicies", "ClientTrafficPolicy"),
+    WatchedKind(MESHGATE, "v1alpha1", "backendtrafficpolicies", "BackendTrafficPolicy"),
+    WatchedKind(MESHGATE, "v1alpha1", "securitypolicies", "SecurityPolicy"),
+    WatchedKind(MESHGATE, "v1alpha1", "grpcjsontranscoders", "GRPCJSONTranscoder"),
+    WatchedKind("", "v1", "secrets", "Secret", field_selector="type=kubernetes.io/tls"),
+    WatchedKind("", "v1", "secrets", "Secret", field_selector="type=Opaque"),
+    SERVICES,
+    ENDPOINT_SLICES,
+]
+
+# Written by `kubectl apply`: a copy of the whole object, no use to meshgate.
+_LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+DocKey = tuple[str, str, str, str]  # (API group, kind, namespace, name), as the store's keys
+
+
+def origin_of(kind: WatchedKind, namespace: str, name: str) -> str:
+    """How messages name a cluster object: `kubernetes:HTTPRoute default/app`."""
+    # meshgate's HTTPRoute shares its kind with Gateway API's: say which one.
+    label = f"{kind.kind}.{kind.group}" if kind.group == MESHGATE and kind.kind == "HTTPRoute" else kind.kind
+    return f"kubernetes:{label} {namespace}/{name}" if namespace else f"kubernetes:{label} {name}"
+
+
+def document_data(kind: WatchedKind, obj: dict) -> dict[str, Any]:
+    """The object as a config document: what its author wrote, without what the server added."""
+    meta = obj.get("metadata") or {}
+    out_meta = {k: meta[k] for k in ("name", "namespace", "labels", "annotations", "creationTimestamp") if meta.get(k)}
+    if _LAST_APPLIED in out_meta.get("annotations", {}):
+        out_meta["annotations"] = {k: v for k, v in out_meta["annotations"].items() if k != _LAST_APPLIED}
+    data: dict[str, Any] = {"apiVersion": kind.api_version, "kind": kind.kind, "metadata": out_meta}
+    for key, value in obj.items():
+        if key not in ("apiVersion", "kind", "metadata", "status"):
+            data[key] = value
+    return data
+
+
+async def api_client(kubeconfig: str | None = None, context: str | None = None):  # noqa: ANN201
+    """A `kubernetes_asyncio` ApiClient: from a kubeconfig file (`kubeconfig`, else $KUBECONFIG),
+    else in-cluster (the pod's service account token and CA, and $KUBERNETES_SERVICE_HOST)."""
+    from kubernetes_asyncio import client, config
+    from kubernetes_asyncio.config import ConfigException
+
+    configuration = client.Configuration()
+    path = kubeconfig or os.environ.get("KUBECONFIG")
+    try:
+        if path:
+            await config.load_kube_config(config_file=path, context=context, client_configuration=configuration)
+        else:
+            config.load_incluster_config(client_configuration=configuration)
+    except (ConfigException, OSError, TypeError, ValueError) as exc:
+        where = f"kubeconfig {path}" if path else "in-cluster config (no --kubeconfig, no $KUBECONFIG)"
+        raise StartupError(f"cannot load the {where}: {exc}") from None
+    return client.ApiClient(configuration)
+
+
+class KubernetesProvider:
+    """Documents from a Kubernetes API server (see the module doc). `start` on the event loop
+    first; `load` may then run on a worker thread."""
+
+    def __init__(self, kubeconfig: str | None = None, *, context: str | None = None,
+                 controller_name: str = CONTROLLER_NAME, watch_timeout: int = 300, sync_timeout: float = 30.0,
+                 debounce: float = 0.02, max_backoff: float = 30.0) -> None:
+        self.kubeconfig = kubeconfig
+        self.context = context
+        self.controller_name = controller_name
+        self.watch_timeout = watch_timeout
+        self.sync_timeout = sync_timeout
+        self.debounce = debounce  # changes arriving within this are one reload
+        self.max_backoff = max_backoff
+        self.description = "Kubernetes"
+        self.informers: list[Informer] = []
+        self._by_kind: dict[WatchedKind, Informer] = {}
+        self._api: Any = None
+        self._tasks: list[asyncio.Task] = []
+        self._lock = threading.Lock()  # `load` (a worker thread) reads what informers write (the loop)
+        self._docs: dict[DocKey, SourceDocument] = {}
+        self._our_classes: frozenset[str] = frozenset()
+        self._classes: Informer | None = None
+        self._config_pending: set[str] = set()
+        self._config_event = asyncio.Event()
+        # Endpoints: cluster name -> endpoints, replaced (never changed) on each update.
+        self._table: Mapping[str, tuple[ir.Endpoint, ...]] = {}
+        self._services: Informer | None = None
+        self._slices: Informer | None = None
+        self._slices_of: dict[tuple[str, str], set[str]] = {}  # (ns, Service) -> its slices' names
+        self._service_of_slice: dict[tuple[str, str], str] = {}
+        self._endpoints_dirty: set[tuple[str, str]] = set()  # (ns, Service)
+        self._endpoints_event = asyncio.Event()
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect, start an informer per watched kind, and wait (at most `sync_timeout`) for
+        their first lists, so the first load is the whole cluster. Kinds that didn't list in time
+        (API server down, CRD not installed, no RBAC) keep retrying and are logged."""
+        from kubernetes_asyncio import client
+
+        self._api = await api_client(self.kubeconfig, self.context)
+        self.description = f"Kubernetes API {self._api.configuration.host}"
+        core, discovery = client.CoreV1Api(self._api), client.DiscoveryV1Api(self._api)
+        custom = client.CustomObjectsApi(self._api)
+        for kind in WATCHED:
+            if kind.plural == "services":
+                list_function = core.list_service_for_all_namespaces
+            elif kind.plural == "secrets":
+                list_function = core.list_secret_for_all_namespaces
+            elif kind.plural == "endpointslices":
+                list_function = discovery.list_endpoint_slice_for_all_namespaces
+            else:  # CRDs (Gateway API's included), namespaced or not, in every namespace
+                list_function = functools.partial(custom.list_cluster_custom_object, kind.group, kind.version, kind.plural)
+            informer = Informer(kind, list_function, functools.partial(self._changed, kind),
+                                watch_timeout=self.watch_timeout, max_backoff=self.max_backoff)
+            self._by_kind[kind] = informer
+            self.informers.append(informer)
+            if kind is GATEWAY_CLASS:
+                self._classes = informer
+            elif kind is SERVICES:
+                self._services = informer
+            elif kind is ENDPOINT_SLICES:
+                self._slices = informer
+        self._tasks = [asyncio.create_task(i.run(), name=f"informer {i.kind.name}") for i in self.informers]
+        try:
+            await asyncio.wait_for(asyncio.gather(*(i.synced.wait() for i in self.informers)), self.sync_timeout)
+        except asyncio.TimeoutError:
+            missing = {i.kind.name: i.last_error or "no answer" for i in self.informers if not i.synced.is_set()}
+            log.warning("some kinds could not be listed yet; serving what could, and retrying",
+                        extra={"kinds": missing})
+        self._recompute_endpoints()
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._api is not None:
+            await self._api.close()
+
+    # -- documents -----------------------------------------------------------------------------
+
+    def load(self) -> LoadResult:
+        with self._lock:
+            ours = self._our_classes
+            docs = [d for key, d in self._docs.items()
+                    if key[1] != "Gateway" or key[0] != GATEWAY_API or _gateway_class(d) in ours]
+        return LoadResult(documents=docs, errors=[], document_count=len(docs), files=[], named_files=[])
+
+    async def changes(self) -> AsyncIterator[set[str]]:
+        while True:
+            await self._config_event.wait()
+            await asyncio.sleep(self.debounce)
+            self._config_event.clear()
+            batch, self._config_pending = self._config_pending, set()
+            if batch:
+                yield batch
+
+    def _changed(self, kind: WatchedKind, key: ObjectKey) -> None:
+        """An informer saw an object appear, change or go (called on the event loop)."""
+        namespace, name = key
+        informer = self._by_kind[kind]
+        obj = informer.objects.get(key)
+        if kind is ENDPOINT_SLICES:
+            self._slice_changed(namespace, name, obj)
+            return
+        origin = origin_of(kind, namespace, name)
+        if kind is GATEWAY_CLASS:
+            ours = frozenset(n for (_, n), gc in informer.objects.items()
+                             if (gc.get("spec") or {}).get("controllerName") == self.controller_name)
+            if ours == self._our_classes:
+                return
+            with self._lock:
+                self._our_classes = ours
+        else:
+            doc_key = (kind.group, kind.kind, namespace or "default", name)
+            with self._lock:
+                if obj is None:
+                    self._docs.pop(doc_key, None)
+                else:
+                    data = document_data(kind, obj)
+                    previous = self._docs.get(doc_key)
+                    if previous is not None and previous.data == data:
+                        return  # e.g. only status or resourceVersion moved
+                    self._docs[doc_key] = SourceDocument(origin, NO_LINE, data, {})
+            if kind is SERVICES:
+                self._endpoints_dirty.add((namespace, name))
+                self._endpoints_event.set()
+        self._config_pending.add(origin)
+        self._config_event.set()
+
+    # -- endpoints -----------------------------------------------------------------------------
+
+    def endpoints(self) -> Mapping[str, tuple[ir.Endpoint, ...]]:
+        return self._table
+
+    async def endpoint_changes(self) -> AsyncIterator[set[str]]:
+        while True:
+            await self._endpoints_event.wait()
+            await asyncio.sleep(self.debounce)
+            self._endpoints_event.clear()
+            changed = self._recompute_endpoints()
+            if changed:
+                yield changed
+
+    def _slice_changed(self, namespace: str, name: str, obj: dict | None) -> None:
+        old = self._service_of_slice.pop((namespace, name), None)
+        if old is not None:
+            self._slices_of.get((namespace, old), set()).discard(name)
+            self._endpoints_dirty.add((namespace, old))
+        service = ((obj or {}).get("metadata", {}).get("labels") or {}).get(SERVICE_NAME_LABEL)
+        if obj is not None and service:
+            self._service_of_slice[(namespace, name)] = service
+            self._slices_of.setdefault((namespace, service), set()).add(name)
+            self._endpoints_dirty.add((namespace, service))
+        self._endpoints_event.set()
+
+    def _recompute_endpoints(self) -> set[str]:
+        """Rebuild the endpoints of the Services marked dirty; the names of clusters that changed."""
+        if self._services is None or self._slices is None:
+            return set()
+        dirty, self._endpoints_dirty = self._endpoints_dirty, set()
+        table = dict(self._table)
+        changed: set[str] = set()
+        for namespace, name in dirty:
+            prefix = f"service/{namespace}/{name}/"
+            before = {c: e for c, e in table.items() if c.startswith(prefix)}
+            after = self._service_endpoints(namespace, name)
+            for cluster in before.keys() - after.keys():
+                del table[cluster]
+            table.update(after)
+            changed |= {c for c in before.keys() | after.keys() if before.get(c) != after.get(c)}
+        if changed:
+            self._table = table
+        return changed
+
+    def _service_endpoints(self, namespace: str, name: str) -> dict[str, tuple[ir.Endpoint, ...]]:
+        assert self._services is not None and self._slices is not None
+        raw = self._services.objects.get((namespace, name))
+        if raw is None:
+            return {}
+        try:
+            service = Service.model_validate(document_data(SERVICES, raw))
+        except ValidationError:
+            return {}  # reported by the store, as the Service document
+        slices = []
+        for slice_name in sorted(self._slices_of.get((namespace, name), ())):
+            raw_slice = self._slices.objects.get((namespace, slice_name))
+            if raw_slice is None:
+                continue
+            try:
+                slices.append(EndpointSlice.model_validate(document_data(ENDPOINT_SLICES, raw_slice)))
+            except ValidationError as exc:
+                log.warning("EndpointSlice left out", extra={
+                    "object": origin_of(ENDPOINT_SLICES, namespace, slice_name), "error": str(exc.errors()[0]["msg"])})
+        return service_clusters_endpoints(service, slices)
+
+
+def _gateway_class(doc: SourceDocument) -> str | None:
+    spec = doc.data.get("spec")
+    return spec.get("gatewayClassName") if isinstance(spec, dict) else None
