@@ -127,6 +127,11 @@ def test_a_request_without_a_token_is_refused(gw: Meshgate) -> None:
     assert r.status == 401
     assert r.headers["www-authenticate"].startswith("Bearer realm=")
     assert r.upstream is None
+    # A body a client can act on: which check refused and why, and the id in the access log.
+    assert r.headers["content-type"] == "application/json"
+    assert r.json["status"] == 401 and r.json["error"] == "unauthorized"
+    assert r.json["reason"].startswith("jwt_authn_access_denied") and "missing" in r.json["reason"].lower()
+    assert len(r.json["request_id"]) >= 16
 
 
 def _now() -> int:
@@ -217,6 +222,7 @@ def test_others_are_denied_with_403(gw: Meshgate, claims: dict) -> None:
 def test_a_deny_rule_before_the_allow_rule_wins(gw: Meshgate) -> None:
     r = call(gw, "/admin/users/7", token(roles=["admin"], scope="admin.write"), method="DELETE")
     assert r.status == 403
+    assert r.json["error"] == "forbidden" and "no-deletes" in r.json["reason"]  # the rule that matched
 
 
 def test_authorization_runs_after_authentication(gw: Meshgate) -> None:

@@ -1,5 +1,6 @@
-"""BackendTrafficPolicy shaping through the real Envoy: local rate limits (`rateLimit`) and
-response compression (`compression`: gzip, brotli, zstd), as a client sees them.
+"""BackendTrafficPolicy shaping through the real Envoy: local rate limits (`rateLimit`),
+response compression (`compression`: gzip, brotli, zstd) and fault injection (`faultInjection`),
+as a client sees them.
 
 One `meshgate run` for the module; the upstream is the test's own aiohttp server. Rate-limit
 buckets refill on Envoy's timer, so a burst may straddle a refill: assertions allow up to twice
@@ -13,6 +14,7 @@ import gzip
 import http.client
 import json
 import threading
+import time
 
 import brotli
 import pytest
@@ -139,6 +141,39 @@ spec:
     - {{type: Zstd, minContentLength: 100}}
 ---
 apiVersion: meshgate.io/v1alpha1
+kind: BackendTrafficPolicy
+metadata: {{name: fault-route}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: fault}}]
+  rateLimit:
+    local:
+      rules: [{{limit: {{requests: 1000, unit: Second}}}}]
+---
+apiVersion: meshgate.io/v1alpha1
+kind: BackendTrafficPolicy
+metadata: {{name: abort}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: fault, sectionName: abort}}]
+  faultInjection:
+    abort: {{httpStatus: 418}}
+---
+apiVersion: meshgate.io/v1alpha1
+kind: BackendTrafficPolicy
+metadata: {{name: half}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: fault, sectionName: half}}]
+  faultInjection:
+    abort: {{httpStatus: 503, percentage: 50}}
+---
+apiVersion: meshgate.io/v1alpha1
+kind: BackendTrafficPolicy
+metadata: {{name: delay}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: fault, sectionName: delay}}]
+  faultInjection:
+    delay: {{fixedDelay: 300ms}}
+---
+apiVersion: meshgate.io/v1alpha1
 kind: Backend
 metadata: {{name: app}}
 spec:
@@ -163,6 +198,22 @@ spec:
   parentRefs: [{{name: edge}}]
   rules:
     - matches: [{{path: {{type: PathPrefix, value: /compress}}}}]
+      backendRefs: [{{group: meshgate.io, kind: Backend, name: app}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: fault}}
+spec:
+  parentRefs: [{{name: edge}}]
+  rules:
+    - name: abort
+      matches: [{{path: {{type: PathPrefix, value: /fault/abort}}}}]
+      backendRefs: [{{group: meshgate.io, kind: Backend, name: app}}]
+    - name: half
+      matches: [{{path: {{type: PathPrefix, value: /fault/half}}}}]
+      backendRefs: [{{group: meshgate.io, kind: Backend, name: app}}]
+    - name: delay
+      matches: [{{path: {{type: PathPrefix, value: /fault/delay}}}}]
       backendRefs: [{{group: meshgate.io, kind: Backend, name: app}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
@@ -246,7 +297,7 @@ def test_envoy_runs_the_route_limits_and_policies_are_accepted(gw) -> None:  # n
     assert config["enable_retry_after_header"] is True  # set by field number (newer than xds-protos)
     assert config["max_dynamic_descriptors"] == 10000
     objects = [o for o in gw.objects() if o["kind"] == "BackendTrafficPolicy"]
-    assert len(objects) == 4 and all(o["conditions"][0]["reason"] == "Accepted" for o in objects)
+    assert len(objects) == 8 and all(o["conditions"][0]["reason"] == "Accepted" for o in objects)
 
 
 # -- compression ----------------------------------------------------------------------------------
@@ -279,3 +330,27 @@ def test_what_is_not_compressed(gw) -> None:  # noqa: ANN001
     assert "content-encoding" not in image.headers and image.body == BIG
     other = call(gw.port, "/limits/x", headers={"Accept-Encoding": "gzip"})  # a route without compression
     assert "content-encoding" not in other.headers
+
+
+# -- fault injection ------------------------------------------------------------------------------
+
+
+def test_an_abort_is_answered_by_envoy_without_the_backend(gw) -> None:  # noqa: ANN001
+    before = gw.upstream.requests
+    r = call(gw.port, "/fault/abort")
+    assert r.status == 418 and r.body == b"fault filter abort"
+    assert gw.upstream.requests == before
+
+
+def test_a_percentage_aborts_only_a_share(gw) -> None:  # noqa: ANN001
+    statuses = [call(gw.port, "/fault/half").status for _ in range(40)]
+    # 50%: both outcomes appear (the chance that 40 requests all get the same one is 2 in 10^12).
+    assert set(statuses) == {200, 503}, statuses
+
+
+def test_a_delayed_request_still_reaches_the_backend(gw) -> None:  # noqa: ANN001
+    before, started = gw.upstream.requests, time.monotonic()
+    r = call(gw.port, "/fault/delay")
+    waited = time.monotonic() - started
+    assert r.status == 200 and r.json == {"path": "/fault/delay"} and gw.upstream.requests == before + 1
+    assert waited >= 0.29  # held back by the fault filter (a lower bound only: no speed assertion)

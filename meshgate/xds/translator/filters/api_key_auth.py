@@ -14,8 +14,11 @@ from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.filters.http.api_key_auth.v3 import api_key_auth_pb2
 
 from meshgate import ir
+from meshgate.xds.translator.filters.denials import add_json_denials
 
 NAME = "envoy.filters.http.api_key_auth"
+# Its 401/403 replies carry a JSON body (reason, request id): see denials.py.
+patch_connection_manager = add_json_denials
 DISABLED_BY_DEFAULT = True  # routes with apiKeyAuth enable it
 
 

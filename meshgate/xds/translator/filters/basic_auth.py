@@ -13,8 +13,11 @@ from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.extensions.filters.http.basic_auth.v3 import basic_auth_pb2
 
 from meshgate import ir
+from meshgate.xds.translator.filters.denials import add_json_denials
 
 NAME = "envoy.filters.http.basic_auth"
+# Its 401/403 replies carry a JSON body (reason, request id): see denials.py.
+patch_connection_manager = add_json_denials
 DISABLED_BY_DEFAULT = True  # routes with basicAuth enable it
 # The listener-level config must name users even though every route brings its own: a user no
 # password hashes to (the SHA-1 of nothing a client can send is still a hash, so: an empty hash

@@ -17,8 +17,11 @@ from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
 from google.protobuf import empty_pb2
 
 from meshgate import ir
+from meshgate.xds.translator.filters.denials import add_json_denials
 
 NAME = "envoy.filters.http.jwt_authn"
+# Its 401/403 replies carry a JSON body (reason, request id): see denials.py.
+patch_connection_manager = add_json_denials
 METADATA_NAMESPACE = NAME  # where the verified payloads are kept (rbac reads them there)
 # Claims that hold space-separated scopes (OAuth 2 `scope`, Azure AD's `scp`): kept as lists.
 SPACE_DELIMITED_CLAIMS = ("scope", "scp")

@@ -18,8 +18,11 @@ from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
 from envoy.type.matcher.v3 import path_pb2, regex_pb2, string_pb2
 
 from meshgate import ir
+from meshgate.xds.translator.filters.denials import add_json_denials
 
 NAME = "envoy.filters.http.oauth2"
+# Its 401/403 replies carry a JSON body (reason, request id): see denials.py.
+patch_connection_manager = add_json_denials
 DISABLED_BY_DEFAULT = True  # the routes of each policy enable their instance
 
 

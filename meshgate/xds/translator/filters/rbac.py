@@ -23,9 +23,12 @@ from google.protobuf.message import Message
 from xds.type.matcher.v3 import matcher_pb2
 
 from meshgate import ir
+from meshgate.xds.translator.filters.denials import add_json_denials
 from meshgate.xds.translator.filters.jwt_authn import METADATA_NAMESPACE
 
 NAME = "envoy.filters.http.rbac"
+# Its 401/403 replies carry a JSON body (reason, request id): see denials.py.
+patch_connection_manager = add_json_denials
 Predicate = matcher_pb2.Matcher.MatcherList.Predicate
 
 
