@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -68,6 +69,13 @@ def _parser() -> argparse.ArgumentParser:
                        description="Run the control plane alone: ADS and status servers, reloading on edit. "
                                    "Gateway listeners of the Envoys it serves bind to 0.0.0.0.")
     server_args(x, "Envoy's stdout", paths="*")
+    x.add_argument("--xds-tls-cert", metavar="PEM", help="serve ADS over mutual TLS with this certificate (and "
+                   "--xds-tls-key, --xds-client-ca); clients must present a certificate the CA signed, naming their "
+                   "node group (docs/deployment.md)")
+    x.add_argument("--xds-tls-key", metavar="PEM", help="the private key of --xds-tls-cert")
+    x.add_argument("--xds-client-ca", metavar="PEM", help="the CA that signs the Envoys' client certificates")
+    x.add_argument("--xds-tls-any-group", action="store_true",
+                   help="with mutual TLS, let any client certificate ask for any node group")
     x.add_argument("--kubernetes", action="store_true",
                    help="read Gateway API objects, meshgate CRDs, Secrets, Services and EndpointSlices from the "
                         "Kubernetes API instead of files (see docs/kubernetes.md)")
@@ -80,6 +88,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--node-id", default=None, help="Envoy node.id, unique per Envoy (default: $POD_NAME if set, else HOSTNAME-PID of this meshgate process)")
     b.add_argument("--admin-port", type=int, default=19901)
     b.add_argument("--delta", action="store_true")
+    b.add_argument("--xds-tls-cert", metavar="PEM", help="connect over mutual TLS with this client certificate "
+                   "(and --xds-tls-key, --xds-ca); its name must be the --group")
+    b.add_argument("--xds-tls-key", metavar="PEM")
+    b.add_argument("--xds-ca", metavar="PEM", help="the CA that signed meshgate xds's certificate")
+    b.add_argument("--xds-server-name", help="the name meshgate xds's certificate must carry (default: the --xds-address host)")
     b.add_argument("--stats-address", default="off", metavar="HOST:PORT|off",
                    help="add a listener serving Envoy's Prometheus metrics (/stats/prometheus, /ready) there, "
                         "e.g. 0.0.0.0:19902 for Prometheus on other hosts; needs a fixed --admin-port (default off)")
@@ -187,6 +200,14 @@ def cmd_xds(args: argparse.Namespace) -> int:
     opts = _run_options(args)
     opts.bind_address = "0.0.0.0"
     opts.kubernetes, opts.kubeconfig = args.kubernetes, args.kubeconfig
+    tls_files = (args.xds_tls_cert, args.xds_tls_key, args.xds_client_ca)
+    if any(tls_files) and not all(tls_files):
+        print("meshgate xds: mutual TLS needs --xds-tls-cert, --xds-tls-key and --xds-client-ca together", file=sys.stderr)
+        return 2
+    if all(tls_files):
+        from meshgate.xds.tls import XdsTLS
+
+        opts.xds_tls = XdsTLS(*tls_files, bind_group=not args.xds_tls_any_group)
     return asyncio.run(serve_xds(opts))
 
 
@@ -199,9 +220,18 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
         print("meshgate: --stats-address needs a fixed --admin-port (its listener forwards to the admin interface)",
               file=sys.stderr)
         return 2
+    tls_files = (args.xds_tls_cert, args.xds_tls_key, args.xds_ca)
+    if any(tls_files) and not all(tls_files):
+        print("meshgate bootstrap: mutual TLS needs --xds-tls-cert, --xds-tls-key and --xds-ca together", file=sys.stderr)
+        return 2
+    from meshgate.envoy.bootstrap import XdsClientTLS
+
+    # Absolute paths: Envoy resolves them from its own working directory.
+    tls = XdsClientTLS(*(os.path.abspath(f) for f in tls_files), server_name=args.xds_server_name) if all(tls_files) else None
     print(json.dumps(render_bootstrap(BootstrapOptions(
         xds_host=host, xds_port=port, node_id=args.node_id, node_cluster=args.group,
-        admin_port=args.admin_port, delta=args.delta, stats_host=stats_host, stats_port=stats_port)), indent=2))
+        admin_port=args.admin_port, delta=args.delta, stats_host=stats_host, stats_port=stats_port,
+        xds_tls=tls)), indent=2))
     return 0
 
 

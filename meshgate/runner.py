@@ -17,6 +17,7 @@ from pathlib import Path
 
 from meshgate.gatewayapi import Translation
 from meshgate.errors import EnvoyError, StartupError
+from meshgate.xds.tls import XdsTLS
 from meshgate.api.models import Backend
 from meshgate.envoy.bootstrap import BootstrapOptions, render_bootstrap
 from meshgate.controlplane.pipeline import ControlPlane
@@ -60,6 +61,8 @@ class RunOptions:
     # Envoy's OpenTelemetry tracing (from OTEL_* environment variables, see translator/tracing.py); None = off.
     tracing: TracingOptions | None = None
     envoy_log_level: str = "info"
+    # `meshgate xds --xds-tls-*`: the ADS port over mutual TLS (meshgate.xds.tls); None = plaintext.
+    xds_tls: XdsTLS | None = None
     kubernetes: bool = False  # `meshgate xds --kubernetes`: objects from the Kubernetes API, not files
     kubeconfig: str | None = None  # None: $KUBECONFIG, else in-cluster (the pod's service account)
     # where errors of a rejected config are printed, in the same format as `meshgate validate`
@@ -147,7 +150,7 @@ async def _start_servers(stack: contextlib.AsyncExitStack, opts: RunOptions, cac
     """Start the ADS and status servers (stopped by `stack`); returns their bound ports."""
     xds_address = f"{opts.xds_host}:{opts.xds_port}"
     try:
-        xds, xds_port = await start_xds_server(cache, status, xds_address)
+        xds, xds_port = await start_xds_server(cache, status, xds_address, tls=opts.xds_tls)
     except RuntimeError:  # grpc reports a failed bind as RuntimeError
         raise StartupError(f"cannot listen for xDS on {xds_address}: address in use or not available "
                            "(choose another with --xds-address)") from None

@@ -29,7 +29,11 @@ from meshgate.api.config import KINDS as ALL_KINDS  # noqa: E402
 from meshgate.api.policies import SIZE_RE  # noqa: E402
 
 # One section per model: ReferenceGrant is documented under v1 (v1beta1 is accepted too).
-KINDS = {key: model for key, model in ALL_KINDS.items() if key != ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant")}
+from meshgate.api.service import SERVICE_KINDS  # noqa: E402
+
+# Kubernetes' own Service and EndpointSlice are read as a cluster writes them (docs/kubernetes.md).
+KINDS = {key: model for key, model in ALL_KINDS.items()
+         if key != ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant") and key not in SERVICE_KINDS}
 from meshgate.api.schema import model_schema  # noqa: E402
 from meshgate.runner import SAMPLE_UPSTREAM_ANNOTATION  # noqa: E402
 

@@ -10,6 +10,7 @@ the Debian `prometheus` package is installed (scripts/setup installs it).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import threading
@@ -94,14 +95,11 @@ def envoy_metrics(gw: Meshgate) -> str:
 
 
 def route_stat(samples, name: str, rule: int, **labels: str) -> float:
-    want = {"envoy_virtual_host": f"default/edge/{HTTP_PORT(samples)}/api_example_com",
-            "envoy_route": f"httproute/default/app/rule/{rule}", **labels}
-    return sum(v for (n, ls), v in samples.items() if n == name and want.items() <= dict(ls).items())
-
-
-def HTTP_PORT(samples) -> str:  # noqa: N802 - the listener's port, as Envoy's labels show it
-    hosts = {dict(ls).get("envoy_virtual_host", "") for (_, ls) in samples}
-    return next(h.split("/")[2] for h in hosts if h.endswith("/api_example_com"))
+    """Sum of a per-route series for one rule of HTTPRoute `app` on the api.example.com virtual host."""
+    want = {"envoy_route": f"httproute/default/app/rule/{rule}", **labels}
+    return sum(v for (n, ls), v in samples.items()
+               if n == name and want.items() <= dict(ls).items()
+               and re.fullmatch(r"default/edge/\d+/api_example_com", dict(ls).get("envoy_virtual_host", "")))
 
 
 # -- metrics ---------------------------------------------------------------------------------------

@@ -223,3 +223,21 @@ async def test_endpoint_changes_go_out_as_eds_alone_and_informers_recover(kube: 
 
 def _histogram_count(histogram) -> float:  # noqa: ANN001
     return next(s.value for m in histogram.collect() for s in m.samples if s.name.endswith("_count"))
+
+
+def test_file_mode_reads_services_and_endpoint_slices(tmp_path: Path) -> None:
+    """A cluster's manifests work unchanged on a laptop: a backendRef to a Service resolves to
+    its EndpointSlices' endpoints in files too."""
+    import yaml
+
+    from meshgate.api.config import load_translation
+
+    docs = [gateway_class(), gateway(), service(), route(),
+            endpoint_slice("app-a", "app", [ready("127.0.0.1"), ready("127.0.0.2", ready=False)], 9001),
+            route("wrong-port", backend={"name": "app", "port": 81}, path="/x")]
+    (tmp_path / "cluster.yaml").write_text(yaml.safe_dump_all([d for d in docs if d["kind"] != "GatewayClass"]))
+    translation, errors = load_translation([str(tmp_path)])
+    clusters = {c.name: c for c in translation.ir.clusters}
+    assert [(e.address, e.port) for e in clusters["service/default/app/80"].endpoints] == [("127.0.0.1", 9001)]
+    assert [str(e).split(": ", 1)[1] for e in errors] == [
+        "spec.rules[0].backendRefs[0].port: Service default/app has no TCP port 81 (its ports: 80)"]

@@ -326,6 +326,55 @@ class OIDC(Model):
         return value
 
 
+class RequestSignature(Model):
+    """meshgate extension: HMAC-SHA256 request signatures, verified per request by meshgate's edge
+    companion (Envoy's `ext_authz` filter asks it). The signature covers the method, path,
+    query, the headers named here, a SHA-256 digest of the body and a timestamp, under a key id;
+    each nonce is accepted once. Slower than the Envoy-native checks: every request of the route
+    makes a gRPC call to Python (docs/security.md, "requestSignature")."""
+
+    key_refs: list[SecretObjectReference] = Field(
+        min_length=1, max_length=16,
+        description="Secrets holding the keys: each data key is a key id, its value the shared key (at least 16 "
+        "bytes). The keys go to the edge companion only, never to Envoy.")
+    headers: list[HeaderName] = Field(
+        default_factory=list, max_length=16,
+        description="Request headers the signature covers, in this order (`host` is the request's authority). "
+        "A request without one of them is refused.")
+    max_clock_skew: Duration | None = Field(
+        None, description="How far the signed timestamp may be from the gateway's clock, either way (default "
+        "5m, at most 1h). Nonces are remembered that long.")
+    max_body_size: int | None = Field(
+        None, ge=0, le=8 * 1024 * 1024,
+        description="The largest body Envoy buffers for the digest, in bytes (default 65536); a larger body gets "
+        "413. 0: the body is not signed (its digest is that of an empty body).")
+    timeout: Duration | None = Field(
+        None, description="How long Envoy waits for the companion's answer (default 500ms).")
+    failure_mode_allow: bool | None = Field(
+        None, description="When the companion can't be reached or doesn't answer in time: false (default) "
+        "refuses the request with 503; true lets it through unverified, with `x-envoy-auth-failure-mode-allowed: "
+        "true` added for the upstream.")
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, headers: list[str]) -> list[str]:
+        lower = [h.lower() for h in headers]
+        if len(set(lower)) != len(lower):
+            raise ValueError("headers must be unique")
+        if any(h.startswith("x-meshgate-") or h.startswith(":") for h in lower):
+            raise ValueError("the x-meshgate-* headers of the scheme are always signed; don't list them")
+        return lower
+
+    @field_validator("max_clock_skew")
+    @classmethod
+    def _skew(cls, value: str | None) -> str | None:
+        from meshgate.api.models import duration_seconds
+
+        if value is not None and not 1 <= duration_seconds(value) <= 3600:
+            raise ValueError("maxClockSkew must be between 1s and 1h")
+        return value
+
+
 def check_http_url(url: str) -> str:
     m = re.fullmatch(r"(https?)://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?(/[^\s#]*)?", url)
     if not m:
@@ -342,6 +391,9 @@ class SecurityPolicySpec(Model):
     api_key_auth: APIKeyAuth | None = Field(None, alias="apiKeyAuth")
     basic_auth: BasicAuth | None = None
     authorization: Authorization | None = None
+    request_signature: RequestSignature | None = Field(
+        None, description="meshgate extension: HMAC request signatures, verified by the edge companion "
+        "(per-request Python; see docs/security.md).")
 
     @model_validator(mode="before")
     @classmethod

@@ -240,6 +240,7 @@ class ControlPlane:
                 self.on_rejected(self.status.last_error)
             return False
         self._report(result)
+        self._publish_companions(result.translation)  # first: a policy is there before Envoy's routes ask for it
         published = self.publisher.publish(result.snapshot)
         self.translation = result.translation
         self.status.summary = result.translation.summary()
@@ -252,6 +253,19 @@ class ControlPlane:
         if self.on_config is not None:
             self.on_config(result.translation)
         return True
+
+    def _publish_companions(self, translation: Translation) -> None:
+        """The edge companions' config (their own node group and xDS type, meshgate.edge.config):
+        the request-signature policies with their keys, which never go to Envoy. Published on
+        every reload, so a rotated key reaches them even when Envoy's config is unchanged."""
+        from meshgate.edge.config import EDGE_GROUP, companion_resources
+
+        try:
+            previous = self.cache.get_snapshot(EDGE_GROUP)
+            self.cache.set_snapshot(EDGE_GROUP, Snapshot.build(companion_resources(translation.ir.listeners),
+                                                               previous=previous))
+        except InconsistentSnapshot as exc:  # a bug: the companions keep their last config
+            log.error("edge companion config refused: %s", exc)
 
     def _report(self, result: Compiled) -> None:
         """Log each problem once (while it lasts), and say when the config is valid again."""

@@ -68,6 +68,18 @@ class BootstrapOptions:
     # only /stats/prometheus and /ready; None = no such listener. Needs a fixed admin_port.
     stats_host: str = "127.0.0.1"
     stats_port: int | None = None
+    # Mutual TLS to `meshgate xds --xds-tls-*` (meshgate.xds.tls): this Envoy's client certificate
+    # and key, the CA that signed the server's certificate, and the name to verify it for (default
+    # xds_host). None: plaintext (loopback).
+    xds_tls: XdsClientTLS | None = None
+
+
+@dataclass(frozen=True)
+class XdsClientTLS:
+    cert_file: str
+    key_file: str
+    ca_file: str
+    server_name: str | None = None
 
 
 def render_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
@@ -115,7 +127,7 @@ def render_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
 
 
 def _static_resources(opts: BootstrapOptions) -> dict[str, Any]:
-    static: dict[str, Any] = {"clusters": [_xds_cluster(opts.xds_host, opts.xds_port)]}
+    static: dict[str, Any] = {"clusters": [_xds_cluster(opts.xds_host, opts.xds_port, opts.xds_tls)]}
     if opts.stats_port is not None:
         listener, admin_cluster = stats_resources(opts.stats_host, opts.stats_port, opts.admin_host, opts.admin_port)
         static["listeners"] = [listener]
@@ -127,9 +139,9 @@ def _socket_address(host: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
 
 
-def _xds_cluster(host: str, port: int) -> dict[str, Any]:
+def _xds_cluster(host: str, port: int, tls: XdsClientTLS | None = None) -> dict[str, Any]:
     """The static cluster Envoy uses to reach the meshgate xDS server (gRPC needs HTTP/2)."""
-    return {
+    cluster = {
         "name": XDS_CLUSTER_NAME,
         # STATIC: the endpoint is a literal IP. A host name needs STRICT_DNS (Envoy resolves it).
         "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
@@ -154,6 +166,29 @@ def _xds_cluster(host: str, port: int) -> dict[str, Any]:
             ],
         },
     }
+    if tls is not None:
+        # Mutual TLS: Envoy shows its certificate (which names its node group) and checks the
+        # control plane's against the CA, for the server name. Files, read by Envoy (and read
+        # again when they change: Envoy watches filename data sources).
+        name = tls.server_name or host
+        cluster["transport_socket"] = {
+            "name": "envoy.transport_sockets.tls",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                **({} if _is_ip(name) else {"sni": name}),  # SNI carries host names only (RFC 6066)
+                "common_tls_context": {
+                    "alpn_protocols": ["h2"],
+                    "tls_certificates": [{"certificate_chain": {"filename": tls.cert_file},
+                                          "private_key": {"filename": tls.key_file}}],
+                    "validation_context": {
+                        "trusted_ca": {"filename": tls.ca_file},
+                        "match_typed_subject_alt_names": [
+                            {"san_type": "IP_ADDRESS" if _is_ip(name) else "DNS", "matcher": {"exact": name}}],
+                    },
+                },
+            },
+        }
+    return cluster
 
 
 def _is_ip(host: str) -> bool:

@@ -29,6 +29,11 @@ if TYPE_CHECKING:
     from meshgate.gatewayapi.translator import _Translator
 
 DEFAULT_JWKS_CACHE_S = 300.0
+# The edge companion (meshgate edge): the cluster Envoy's ext_authz calls, and where the companion
+# listens unless told otherwise (`meshgate edge --address`).
+EDGE_COMPANION_CLUSTER = "meshgate/edge-companion"
+EDGE_COMPANION_DEFAULT_ADDRESS = ("127.0.0.1", 18002)
+MIN_SIGNING_KEY_BYTES = 16
 # The trusted CAs for a remote JWKS over https: the system bundle (Debian's ca-certificates),
 # read by Envoy from its own machine.
 SYSTEM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
@@ -93,11 +98,14 @@ class SecurityPolicies:
     def _security(self, spec: Mapping[str, Any], chain: tuple) -> ir.Security | None:
         jwt, authorization = spec.get("jwt"), spec.get("authorization")
         api_key, basic = spec.get("api_key_auth"), spec.get("basic_auth")
-        if all(spec.get(k) is None for k in ("jwt", "authorization", "api_key_auth", "basic_auth", "oidc")):
+        if all(spec.get(k) is None for k in ("jwt", "authorization", "api_key_auth", "basic_auth", "oidc",
+                                             "request_signature")):
             return None
         problems: list[str] = []
         oidc = spec.get("oidc")
+        signature = spec.get("request_signature")
         return ir.Security(
+            signature=self._signature(signature, chain, problems) if signature is not None else None,
             jwt=self._jwt(jwt) if jwt else None,
             oidc=self._oidc(oidc, chain, problems) if oidc is not None else None,
             api_key=self._api_key(api_key, chain, problems) if api_key is not None else None,
@@ -152,6 +160,42 @@ class SecurityPolicies:
         return ir.ApiKeyAuth(credentials=tuple(sorted(credentials.items())), sources=tuple(sources),
                              forward_client_id_header=spec.get("forward_client_id_header"),
                              sanitize=bool(spec.get("sanitize", False)))
+
+    def _signature(self, spec: Mapping[str, Any], chain: tuple, problems: list[str]) -> ir.RequestSignature:
+        """requestSignature: keys from Secrets (like apiKeyAuth's), for the edge companion only."""
+        policy = self._source(chain, "request_signature")
+        keys: dict[str, bytes] = {}
+        for i, ref in enumerate(spec.get("key_refs", ())):
+            where = ("spec", "requestSignature", "keyRefs", i)
+            secret = self._secret(policy, ref, where, problems)
+            for key_id, key in _secret_values(secret).items() if secret is not None else ():
+                if len(key.encode()) < MIN_SIGNING_KEY_BYTES:
+                    # Say which key id, never what it holds.
+                    self._unresolved(policy, f"signing key {key_id!r} is shorter than {MIN_SIGNING_KEY_BYTES} bytes",
+                                     where, problems)
+                    continue
+                keys.setdefault(key_id, key.encode())  # a key id in two Secrets: the first one's key
+        settings = dict(
+            headers=tuple(spec.get("headers", ())),
+            max_skew_s=int(duration_seconds(spec["max_clock_skew"])) if "max_clock_skew" in spec else 300,
+            max_body_bytes=int(spec.get("max_body_size", 65536)),
+            timeout_s=duration_seconds(spec["timeout"]) if "timeout" in spec else 0.5,
+            failure_mode_allow=bool(spec.get("failure_mode_allow", False)),
+        )
+        # Named after the policy and its settings, not its keys: a rotated key changes the
+        # companion's config only, and Envoy's stays the same (nothing to re-push, nothing of the
+        # key in Envoy's config).
+        name = f"{policy.metadata.namespace}/{policy.metadata.name}/{_digest(tuple(sorted(settings.items())))}"
+        self._companion_cluster()
+        return ir.RequestSignature(policy=name, keys=tuple(sorted(keys.items())), **settings)
+
+    def _companion_cluster(self) -> None:
+        """The cluster through which Envoy calls the edge companion (gRPC): EDS, with a default
+        endpoint that `meshgate run` (and a deployment) replaces with where the companion listens."""
+        if EDGE_COMPANION_CLUSTER not in self.jwks_clusters:
+            self.jwks_clusters[EDGE_COMPANION_CLUSTER] = ir.Cluster(
+                name=EDGE_COMPANION_CLUSTER, endpoints=(ir.Endpoint(*EDGE_COMPANION_DEFAULT_ADDRESS, 1),),
+                lb="RoundRobin", protocol="GRPC", connect_timeout_s=1.0, dns=False)
 
     def _oidc(self, spec: Mapping[str, Any], chain: tuple, problems: list[str]) -> ir.OIDC:
         policy = self._source(chain, "oidc")

@@ -211,6 +211,21 @@ class OIDC:
 
 
 @dataclass(slots=True, unsafe_hash=True)
+class RequestSignature:
+    """HMAC request signatures (SecurityPolicy `requestSignature`, meshgate extension), verified
+    by the edge companion through Envoy's ext_authz. `keys` go to the companion's config only
+    (meshgate.edge.config), never into an Envoy resource."""
+
+    policy: str  # the companion's name for it, sent by Envoy as an ext_authz context extension
+    keys: tuple[tuple[str, bytes], ...]  # (key id, key)
+    headers: tuple[str, ...] = ()  # signed headers, lower case, in order
+    max_skew_s: int = 300
+    max_body_bytes: int = 65536  # 0: the body is not signed
+    timeout_s: float = 0.5
+    failure_mode_allow: bool = False
+
+
+@dataclass(slots=True, unsafe_hash=True)
 class Security:
     """Who may call a route (SecurityPolicy, resolved)."""
 
@@ -219,6 +234,7 @@ class Security:
     api_key: ApiKeyAuth | None = None
     basic: BasicAuth | None = None
     authorization: Authorization | None = None
+    signature: RequestSignature | None = None  # verified per request by the edge companion
     # Set when the policy in force can't be applied (a Secret it names is missing, say): the
     # route answers 500 rather than serve unprotected.
     invalid: str | None = None

@@ -36,6 +36,7 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
+from meshgate.xds.tls import XdsTLS, peer_identities, server_credentials
 from meshgate.xds.snapshot import (
     CLUSTER,
     ENDPOINT,
@@ -212,6 +213,13 @@ class _Stream:
             )
         self.node.CopyFrom(first.node)
         self.group = self.cache.group_of(self.node)
+        if self.server.bind_group:
+            names = peer_identities(self.context)
+            if self.group not in names:
+                log.warning("rejecting %s xDS stream from %s: node %r asks for group %r, its certificate names %s",
+                            self.kind, self.context.peer(), first.node.id, self.group, sorted(names) or "nothing")
+                await self.context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                         f"this client's certificate is not for node group {self.group!r}")
         self.ref = NodeRef(f"{self.node_id}#{next(self.server._instances)}", self.node_id, self.group,
                            self.kind, self.context.peer() or "")
         unwatch = self.cache.watch(self.group, self._wake.set)
@@ -648,9 +656,11 @@ class _DeltaStream(_Stream):
 class AdsServer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     """The Aggregated Discovery Service: serves snapshots from a SnapshotCache to Envoys."""
 
-    def __init__(self, cache: SnapshotCache, observer: XdsObserver | None = None) -> None:
+    def __init__(self, cache: SnapshotCache, observer: XdsObserver | None = None, bind_group: bool = False) -> None:
         self.cache = cache
         self.observer: XdsObserver = observer if observer is not None else NullObserver()
+        # Mutual TLS (meshgate.xds.tls): a client may only ask for the group its certificate names.
+        self.bind_group = bind_group
         self._streams: set[_Stream] = set()
         self._instances = itertools.count(1)  # numbers each stream's NodeRef.instance
 
@@ -686,17 +696,19 @@ async def start_xds_server(
     cache: SnapshotCache,
     observer: XdsObserver | None = None,
     address: str = "127.0.0.1:18000",
+    tls: XdsTLS | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Start a gRPC server with the ADS service on ``address``; returns (server, bound port).
 
     ``address`` may use port 0 to pick a free port. Stop it with ``await server.stop(grace)``.
     """
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    servicer = AdsServer(cache, observer)
+    servicer = AdsServer(cache, observer, bind_group=tls is not None and tls.bind_group)
     ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(servicer, server)
-    port = server.add_insecure_port(address)
+    # With `tls`: mutual TLS, every client authenticated by its certificate (meshgate.xds.tls).
+    port = server.add_secure_port(address, server_credentials(tls)) if tls is not None else server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"could not bind xDS server to {address}")
     await server.start()
-    log.info("xDS server listening on %s (port %d)", address, port)
+    log.info("xDS server listening on %s (port %d, %s)", address, port, "mutual TLS" if tls else "plaintext")
     return server, port

@@ -30,6 +30,7 @@ from meshgate.xds.translator.filters import (
     basic_auth,
     compressor,
     cors,
+    ext_authz,
     fault,
     grpc_json_transcoder,
     grpc_web,
@@ -52,6 +53,7 @@ HTTP_FILTERS: tuple[ModuleType, ...] = (
     api_key_auth,  # API keys, where a route asks for them (too)
     basic_auth,  # user and password, likewise
     rbac,  # may they: reads those claims; after CORS, so preflights need no credentials
+    ext_authz,  # request signatures (a call to the edge companion): after the native checks, which cost no call
     local_ratelimit,  # after authentication and authorization: refused requests spend no tokens
     grpc_web,  # after CORS: a browser's preflight is answered before gRPC-Web sees it
     grpc_json_transcoder,

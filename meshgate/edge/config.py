@@ -1,0 +1,106 @@
+"""The edge companion's config as an xDS resource type of meshgate's own.
+
+The companion gets its policies the way Envoy gets its listeners: from meshgate's ADS server,
+as a node of its own group (`node.cluster` = `EDGE_GROUP`), subscribed to `SIGNATURE_CONFIG`.
+It is a full-state type (like LDS/CDS): each response is the whole set, a policy missing from
+it is deleted.
+
+The message is defined here, at run time, from a FileDescriptorProto (no .proto file, no
+protoc), with protobuf's well-known `Struct` for the settings:
+
+    package meshgate.edge.v1;
+    message SignatureConfig {
+      string name = 1;                    // the policy name Envoy sends as a context extension
+      google.protobuf.Struct settings = 2; // {"headers": [..], "maxSkewSeconds": n, "signBody": b}
+      map<string, bytes> keys = 3;         // key id -> HMAC key
+    }
+
+One resource per policy, named by the policy. Keys are `bytes`, never in a Struct (a Struct
+would hold them as JSON strings, and they would show in any JSON dump of the config).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from google.protobuf import descriptor_pb2, descriptor_pool, struct_pb2
+from google.protobuf import message_factory
+from google.protobuf.message import Message
+
+from meshgate import ir
+from meshgate.edge.signing import Policy
+
+EDGE_GROUP = "meshgate-edge"  # the node group (node.cluster) of edge companions
+_PACKAGE = "meshgate.edge.v1"
+SIGNATURE_CONFIG = f"type.googleapis.com/{_PACKAGE}.SignatureConfig"
+# The ext_authz context extensions (set per route by Envoy's config, sent with each check): the
+# route's policy, and the route's name (for the companion's metrics and logs).
+POLICY_KEY = "meshgate.io/signature-policy"
+ROUTE_KEY = "meshgate.io/route"
+
+
+def _build_message() -> type[Message]:
+    pool = descriptor_pool.Default()
+    try:
+        return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.SignatureConfig"))
+    except KeyError:
+        pass
+    f = descriptor_pb2.FileDescriptorProto(name="meshgate/edge/v1/signature.proto", package=_PACKAGE,
+                                           syntax="proto3", dependency=["google/protobuf/struct.proto"])
+    m = f.message_type.add(name="SignatureConfig")
+    FD = descriptor_pb2.FieldDescriptorProto
+    m.field.add(name="name", number=1, type=FD.TYPE_STRING, label=FD.LABEL_OPTIONAL)
+    m.field.add(name="settings", number=2, type=FD.TYPE_MESSAGE, label=FD.LABEL_OPTIONAL,
+                type_name=".google.protobuf.Struct")
+    entry = m.nested_type.add(name="KeysEntry")
+    entry.options.map_entry = True
+    entry.field.add(name="key", number=1, type=FD.TYPE_STRING, label=FD.LABEL_OPTIONAL)
+    entry.field.add(name="value", number=2, type=FD.TYPE_BYTES, label=FD.LABEL_OPTIONAL)
+    m.field.add(name="keys", number=3, type=FD.TYPE_MESSAGE, label=FD.LABEL_REPEATED,
+                type_name=f".{_PACKAGE}.SignatureConfig.KeysEntry")
+    _ = struct_pb2.Struct  # the dependency is in the pool
+    pool.Add(f)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.SignatureConfig"))
+
+
+SignatureConfig = _build_message()
+
+
+def signature_policies(listeners: Iterable[ir.Listener]) -> dict[str, ir.RequestSignature]:
+    """Every requestSignature in force on some route, by policy name."""
+    out: dict[str, ir.RequestSignature] = {}
+    for listener in listeners:
+        for vhost in listener.virtual_hosts:
+            for route in vhost.routes:
+                sig = route.security.signature if route.security is not None else None
+                if sig is not None:
+                    out.setdefault(sig.policy, sig)
+    return out
+
+
+def companion_resources(listeners: Iterable[ir.Listener]) -> dict[str, dict[str, Message]]:
+    """The edge companion's resources (type URL -> name -> message) for a translation's IR."""
+    out: dict[str, Message] = {}
+    for name, sig in sorted(signature_policies(listeners).items()):
+        msg = SignatureConfig(name=name)
+        msg.settings.update({"headers": list(sig.headers), "maxSkewSeconds": sig.max_skew_s,
+                             "signBody": sig.max_body_bytes > 0})
+        for key_id, key in sig.keys:
+            msg.keys[key_id] = key
+        out[name] = msg
+    return {SIGNATURE_CONFIG: out}
+
+
+def policies_from(resources: Mapping[str, Message]) -> dict[str, Policy]:
+    """The companion's side: resources received over ADS -> the verifier's policies."""
+    out = {}
+    for name, msg in resources.items():
+        settings = msg.settings
+        out[name] = Policy(
+            name=name, keys=dict(msg.keys), headers=tuple(str(h) for h in settings["headers"]) if "headers" in settings
+            else (), max_skew_s=int(settings["maxSkewSeconds"]) if "maxSkewSeconds" in settings else 300,
+            sign_body=bool(settings["signBody"]) if "signBody" in settings else True)
+    return out
+
+
+__all__ = ["EDGE_GROUP", "SIGNATURE_CONFIG", "SignatureConfig", "companion_resources", "policies_from"]
