@@ -97,6 +97,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="add a listener serving Envoy's Prometheus metrics (/stats/prometheus, /ready) there, "
                         "e.g. 0.0.0.0:19902 for Prometheus on other hosts; needs a fixed --admin-port (default off)")
 
+    e = sub.add_parser("edge", help="run the edge companion (ext_authz for request signatures), configured over ADS",
+                       description="The edge companion: Envoy's ext_authz service for SecurityPolicy "
+                                   "requestSignature, with its policies and keys from meshgate's ADS server.")
+    e.add_argument("--xds-address", default="127.0.0.1:18000", help="meshgate's ADS server (default 127.0.0.1:18000)")
+    e.add_argument("--address", default="127.0.0.1:18002",
+                   help="where Envoy's ext_authz reaches this companion (gRPC; default 127.0.0.1:18002)")
+    e.add_argument("--metrics-address", default="127.0.0.1:19003", metavar="HOST:PORT|off",
+                   help="Prometheus metrics (/metrics; default 127.0.0.1:19003); 'off' for none")
+    e.add_argument("--node-id", default="", help="xDS node.id (default meshgate-edge-HOSTNAME)")
+    e.add_argument("--replay-cache-size", type=int, default=100_000, help="nonces remembered (in memory)")
+    e.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
     s = sub.add_parser("schema", help="print the JSON Schema of every kind (or one)")
     s.add_argument("kind", nargs="?", help="e.g. HTTPRoute, Backend, gateway.networking.k8s.io/v1/Gateway")
     return p
@@ -235,6 +247,17 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_edge(args: argparse.Namespace) -> int:
+    from meshgate.edge.server import EdgeOptions, serve
+    from meshgate.logs import setup_logging
+
+    setup_logging(args.log_level)
+    return asyncio.run(serve(EdgeOptions(
+        xds_address=args.xds_address, address=args.address,
+        metrics_address=None if args.metrics_address == "off" else args.metrics_address,
+        node_id=args.node_id, replay_cache_size=args.replay_cache_size)))
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from meshgate.api.schema import json_schemas
 
@@ -256,6 +279,7 @@ COMMANDS = {
     "xds": cmd_xds,
     "bootstrap": cmd_bootstrap,
     "schema": cmd_schema,
+    "edge": cmd_edge,
 }
 
 

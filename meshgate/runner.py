@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from meshgate.gatewayapi import Translation
+from meshgate import ir
+from meshgate.gatewayapi.security import EDGE_COMPANION_CLUSTER
 from meshgate.errors import EnvoyError, StartupError
 from meshgate.xds.tls import XdsTLS
 from meshgate.api.models import Backend
@@ -202,14 +204,23 @@ async def run_local(opts: RunOptions) -> int:
     upstreams = SampleUpstreams()
     cache = SnapshotCache()
     status = ControlPlaneStatus()
+    edge = _LocalEdge(opts, state)
+
+    def on_config(config: Translation) -> None:
+        if opts.sample_upstreams:
+            upstreams.sync(config)
+        edge.sync(config)
+
     plane = ControlPlane(
         opts.paths, cache, group=opts.group, env=opts.env, status=status,
         options=TranslateOptions(bind_address=opts.bind_address, access_log_path=access_log, tracing=opts.tracing),
-        on_config=upstreams.sync if opts.sample_upstreams else None,
+        on_config=on_config,
         on_rejected=opts.print_errors,
     )
     async with contextlib.AsyncExitStack() as stack:  # stops everything started, in reverse order
         stack.push_async_callback(upstreams.stop)
+        # Envoy reaches the edge companion (ext_authz) where this run starts it.
+        plane.set_cluster_endpoints(EDGE_COMPANION_CLUSTER, [ir.Endpoint("127.0.0.1", edge.port, 1)])
         plane.reload()
         if plane.status.last_error:
             # At start, any problem stops us (errors already printed): a first config is all the
@@ -217,6 +228,14 @@ async def run_local(opts: RunOptions) -> int:
             return 1
         state.mkdir(parents=True, exist_ok=True)  # only once the config is valid: a failed run leaves nothing
         xds_port, status_port = await _start_servers(stack, opts, cache, status)
+        edge.xds_address = f"{_url_host(opts.xds_host)}:{xds_port}"
+        stack.push_async_callback(edge.stop)  # before the ADS server stops: no reconnect warnings on exit
+        status.extra["edge"] = edge.status
+        if edge.needed(plane.translation):
+            try:  # before Envoy: the first signed request finds its verifier
+                await edge.start()
+            except RuntimeError as exc:
+                raise StartupError(str(exc)) from None
         admin_port = opts.admin_port
         if opts.stats_port is not None and not admin_port:
             admin_port = pick_free_port()  # the stats listener forwards to the admin port: it must be known
@@ -251,6 +270,62 @@ async def run_local(opts: RunOptions) -> int:
         await _until_signalled()
         log.info("stopping")
     return 0
+
+
+class _LocalEdge:
+    """The edge companion of `meshgate run` (meshgate.edge): a supervised `meshgate edge`
+    subprocess, started once the config has a route that needs it (request signatures)."""
+
+    def __init__(self, opts: RunOptions, state: Path) -> None:
+        self.port = pick_free_port()
+        self.metrics_port = pick_free_port()
+        self.state = state
+        self.log_level = opts.log_level
+        self.xds_address = ""  # known once the ADS server listens
+        self.process = None
+        self._starting: asyncio.Task | None = None
+
+    @staticmethod
+    def needed(config: Translation | None) -> bool:
+        from meshgate.edge.config import signature_policies
+
+        return config is not None and bool(signature_policies(config.ir.listeners))
+
+    async def start(self) -> None:
+        from meshgate.edge.process import EdgeProcess
+
+        if self.process is not None:
+            return
+        self.process = EdgeProcess(self.xds_address, f"127.0.0.1:{self.port}", f"127.0.0.1:{self.metrics_port}",
+                                   self.state / "edge.log", log_level=self.log_level)
+        await self.process.start()
+
+    def sync(self, config: Translation) -> None:
+        """A reload that adds the first signed route starts the companion (later reloads only
+        change its config, over ADS)."""
+        if self.process is None and self.xds_address and self._starting is None and self.needed(config):
+            self._starting = asyncio.get_running_loop().create_task(self._start_logged())
+
+    async def _start_logged(self) -> None:
+        try:
+            await self.start()
+        except RuntimeError as exc:
+            log.error("edge companion did not start", extra={"error": str(exc)})
+
+    async def stop(self) -> None:
+        if self._starting is not None:
+            self._starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._starting
+        if self.process is not None:
+            await self.process.stop()
+
+    def status(self) -> dict[str, object]:
+        if self.process is None:
+            return {"running": False}
+        return {"running": self.process.pid is not None, "pid": self.process.pid, "restarts": self.process.restarts,
+                "ext_authz": f"127.0.0.1:{self.port}", "metrics": f"http://127.0.0.1:{self.metrics_port}/metrics",
+                "log": str(self.process.log_path)}
 
 
 def _envoy_reason(message: str) -> str:
@@ -293,6 +368,11 @@ def _summary(plane: ControlPlane, opts: RunOptions, status_port: int, envoy: Env
     if opts.tracing is not None:
         lines.append(f"  traces:     OTLP/gRPC to {opts.tracing.endpoint}  ({opts.tracing.sampling_percent:g}% of requests, "
                      f"service.name {opts.tracing.service_name})")
+    edge = plane.status.extra.get("edge")
+    edge_status = edge() if callable(edge) else {}
+    if edge_status.get("running"):
+        lines.append(f"  edge:       pid {edge_status['pid']}, ext_authz {edge_status['ext_authz']}, "
+                     f"metrics {edge_status['metrics']}  (request signatures)")
     lines.append(f"  logs:       {envoy.log_path}  (Envoy), " + (f"{access_log}  (access log, JSON lines)" if access_log else "access log off"))
     for node in plane.status.nodes.values():
         for kind, nack in sorted(node.nacked.items()):

@@ -15,7 +15,13 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from meshgate.api.models import Duration, HeaderName, Model, Resource, duration_seconds
-from meshgate.api.backend_traffic_shaping import Compression, FaultInjection, RateLimitSpec, check_compression
+from meshgate.api.backend_traffic_shaping import (
+    Compression,
+    FaultInjection,
+    RateLimitSpec,
+    ResponseOverride,
+    check_compression,
+)
 from meshgate.api.policies import GATEWAY_GROUP, PolicyTargetReference, _reject_unsupported
 
 # Envoy Gateway BackendTrafficPolicy fields meshgate does not implement yet (field -> hint).
@@ -24,7 +30,6 @@ UNSUPPORTED: dict[str, str] = {
     "targetRef": "use targetRefs (a list)",
     "targetSelectors": "name targets with targetRefs",
     "compressor": "use compression (a list, one item per algorithm)",
-    "responseOverride": "",
     "proxyProtocol": "",
     "tcpKeepalive": "",
     "connection": "",
@@ -379,6 +384,10 @@ class BackendTrafficPolicySpec(Model):
     fault_injection: FaultInjection | None = Field(
         None, description="Delay or abort a share of the requests, as a failing backend would (tests of clients' "
         "resilience).")
+
+    response_override: list[ResponseOverride] | None = Field(
+        None, max_length=16, description="Custom error pages: responses whose status matches get this body, content "
+        "type and (optionally) status instead; the first override that matches applies.")
 
     _compression = field_validator("compression")(classmethod(lambda cls, v: check_compression(v)))
 

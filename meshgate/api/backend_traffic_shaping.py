@@ -267,3 +267,72 @@ class FaultInjection(Model):
         if self.delay is None and self.abort is None:
             raise ValueError("fault injection needs a delay, an abort or both")
         return self
+
+
+# -- responseOverride -------------------------------------------------------------------------
+
+
+class StatusCodeRange(Model):
+    start: int = Field(ge=100, le=599)
+    end: int = Field(ge=100, le=599)
+
+    @model_validator(mode="after")
+    def _order(self) -> StatusCodeRange:
+        if self.end < self.start:
+            raise ValueError("end must not be less than start")
+        return self
+
+
+class StatusCodeMatch(Model):
+    type: Literal["Value", "Range"] = "Value"
+    value: int | None = Field(None, ge=100, le=599)
+    range: StatusCodeRange | None = None
+
+    @model_validator(mode="after")
+    def _for_type(self) -> StatusCodeMatch:
+        if self.type == "Value" and (self.value is None or self.range is not None):
+            raise ValueError("type Value needs value (and no range)")
+        if self.type == "Range" and (self.range is None or self.value is not None):
+            raise ValueError("type Range needs range (and no value)")
+        return self
+
+    def codes(self) -> tuple[int, int]:
+        """(first, last) status code matched."""
+        return (self.value, self.value) if self.type == "Value" else (self.range.start, self.range.end)
+
+
+class CustomResponseMatch(Model):
+    status_codes: list[StatusCodeMatch] = Field(min_length=1, max_length=50)
+
+
+class CustomResponseBody(Model):
+    type: Literal["Inline", "ValueRef"] = "Inline"
+    inline: str | None = Field(None, max_length=65536)
+
+    @model_validator(mode="after")
+    def _inline(self) -> CustomResponseBody:
+        if self.type == "ValueRef":
+            raise ValueError("type ValueRef (a ConfigMap) is not supported by meshgate yet; use type Inline")
+        if self.inline is None:
+            raise ValueError("type Inline needs inline")
+        return self
+
+
+class CustomResponse(Model):
+    content_type: str | None = Field(None, max_length=256, pattern=r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(;.*)?$")
+    body: CustomResponseBody | None = None
+    status_code: int | None = Field(None, ge=100, le=599, description="Answer with this status instead of the matched one.")
+
+
+class ResponseOverride(Model):
+    """Replace a response (the upstream's or Envoy's own) whose status matches, e.g. an error page."""
+
+    match: CustomResponseMatch
+    response: CustomResponse
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unsupported(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "redirect" in data:
+            raise ValueError("responseOverride field 'redirect' (from Envoy Gateway) is not supported by meshgate yet")
+        return data

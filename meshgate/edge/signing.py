@@ -152,9 +152,10 @@ class Verifier:
     replay: ReplayCache = field(default_factory=ReplayCache)
 
     def verify(self, policy_name: str, *, method: str, path: str, headers: Mapping[str, str],
-               body: bytes | None, now: float | None = None) -> Verdict:
-        """`path` is the request's :path (path and query); `headers` lower-case names; `body` None
-        when Envoy didn't send it."""
+               body: bytes | None, host: str | None = None, now: float | None = None) -> Verdict:
+        """`path` is the request's :path (path and query); `headers` lower-case names; `host` the
+        authority (signed as header `host`; from `headers` if None); `body` None when Envoy didn't
+        send it."""
         policy = self.policies.get(policy_name)
         if policy is None:
             return Verdict(False, "unknown-policy")
@@ -167,10 +168,10 @@ class Verifier:
             return Verdict(False, "malformed")
         key = policy.keys.get(key_id)
         if key is None:
-            return Verdict(False, "unknown-key")
+            return Verdict(False, "unknown-key", key_id[:64])
         signed = []
         for name in policy.headers:
-            value = headers.get(name)
+            value = host if name == "host" and host is not None else headers.get(name)
             if value is None:
                 return Verdict(False, "missing-header", key_id)
             signed.append((name, value))

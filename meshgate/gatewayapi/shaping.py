@@ -20,9 +20,19 @@ def route_shaping(spec: Mapping[str, Any]) -> ir.Shaping | None:
     local = _local_rate_limit(rate_limit["local"]) if rate_limit else None
     compression = tuple(_compressor(c) for c in spec.get("compression", ()))
     fault = _fault(spec["fault_injection"]) if "fault_injection" in spec else None
-    if local is None and not compression and fault is None:
+    overrides = tuple(_override(o) for o in spec.get("response_override", ()))
+    if local is None and not compression and fault is None and not overrides:
         return None
-    return ir.Shaping(local_rate_limit=local, compression=compression, fault=fault)
+    return ir.Shaping(local_rate_limit=local, compression=compression, fault=fault, response_overrides=overrides)
+
+
+def _override(o: Mapping[str, Any]) -> ir.ResponseOverride:
+    codes = tuple((m["value"], m["value"]) if m.get("type", "Value") == "Value" else (m["range"]["start"], m["range"]["end"])
+                  for m in o["match"]["status_codes"])
+    response = o["response"]
+    body = response.get("body")
+    return ir.ResponseOverride(codes=codes, body=body["inline"] if body else None,
+                               content_type=response.get("content_type"), status=response.get("status_code"))
 
 
 def _per_million(percentage: float | None) -> int:

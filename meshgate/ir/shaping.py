@@ -53,9 +53,20 @@ class Fault:
 
 
 @dataclass(slots=True, unsafe_hash=True)
+class ResponseOverride:
+    """Responses whose status is in one of `codes` ((first, last) inclusive) are replaced."""
+
+    codes: tuple[tuple[int, int], ...]
+    body: str | None = None  # None: keep the body
+    content_type: str | None = None
+    status: int | None = None  # None: keep the status
+
+
+@dataclass(slots=True, unsafe_hash=True)
 class Shaping:
     """How a route's traffic is shaped (BackendTrafficPolicy, resolved); None fields: not shaped."""
 
     local_rate_limit: LocalRateLimit | None = None
     compression: tuple[Compressor, ...] = ()
     fault: Fault | None = None
+    response_overrides: tuple[ResponseOverride, ...] = ()  # the first that matches applies

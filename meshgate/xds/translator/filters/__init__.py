@@ -30,6 +30,7 @@ from meshgate.xds.translator.filters import (
     basic_auth,
     compressor,
     cors,
+    custom_response,
     ext_authz,
     fault,
     grpc_json_transcoder,
@@ -47,6 +48,7 @@ from meshgate.xds.translator.filters import (
 HTTP_FILTERS: tuple[ModuleType, ...] = (
     health_check,
     compressor,  # sees responses last (encoders run in reverse): compresses what the filters below write too
+    custom_response,  # error pages: replaces the replies of every filter below (and the upstream's)
     cors,
     oauth2,  # OIDC login: a browser without a session goes to the provider; sets the bearer token
     jwt_authn,  # who is calling: verifies the token, keeps its claims as request metadata

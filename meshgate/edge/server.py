@@ -1,0 +1,265 @@
+"""`meshgate edge`: the edge companion's gRPC server and its ADS client.
+
+- `envoy.service.auth.v3.Authorization/Check`: Envoy's ext_authz filter asks, per request of a
+  route with `requestSignature`, whether to let it through (meshgate.edge.signing decides);
+- `grpc.health.v1.Health`: SERVING once the first config has arrived (a Kubernetes gRPC probe);
+- Prometheus metrics on their own HTTP port: decisions by route and reason, check latency;
+- JSON logs (meshgate.logs), each refusal with Envoy's `x-request-id`.
+
+Its config (policies and their keys) comes from meshgate's ADS server, over the same protocol
+Envoy uses: one state-of-the-world stream, as a node of group `meshgate-edge`, subscribed to
+the meshgate type `meshgate.edge.v1.SignatureConfig` (meshgate.edge.config). Each response is
+ACKed, or NACKed (`error_detail`) if it can't be used, and then the last good config stays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.type.v3 import http_status_pb2
+from google.rpc import code_pb2, status_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from meshgate.edge.config import EDGE_GROUP, POLICY_KEY, ROUTE_KEY, SIGNATURE_CONFIG, SignatureConfig, policies_from
+from meshgate.edge.signing import REASON_HEADER, ReplayCache, Verifier
+
+log = logging.getLogger("meshgate.edge")
+
+AUTHORIZATION_SERVICE = "envoy.service.auth.v3.Authorization"
+
+# The same keepalive settings as the ADS server expects from Envoy (meshgate.xds.server).
+_CHANNEL_OPTIONS = [("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_timeout_ms", 10_000),
+                    ("grpc.keepalive_permit_without_calls", 1)]
+_SERVER_OPTIONS = [("grpc.keepalive_permit_without_calls", 1),
+                   ("grpc.http2.min_ping_interval_without_data_ms", 5_000), ("grpc.http2.max_ping_strikes", 0)]
+
+
+@dataclass
+class EdgeOptions:
+    xds_address: str = "127.0.0.1:18000"
+    address: str = "127.0.0.1:18002"  # where Envoy's ext_authz reaches us
+    metrics_address: str | None = "127.0.0.1:19003"  # None: no metrics endpoint
+    node_id: str = ""  # default: meshgate-edge-<hostname>
+    replay_cache_size: int = 100_000
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.decisions = Counter("meshgate_edge_decisions", "ext_authz decisions by route, decision and reason",
+                                 ["route", "decision", "reason"], registry=self.registry)
+        self.latency = Histogram("meshgate_edge_check_seconds", "Time to decide one ext_authz check",
+                                 buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05),
+                                 registry=self.registry)
+        self.config_updates = Counter("meshgate_edge_config_updates", "Configs from the control plane, by result",
+                                      ["result"], registry=self.registry)
+        self.policies = Gauge("meshgate_edge_policies", "Signature policies in force", registry=self.registry)
+        self.replay_entries = Gauge("meshgate_edge_replay_cache_entries", "Nonces remembered",
+                                    registry=self.registry)
+        self._children: dict[tuple[str, str, str], object] = {}
+
+    def decision(self, route: str, decision: str, reason: str):  # noqa: ANN201 - a prometheus child
+        key = (route, decision, reason)
+        child = self._children.get(key)
+        if child is None:  # .labels() costs a lock and a tuple each call: keep the children
+            child = self._children[key] = self.decisions.labels(route, decision, reason)
+        return child
+
+
+def _denied(reason: str) -> bytes:
+    """A CheckResponse refusing with 401 and the reason (a fixed word), serialized once."""
+    headers = [(REASON_HEADER, reason), ("www-authenticate", "MESHGATE-HMAC-SHA256")]
+    response = external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=code_pb2.UNAUTHENTICATED, message=reason),
+        denied_response=external_auth_pb2.DeniedHttpResponse(
+            status=http_status_pb2.HttpStatus(code=http_status_pb2.Unauthorized),
+            body=f"request signature refused: {reason}\n"))
+    for key, value in headers:
+        option = response.denied_response.headers.add()
+        option.header.key, option.header.value = key, value
+    return response.SerializeToString()
+
+
+_OK = external_auth_pb2.CheckResponse(status=status_pb2.Status(code=code_pb2.OK),
+                                      ok_response=external_auth_pb2.OkHttpResponse()).SerializeToString()
+
+
+class Companion:
+    """The state of one companion: the verifier (policies + replay cache), metrics, health."""
+
+    def __init__(self, options: EdgeOptions) -> None:
+        self.options = options
+        self.verifier = Verifier(replay=ReplayCache(options.replay_cache_size))
+        self.metrics = Metrics()
+        self.health = health_aio.HealthServicer()
+        self.version = ""  # the config version in force ("" before the first)
+        self.ready = asyncio.Event()
+        self._denials: dict[str, bytes] = {}
+
+    # -- ext_authz Check -----------------------------------------------------------------------
+    async def check(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """Authorization/Check on raw bytes: the request is parsed here (upb, a few µs) and the
+        answers are serialized once and reused, so the per-call cost is the check itself."""
+        started = time.perf_counter()
+        request = external_auth_pb2.CheckRequest.FromString(data)
+        attributes = request.attributes
+        http = attributes.request.http
+        extensions = attributes.context_extensions
+        route = extensions.get(ROUTE_KEY, "")
+        verdict = self.verifier.verify(extensions.get(POLICY_KEY, ""), method=http.method, path=http.path,
+                                       headers=http.headers, body=http.raw_body, host=http.host)
+        metrics = self.metrics
+        if verdict.ok:
+            metrics.decision(route, "allow", "").inc()
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("request allowed", extra={"x_request_id": http.headers.get("x-request-id", ""),
+                                                    "route": route, "key_id": verdict.key_id})
+            answer = _OK
+        else:
+            metrics.decision(route, "deny", verdict.reason).inc()
+            log.info("request refused", extra={"x_request_id": http.headers.get("x-request-id", ""), "route": route,
+                                               "reason": verdict.reason, "key_id": verdict.key_id})
+            answer = self._denials.get(verdict.reason)
+            if answer is None:
+                answer = self._denials[verdict.reason] = _denied(verdict.reason)
+        metrics.latency.observe(time.perf_counter() - started)
+        return answer
+
+    # -- config --------------------------------------------------------------------------------
+    def apply(self, response: discovery_pb2.DiscoveryResponse) -> None:
+        """Use a config response (raises ValueError if it can't be used: the caller NACKs)."""
+        resources = {}
+        for packed in response.resources:
+            if packed.type_url != SIGNATURE_CONFIG:
+                raise ValueError(f"unexpected resource type {packed.type_url}")
+            msg = SignatureConfig.FromString(packed.value)
+            if not msg.name or msg.name in resources:
+                raise ValueError(f"resource without a name, or twice: {msg.name!r}")
+            resources[msg.name] = msg
+        self.verifier.policies = policies_from(resources)  # one assignment: a check sees old or new, whole
+        self.version = response.version_info
+        self.metrics.policies.set(len(resources))
+        self.metrics.config_updates.labels("applied").inc()
+        log.info("config applied", extra={"version": response.version_info, "policies": sorted(resources)})
+
+    async def run_ads(self) -> None:
+        """Keep one ADS stream to the control plane open (reconnecting with back-off)."""
+        node = base_pb2.Node(id=self.options.node_id or f"{EDGE_GROUP}-{socket.gethostname()}", cluster=EDGE_GROUP)
+        backoff = 0.2
+        while True:
+            try:
+                async with grpc.aio.insecure_channel(self.options.xds_address, options=_CHANNEL_OPTIONS) as channel:
+                    await self._stream(ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel), node)
+                    backoff = 0.2
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as exc:
+                log.warning("control plane stream ended; reconnecting", extra={
+                    "xds": self.options.xds_address, "code": exc.code().name, "in_s": backoff})
+            except Exception:  # noqa: BLE001 - a bug must not end the companion's config updates
+                log.exception("control plane stream failed; reconnecting")
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _stream(self, stub: ads_pb2_grpc.AggregatedDiscoveryServiceStub, node: base_pb2.Node) -> None:
+        requests: asyncio.Queue[discovery_pb2.DiscoveryRequest] = asyncio.Queue()
+
+        async def outgoing() -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
+            while True:
+                yield await requests.get()
+
+        # The first request carries the node (the server caches it per stream); no resource names
+        # is a wildcard: every policy. After a reconnect the whole set comes again (a full-state
+        # type); applying the same config twice is harmless.
+        requests.put_nowait(discovery_pb2.DiscoveryRequest(node=node, type_url=SIGNATURE_CONFIG,
+                                                           version_info=self.version))
+        call = stub.StreamAggregatedResources(outgoing())
+        async for response in call:
+            try:
+                self.apply(response)
+            except Exception as exc:  # noqa: BLE001 - NACK: keep the last good config
+                self.metrics.config_updates.labels("rejected").inc()
+                log.error("config rejected; keeping the last good one", extra={
+                    "version": response.version_info, "error": str(exc)})
+                requests.put_nowait(discovery_pb2.DiscoveryRequest(
+                    type_url=SIGNATURE_CONFIG, version_info=self.version, response_nonce=response.nonce,
+                    error_detail=status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=str(exc)[:500])))
+                continue
+            requests.put_nowait(discovery_pb2.DiscoveryRequest(
+                type_url=SIGNATURE_CONFIG, version_info=response.version_info, response_nonce=response.nonce))
+            if not self.ready.is_set():
+                self.ready.set()
+                await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+                await self.health.set(AUTHORIZATION_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+
+
+def _split(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+async def serve(options: EdgeOptions, stop: asyncio.Event | None = None) -> int:
+    """Run the companion until `stop` is set (or SIGINT/SIGTERM when None)."""
+    companion = Companion(options)
+    server = grpc.aio.server(options=_SERVER_OPTIONS)
+    handler = grpc.method_handlers_generic_handler(AUTHORIZATION_SERVICE, {
+        # Raw bytes in and out (no (de)serializer): see Companion.check.
+        "Check": grpc.unary_unary_rpc_method_handler(companion.check),
+    })
+    server.add_generic_rpc_handlers((handler,))
+    health_pb2_grpc.add_HealthServicer_to_server(companion.health, server)
+    await companion.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    try:
+        port = server.add_insecure_port(options.address)
+    except RuntimeError:
+        log.error("cannot listen for ext_authz", extra={"address": options.address})
+        return 1
+    metrics_port = None
+    if options.metrics_address:
+        host, mport = _split(options.metrics_address)
+        try:
+            http_server, _ = start_http_server(mport, addr=host, registry=companion.metrics.registry)
+        except OSError as exc:
+            log.error("cannot listen for metrics", extra={"address": options.metrics_address, "error": str(exc)})
+            return 1
+        metrics_port = http_server.server_port
+    await server.start()
+    host = options.address.rpartition(":")[0]
+    log.info("edge companion serving", extra={
+        "ext_authz": f"{host}:{port}", "metrics": f"http://{_split(options.metrics_address)[0]}:{metrics_port}/metrics"
+        if metrics_port else None, "xds": options.xds_address})
+    ads = asyncio.create_task(companion.run_ads(), name="edge-ads")
+    replay_gauge = asyncio.create_task(_report_replay(companion), name="edge-replay-gauge")
+    try:
+        if stop is None:
+            from meshgate.runner import _until_signalled
+
+            await _until_signalled()
+        else:
+            await stop.wait()
+    finally:
+        ads.cancel()
+        replay_gauge.cancel()
+        await server.stop(1)
+        log.info("edge companion stopped")
+    return 0
+
+
+async def _report_replay(companion: Companion) -> None:
+    while True:
+        companion.metrics.replay_entries.set(len(companion.verifier.replay))
+        await asyncio.sleep(5)
+
+
+__all__ = ["Companion", "EdgeOptions", "serve"]
