@@ -63,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--concurrency", type=int, default=1, help="Envoy worker threads")
     r.add_argument("--delta", action="store_true", help="use delta (incremental) xDS instead of state of the world")
     r.add_argument("--no-sample-upstreams", action="store_true", help="don't start echo servers for annotated Backends")
+    r.add_argument("--edge-address", metavar="HOST:PORT", default=None,
+                   help="where Envoy reaches the edge companion (default: a free loopback port)")
+    r.add_argument("--no-edge", action="store_true",
+                   help="don't start the edge companion: one runs elsewhere (meshgate edge --address = --edge-address)")
     r.add_argument("--envoy-log-level", default="warning")
 
     x = sub.add_parser("xds", help="run the control plane alone (ADS + status servers), reload on edit",
@@ -194,6 +198,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     opts.concurrency = args.concurrency
     opts.delta = args.delta
     opts.sample_upstreams = not args.no_sample_upstreams
+    opts.edge_address = _split(args.edge_address) if args.edge_address else None
+    opts.start_edge = not args.no_edge
     opts.envoy_log_level = args.envoy_log_level
     return asyncio.run(run_local(opts))
 

@@ -58,6 +58,8 @@ class RunOptions:
     concurrency: int = 1
     delta: bool = False
     sample_upstreams: bool = True
+    edge_address: tuple[str, int] | None = None  # where Envoy reaches the edge companion (None: a free port)
+    start_edge: bool = True  # False: the companion runs elsewhere (`meshgate edge`), at edge_address
     access_log: str | None = ""  # "" = the default (STATE_DIR/access.log for run, Envoy's stdout for xds); None = off
     log_level: str = "info"
     # Envoy's OpenTelemetry tracing (from OTEL_* environment variables, see translator/tracing.py); None = off.
@@ -220,7 +222,7 @@ async def run_local(opts: RunOptions) -> int:
     async with contextlib.AsyncExitStack() as stack:  # stops everything started, in reverse order
         stack.push_async_callback(upstreams.stop)
         # Envoy reaches the edge companion (ext_authz) where this run starts it.
-        plane.set_cluster_endpoints(EDGE_COMPANION_CLUSTER, [ir.Endpoint("127.0.0.1", edge.port, 1)])
+        plane.set_cluster_endpoints(EDGE_COMPANION_CLUSTER, [ir.Endpoint(edge.host, edge.port, 1)])
         plane.reload()
         if plane.status.last_error:
             # At start, any problem stops us (errors already printed): a first config is all the
@@ -277,7 +279,8 @@ class _LocalEdge:
     subprocess, started once the config has a route that needs it (request signatures)."""
 
     def __init__(self, opts: RunOptions, state: Path) -> None:
-        self.port = pick_free_port()
+        self.host, self.port = opts.edge_address or ("127.0.0.1", pick_free_port())
+        self.enabled = opts.start_edge
         self.metrics_port = pick_free_port()
         self.state = state
         self.log_level = opts.log_level
@@ -294,16 +297,16 @@ class _LocalEdge:
     async def start(self) -> None:
         from meshgate.edge.process import EdgeProcess
 
-        if self.process is not None:
+        if self.process is not None or not self.enabled:
             return
-        self.process = EdgeProcess(self.xds_address, f"127.0.0.1:{self.port}", f"127.0.0.1:{self.metrics_port}",
+        self.process = EdgeProcess(self.xds_address, f"{self.host}:{self.port}", f"127.0.0.1:{self.metrics_port}",
                                    self.state / "edge.log", log_level=self.log_level)
         await self.process.start()
 
     def sync(self, config: Translation) -> None:
         """A reload that adds the first signed route starts the companion (later reloads only
         change its config, over ADS)."""
-        if self.process is None and self.xds_address and self._starting is None and self.needed(config):
+        if self.enabled and self.process is None and self.xds_address and self._starting is None and self.needed(config):
             self._starting = asyncio.get_running_loop().create_task(self._start_logged())
 
     async def _start_logged(self) -> None:
@@ -324,7 +327,7 @@ class _LocalEdge:
         if self.process is None:
             return {"running": False}
         return {"running": self.process.pid is not None, "pid": self.process.pid, "restarts": self.process.restarts,
-                "ext_authz": f"127.0.0.1:{self.port}", "metrics": f"http://127.0.0.1:{self.metrics_port}/metrics",
+                "ext_authz": f"{self.host}:{self.port}", "metrics": f"http://127.0.0.1:{self.metrics_port}/metrics",
                 "log": str(self.process.log_path)}
 
 

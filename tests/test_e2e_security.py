@@ -229,6 +229,22 @@ def test_authorization_runs_after_authentication(gw: Meshgate) -> None:
     assert call(gw, "/admin/users").status == 401  # no token: 401, not 403
 
 
+# -- per-user limits --------------------------------------------------------------------------------
+
+
+def test_a_rate_limit_keyed_on_the_verified_user(gw: Meshgate) -> None:
+    # A bucket of 3 per user an hour (refills can't interfere): the 4th of carol's requests is
+    # refused, dave still passes, and carol can't borrow dave's bucket by sending his name herself:
+    # Envoy sets x-user from the verified token, over what the client sent.
+    carol, dave = token(sub="carol"), token(sub="dave")
+    assert [call(gw, "/limited/x", carol).status for _ in range(3)] == [200, 200, 200]
+    refused = call(gw, "/limited/x", carol)
+    assert refused.status == 429 and refused.upstream is None
+    assert call(gw, "/limited/x", dave).status == 200
+    spoofed = call(gw, "/limited/x", carol, headers={"x-user": "dave"})
+    assert spoofed.status == 429
+
+
 # -- remote JWKS --------------------------------------------------------------------------------------
 
 
