@@ -33,7 +33,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import proxy  # noqa: E402 - the helpers of bench/proxy.py
-from _common import Processes, free_port, meshgate_cli, need, nginx_command, nginx_config, sigterm_as_interrupt  # noqa: E402
+from _common import (  # noqa: E402
+    Processes, free_port, get_status, meshgate_cli, need, nginx_command, nginx_config, sigterm_as_interrupt, wait_http_200)
 
 KEY_ID, KEY = "bench", "bench-signing-key-0123456789abcdef"
 CONFIG = """\
@@ -188,14 +189,14 @@ def main() -> int:
         while time.monotonic() < deadline and not (status and status.get("envoy", {}).get("pid")):
             if mg.poll() is not None:
                 raise RuntimeError((tmp / "meshgate.out").read_text()[-3000:])
-            status = proxy.get_status(f"http://127.0.0.1:{status_port}")
+            status = get_status(f"http://127.0.0.1:{status_port}")
             time.sleep(0.1)
         envoy_pid = status["envoy"]["pid"]
         procs.adopt("meshgate's Envoy", envoy_pid)
         import subprocess
 
         subprocess.run(["taskset", "-apc", proxy.ENVOY_CPU, str(envoy_pid)], check=True, stdout=subprocess.DEVNULL)
-        proxy.wait_http_200(f"http://127.0.0.1:{port}/", 20, mg, "meshgate's Envoy")
+        wait_http_200(f"http://127.0.0.1:{port}/", 20, mg, "meshgate's Envoy")
         host = f"127.0.0.1:{port}"
         expected = int(args.duration * 6000) + 1000  # more distinct requests than a run sends
         (tmp / "naive.py").write_text(NAIVE)
@@ -225,8 +226,7 @@ def main() -> int:
                 text = out.read_text()
                 r = proxy.parse_wrk(text)
                 total = int(next(line.split()[0] for line in text.splitlines() if "requests in" in line))
-                non2xx = next((int(line.split(":")[1]) for line in text.splitlines() if "Non-2xx" in line), 0)
-                r.update(requests=total, non2xx=non2xx, servicer_cpu_us_per_check=1e6 * cpu / max(total, 1))
+                r.update(requests=total, servicer_cpu_us_per_check=1e6 * cpu / max(total, 1))
                 results[name].append(r)
                 procs.stop(servicer)
                 procs.procs.remove((name, servicer))
