@@ -88,11 +88,11 @@ def _lua(path: Path, host: str, count: int) -> None:
     lines = ["local reqs = {}"]
     now = int(time.time())
     for i in range(count):
-        path = f"/signed/item/{i}"
-        h = sign_request(KEY_ID, KEY.encode(), method="GET", path_and_query=path, headers={"host": host},
+        target = f"/signed/item/{i}"
+        h = sign_request(KEY_ID, KEY.encode(), method="GET", path_and_query=target, headers={"host": host},
                          signed_headers=("host",), timestamp=now, nonce=f"bench-nonce-{i:012d}")
         hdrs = ", ".join(f'["{k}"] = "{v}"' for k, v in h.items())
-        lines.append(f'reqs[{i + 1}] = wrk.format("GET", "{path}", {{{hdrs}}})')
+        lines.append(f'reqs[{i + 1}] = wrk.format("GET", "{target}", {{{hdrs}}})')
     lines += ["local n = 0", "request = function()", "  n = n % #reqs + 1", "  return reqs[n]", "end"]
     path.write_text("\n".join(lines) + "\n")
 
