@@ -21,7 +21,10 @@ from meshgate.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from meshgate.xds.translator import TranslateOptions
 
 GOLDEN = Path(__file__).parent / "golden" / "translate"
-CASES = sorted(p.name[: -len(".in.yaml")] for p in GOLDEN.glob("*.in.yaml")) + ["../../../examples/quickstart/"]
+EXAMPLES = Path(__file__).parent.parent / "examples"
+# Every golden input, and every example a user may run (`meshgate run examples/NAME/`).
+CASES = sorted(p.name[: -len(".in.yaml")] for p in GOLDEN.glob("*.in.yaml")) + [
+    f"../../../examples/{d.name}/" for d in sorted(EXAMPLES.iterdir()) if d.is_dir()]
 
 
 def static_bootstrap(resources) -> dict:
@@ -67,7 +70,9 @@ def static_bootstrap(resources) -> dict:
 @pytest.mark.parametrize("name", CASES)
 def test_envoy_accepts_translation(name: str, tmp_path: Path) -> None:
     path = GOLDEN / f"{name}.in.yaml" if not name.endswith("/") else (GOLDEN / name).resolve()
-    translation, _ = load_translation([str(path)], environ={})  # partly invalid goldens too
+    translation, problems = load_translation([str(path)], environ={})  # partly invalid goldens too
+    if name.startswith("../"):
+        assert not problems, problems  # an example must be entirely valid
     resources = compile_config(translation, TranslateOptions(access_log_path=str(tmp_path / "access.log")))
     config = tmp_path / "envoy.json"
     config.write_text(json.dumps(static_bootstrap(resources)))
