@@ -91,7 +91,8 @@ def _lua(path: Path, host: str, count: int) -> None:
         target = f"/signed/item/{i}"
         h = sign_request(KEY_ID, KEY.encode(), method="GET", path_and_query=target, headers={"host": host},
                          signed_headers=("host",), timestamp=now, nonce=f"bench-nonce-{i:012d}")
-        hdrs = ", ".join(f'["{k}"] = "{v}"' for k, v in h.items())
+        # wrk.format with a header table sends only those headers: Host too.
+        hdrs = ", ".join(f'["{k}"] = "{v}"' for k, v in {"Host": host, **h}.items())
         lines.append(f'reqs[{i + 1}] = wrk.format("GET", "{target}", {{{hdrs}}})')
     lines += ["local n = 0", "request = function()", "  n = n % #reqs + 1", "  return reqs[n]", "end"]
     path.write_text("\n".join(lines) + "\n")

@@ -24,6 +24,7 @@ from meshgate.api.models import Backend
 from meshgate.envoy.bootstrap import BootstrapOptions, render_bootstrap
 from meshgate.controlplane.pipeline import ControlPlane
 from meshgate.controlplane.status import ControlPlaneStatus
+from meshgate.controlplane.readiness import kubernetes_check, process_check
 from meshgate.envoy.process import EnvoyProcess
 from meshgate.envoy.stats import DEFAULT_STATS_PORT, STATS_PATH, bound_stats_port, pick_free_port
 from meshgate.xds.server import start_xds_server
@@ -179,6 +180,7 @@ async def serve_xds(opts: RunOptions) -> int:
 
         provider = KubernetesProvider(opts.kubeconfig)
         await provider.start()  # the first lists, so the first config is the whole cluster
+        status.dependencies["kubernetes"] = kubernetes_check(provider)  # /readyz detail
     plane = ControlPlane(opts.paths, cache, group=opts.group, env=opts.env, status=status,
                          options=TranslateOptions(bind_address=opts.bind_address, access_log_path=access_log,
                                                   tracing=opts.tracing),
@@ -233,6 +235,9 @@ async def run_local(opts: RunOptions) -> int:
         edge.xds_address = f"{_url_host(opts.xds_host)}:{xds_port}"
         stack.push_async_callback(edge.stop)  # before the ADS server stops: no reconnect warnings on exit
         status.extra["edge"] = edge.status
+        if edge.enabled:  # in use while a route is signed (those fail closed without it): /readyz says so
+            status.dependencies["edge_companion"] = process_check(
+                lambda: edge.process, "edge companion", in_use=lambda: edge.needed(plane.translation))
         if edge.needed(plane.translation):
             try:  # before Envoy: the first signed request finds its verifier
                 await edge.start()

@@ -930,6 +930,11 @@ class BackendSpec(Model):
     load_balancer: LoadBalancer = Field(default_factory=LoadBalancer)
     connect_timeout: Duration = "5s"
     tls: BackendTLSSettings | None = Field(None, description="TLS to the endpoints (upstream TLS); plaintext when unset.")
+    fallback: bool | None = Field(
+        None, description="A fallback Backend (Envoy Gateway's `fallback`): among a rule's backendRefs, it gets traffic "
+        "only when the other (primary) Backends are not healthy enough (Envoy priority 1, overprovisioning factor "
+        "1.4: from under 72% healthy primaries). Give the rule active or passive health checks "
+        "(BackendTrafficPolicy `healthCheck`) so that failures are detected. See docs/traffic.md#failover.")
 
     @model_validator(mode="after")
     def _alpn_fits_protocol(self) -> BackendSpec:

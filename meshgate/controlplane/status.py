@@ -101,6 +101,9 @@ class ControlPlaneStatus:
         # stays visible, until a later version of that type is ACKed (see on_ack).
         self._nacks: dict[tuple[str, str], dict[str, Any]] = {}
         self.nack_seq = 0  # bumped by every NACK: lets a waiter tell new NACKs from old ones
+        # What this process depends on, for /readyz (meshgate.controlplane.readiness): name ->
+        # a check returning at least {"ok": bool}; each gates readiness, never liveness.
+        self.dependencies: dict[str, Callable[[], dict[str, Any]]] = {}
         self._listeners: list[Callable[[], None]] = []
 
     # -- errors --------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """The control plane's own HTTP server: health, readiness, Prometheus metrics and status.
 
 - `/healthz`: 200 while the process runs (Kubernetes liveness probe).
-- `/readyz`: 200 once a snapshot exists and an Envoy has ACKed config (readiness probe).
+- `/readyz`: 200 once a snapshot exists, an Envoy has ACKed config and every dependency in use is
+  ok, else 503 (readiness probe); JSON detail of each part either way (`readiness.py`).
 - `/metrics`: Prometheus text format.
 - `/status`: JSON: config version, last error, nodes and what each has ACKed or NACKed, and the
   objects that have a problem (conditions per object).
@@ -13,6 +14,7 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from meshgate.controlplane.readiness import readiness
 from meshgate.controlplane.status import ControlPlaneStatus
 
 
@@ -21,10 +23,9 @@ def status_app(status: ControlPlaneStatus) -> web.Application:
         return web.Response(text="ok\n")
 
     async def readyz(_: web.Request) -> web.Response:
-        if status.ready():
-            return web.Response(text="ready\n")
-        reason = "no valid config yet" if status.version is None else "no Envoy has ACKed the config yet"
-        return web.Response(status=503, text=f"not ready: {reason}\n")
+        # 200 or 503 for the probe; the JSON says which part is not ready (readiness.py).
+        detail = readiness(status)
+        return web.json_response(detail, status=200 if detail["ready"] else 503, dumps=_dumps)
 
     async def metrics(_: web.Request) -> web.Response:
         body = generate_latest(status.metrics.registry)

@@ -70,7 +70,8 @@ MirrorResolver = Callable[[object, int, int], Backend | None]
 
 
 def build_routes(route, resolve: BackendResolver, resolve_mirror: MirrorResolver | None = None,  # noqa: ANN001, ANN201
-                 resolve_extension=None):  # noqa: ANN001 - (route, rule, filter) -> ir.GrpcJsonTranscoding | None
+                 resolve_extension=None,  # noqa: ANN001 - (route, rule, filter) -> ir.GrpcJsonTranscoding | None
+                 resolve_failover=None):  # noqa: ANN001 - gatewayapi.failover.FailoverResolver
     """Yield (precedence key, IR Route) for every match of every rule of a route (HTTPRoute or
     GRPCRoute).
 
@@ -81,14 +82,17 @@ def build_routes(route, resolve: BackendResolver, resolve_mirror: MirrorResolver
     kind = "grpcroute" if isinstance(route, GRPCRoute) else "httproute"
     meta = route.metadata
     for r, rule in enumerate(route.spec.rules):
-        destinations, hash_policy = [], None
+        destinations, hash_policy, resolved = [], None, []
         for b, ref in enumerate(rule.backend_refs):
             if ref.weight == 0:
                 continue
             backend = resolve(route, r, b)
+            resolved.append((b, ref, backend))
             destinations.append(Destination(cluster_name(backend) if backend else None, ref.weight))
             if backend is not None:
                 hash_policy = hash_policy or _hash_policy(backend)
+        if resolve_failover is not None:  # a fallback Backend among them: one cluster with priorities
+            destinations = resolve_failover(route, r, resolved) or destinations
         # What every match of the rule shares is built once per rule.
         filters = {f.type: f for f in rule.filters}
         mirrors = []

@@ -50,6 +50,8 @@ from meshgate.gatewayapi.security import SecurityPolicies
 from meshgate.api.security_policy import SecurityPolicy
 from meshgate.gatewayapi.checks import effective_hostnames, match_identity, pem_problem
 from meshgate.gatewayapi.backend_tls import resolve_backend_tls
+from meshgate.gatewayapi import failover
+from meshgate.gatewayapi.failover import FailoverResolver
 from meshgate.gatewayapi.routes import backend_cluster, build_routes
 from meshgate.gatewayapi.services import ServiceIndex
 from meshgate.api.service import EndpointSlice, Service
@@ -62,6 +64,9 @@ AnyRoute = HTTPRoute | MeshgateHTTPRoute | GRPCRoute
 ReadFile = Callable[[str], bytes]
 
 ACCEPTED = Condition("Accepted", "True", "Accepted")
+# On a Gateway: routes of different namespaces may serve the same hostnames (off: tenants are
+# namespaces, and a hostname belongs to the namespace whose route took it first).
+SHARED_HOSTNAMES_ANNOTATION = "meshgate.io/share-hostnames-across-namespaces"
 PROGRAMMED = Condition("Programmed", "True", "Programmed")
 RESOLVED = Condition("ResolvedRefs", "True", "ResolvedRefs")
 
@@ -164,7 +169,8 @@ class _Translator:
         self.context = (
             tuple(id(r) for r, _ in objects
                   if not isinstance(r, (HTTPRoute, MeshgateHTTPRoute, GRPCRoute, Backend, EndpointSlice))),
-            tuple(sorted((k, b.spec.protocol, b.spec.load_balancer.model_dump_json()) for k, b in self.backends.items())),
+            tuple(sorted((k, b.spec.protocol, b.spec.load_balancer.model_dump_json(), b.spec.fallback,
+                          b.spec.tls.model_dump_json() if b.spec.tls else None) for k, b in self.backends.items())),
             frozenset(k for k in invalid if k[1] not in ("HTTPRoute", "GRPCRoute")))
         self._context_objects = [r for r, _ in objects]  # keeps the ids above from being reused
         if memo is not None:
@@ -432,7 +438,8 @@ class _Translator:
         self.status.condition(route, ACCEPTED)
         attachments = self.attach(route, programmed)
         self.status.condition(route, RESOLVED)
-        built = list(build_routes(route, self.resolve_backend, self.resolve_mirror, self.resolve_transcoder))
+        built = list(build_routes(route, self.resolve_backend, self.resolve_mirror, self.resolve_transcoder,
+                                  self.resolve_failover))
         # The identity as a string: strings cache their hash, so the conflict map below, rebuilt
         # on every reload, costs one cheap lookup per match.
         matches = [(("spec", "rules", r, "matches", m), repr(match_identity(match)))
@@ -451,6 +458,7 @@ class _Translator:
     def run(self) -> Translation:
         programmed, cert_of, secrets = self.gateway_listeners()
         self.resolve_transcoder = TranscoderResolver(self)  # ExtensionRef filters (gRPC-JSON transcoding)
+        self.resolve_failover = FailoverResolver(self)  # rules with a fallback Backend: Envoy priorities
         self.gateway_by_name = {(g.metadata.namespace, g.metadata.name): g for g in self.gateways}
         self.programmed_ids = {(id(g), id(l)) for g, l in programmed}
         settings = policies.client_settings(self, programmed)
@@ -462,11 +470,22 @@ class _Translator:
         owners: dict[tuple, tuple[AnyRoute, tuple]] = {}
         attached: dict[tuple[ObjectKey, str], int] = defaultdict(int)
         conflicts: list[tuple[AnyRoute, Condition, tuple]] = []
+        # Tenancy: (port, hostname) -> the namespace whose routes serve it. Routes come oldest
+        # first, so the namespace that took a hostname first keeps it (see _hostname_refused).
+        host_owner: dict[tuple[int, str], str] = {}
+        refused_hosts: dict[int, tuple[AnyRoute, list, int]] = {}  # id(route) -> (route, [(host, owner)], hosts served)
+        failover_routes: list[ir.Route] = []  # routes with a failover cluster (gatewayapi.failover)
         for route in self.routes:
             result = self._route(route, programmed)
             self.services.use(result.built)
+            failover_routes.extend(r for _, r in result.built if any(d.failover for d in r.destinations))
             routes_built = traffic.apply(route, result.matches, result.built, result.attachments)
             for gateway_key, listener_name, port, hostnames in result.attachments:
+                shared = self._shares_hostnames(gateway_key)
+                hostnames = [h for h in hostnames
+                             if shared or not self._hostname_refused(route, port, h, host_owner, refused_hosts)]
+                if not hostnames:
+                    continue  # every hostname belongs to another namespace here: not attached
                 attached[(gateway_key, listener_name)] += 1
                 served = security.apply(route, result.matches, routes_built, gateway_key, listener_name)
                 for host in hostnames:
@@ -481,6 +500,13 @@ class _Translator:
                                 "Conflicted", "True", "IdenticalMatch",
                                 f"same match as {first.ref} {format_field_path(first_where)} "
                                 f"({format_location(*src.locate(first_where))}) on port {port}, host {host}"), where))
+        for route, refused, served_hosts in refused_hosts.values():
+            if not refused:
+                continue
+            hosts = ", ".join(sorted({f"{h} (namespace {owner})" for h, owner in refused}))
+            message = f"hostnames served by another namespace's routes on this Gateway: {hosts}"
+            conflicts.append((route, Condition("Accepted", "False", "HostnameConflict", message) if not served_hosts
+                              else Condition("Conflicted", "True", "HostnameConflict", message), ("spec", "hostnames")))
         for (gateway_key, listener_name), count in attached.items():
             self.status.objects[gateway_key].attached_routes[listener_name] = count
         for route, condition, where in conflicts:
@@ -510,12 +536,30 @@ class _Translator:
             if usable:
                 clusters.append(replace(backend_cluster(backend), tls=upstream_tls))
         clusters = tuple(clusters) + self.services.clusters()  # Service ports the routes send to
+        clusters += failover.clusters(failover_routes, clusters)  # Backends with fallbacks, by priority
         clusters += traffic.clusters(clusters)  # variants of Backend clusters (BackendTrafficPolicy)
         clusters += security.clusters()  # where Envoy fetches remote JWKS
         secrets.update(security.secrets)
         model = ir.IR(listeners=tuple(listeners), clusters=clusters,
                       secrets=tuple(secrets[n] for n in sorted(secrets)))
         return Translation(model, self.status, self.gateways, self.routes, self.backends, self.policies)
+
+    def _shares_hostnames(self, gateway_key: ObjectKey) -> bool:
+        gateway = self.gateway_by_name.get((gateway_key[2], gateway_key[3]))
+        return gateway is not None and gateway.metadata.annotations.get(SHARED_HOSTNAMES_ANNOTATION) == "true"
+
+    @staticmethod
+    def _hostname_refused(route: AnyRoute, port: int, host: str, owner: dict, refused: dict) -> bool:
+        """Tenants are namespaces: a hostname served on a port by one namespace's routes is not
+        served by another's (the older route keeps it). `*` (routes without hostnames) is shared."""
+        entry = refused.setdefault(id(route), (route, [], 0))
+        if host != "*":
+            first = owner.setdefault((port, host), route.metadata.namespace)
+            if first != route.metadata.namespace:
+                entry[1].append((host, first))
+                return True
+        refused[id(route)] = (route, entry[1], entry[2] + 1)
+        return False
 
     def memo_status(self, key: ObjectKey) -> ObjectStatus | None:
         cached = self.memo.routes.get(key) if self.memo is not None else None

@@ -81,6 +81,17 @@ class Destination:
 
     cluster: str | None
     weight: int
+    # Set when `cluster` is a failover cluster (a rule with a `fallback` Backend): what it is made of.
+    failover: tuple[FailoverMember, ...] = ()
+
+
+@dataclass(slots=True, frozen=True)
+class FailoverMember:
+    """One Backend of a failover cluster: its own cluster's endpoints, at an Envoy priority."""
+
+    cluster: str  # the Backend's own cluster
+    weight: int  # its backendRef weight: the locality's weight within its priority
+    priority: int  # 0: primary; 1: fallback (used when priority 0 is not healthy enough)
 
 
 @dataclass(slots=True)
@@ -444,6 +455,16 @@ class Cluster:
     settings: ClusterSettings | None = None  # a variant of a Backend's cluster (BackendTrafficPolicy)
     backend: str | None = None  # variants: the name of the Backend's own cluster, whose endpoints they share
     tls: UpstreamTLS | None = None  # None: plaintext
+    # Failover clusters: endpoints by Backend, each a locality at a priority (`endpoints` unused).
+    localities: tuple[Locality, ...] = ()
+
+
+@dataclass(slots=True)
+class Locality:
+    name: str  # the Backend's cluster
+    priority: int
+    weight: int
+    endpoints: tuple[Endpoint, ...]
 
 
 @dataclass(slots=True)

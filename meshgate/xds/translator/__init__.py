@@ -40,7 +40,7 @@ from meshgate.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
 from meshgate.xds.translator import stats, tracing, upstream_tls, websocket
 from meshgate.xds.translator.tracing import TracingOptions
 from meshgate.xds.translator.filters import HTTP_FILTERS
-from meshgate.xds.translator import backend_traffic
+from meshgate.xds.translator import backend_traffic, failover
 
 Resources = dict[str, dict[str, Message]]
 
@@ -542,13 +542,22 @@ def translate_cluster(cluster: ir.Cluster) -> cluster_pb2.Cluster:
     if cluster.tls is not None:
         out.transport_socket.CopyFrom(upstream_tls.transport_socket(cluster.tls))  # upstream TLS (and mTLS)
     backend_traffic.set_cluster_settings(out, cluster)  # BackendTrafficPolicy cluster variants
+    if cluster.localities:
+        failover.set_cluster(out, cluster)  # priority failover (Backend fallback)
     return out
 
 
 def translate_endpoints(cluster: ir.Cluster) -> endpoint_pb2.ClusterLoadAssignment:
     cla = endpoint_pb2.ClusterLoadAssignment(cluster_name=cluster.name)
-    locality = cla.endpoints.add()
-    for e in cluster.endpoints:
+    if cluster.localities:  # a failover cluster: one locality per Backend, by priority
+        failover.add_localities(cla, cluster, _add_endpoints)
+    else:
+        _add_endpoints(cla.endpoints.add(), cluster.endpoints)
+    return cla
+
+
+def _add_endpoints(locality: endpoint_pb2.LocalityLbEndpoints, endpoints: tuple[ir.Endpoint, ...]) -> None:
+    for e in endpoints:
         locality.lb_endpoints.add(
             endpoint=endpoint_components_pb2.Endpoint(
                 address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=e.address, port_value=e.port))
@@ -558,7 +567,6 @@ def translate_endpoints(cluster: ir.Cluster) -> endpoint_pb2.ClusterLoadAssignme
             # still uses it if nothing else is left).
             health_status=health_check_pb2.DRAINING if e.draining else health_check_pb2.UNKNOWN,
         )
-    return cla
 
 
 _ = extension_pb2  # imported so its types are in the descriptor pool for Any
