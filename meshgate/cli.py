@@ -6,6 +6,8 @@
   meshgate xds PATH...                the control plane alone (ADS + status servers)
   meshgate bootstrap                  print an Envoy bootstrap that connects to `meshgate xds`
   meshgate schema [KIND]              JSON Schema of every kind
+  meshgate crds [--rbac]              CustomResourceDefinitions of meshgate's kinds (YAML)
+  meshgate rbac                       ServiceAccount, ClusterRole and bindings for `xds --kubernetes`
 """
 
 from __future__ import annotations
@@ -52,6 +54,11 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
         cmd.add_argument("--access-log", default="", metavar="PATH|off",
                          help=f"where Envoy writes its JSON access log (default: {access_log_default}); 'off' writes none")
+        cmd.add_argument("--consul-address", metavar="URL", default=None,
+                         help="the Consul agent that Backends with spec.consul ask (default: $CONSUL_HTTP_ADDR, "
+                              "else http://127.0.0.1:8500; see docs/consul.md)")
+        cmd.add_argument("--consul-token-file", metavar="PATH", default=None,
+                         help="a file holding the Consul ACL token (default: $CONSUL_HTTP_TOKEN)")
 
     r = sub.add_parser("run", help="run control plane, a local Envoy and sample upstreams; reload on edit")
     server_args(r, "STATE_DIR/access.log")
@@ -115,6 +122,13 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("schema", help="print the JSON Schema of every kind (or one)")
     s.add_argument("kind", nargs="?", help="e.g. HTTPRoute, Backend, gateway.networking.k8s.io/v1/Gateway")
+
+    c = sub.add_parser("crds", help="print the CustomResourceDefinitions of meshgate's kinds (YAML, for kubectl apply)")
+    c.add_argument("--rbac", action="store_true", help="also print what `meshgate rbac` prints")
+    c.add_argument("--namespace", default="meshgate", help="with --rbac: the control plane's namespace (default meshgate)")
+    rb = sub.add_parser("rbac", help="print the ServiceAccount, ClusterRole and bindings `meshgate xds --kubernetes` needs")
+    rb.add_argument("--namespace", default="meshgate", help="the control plane's namespace (default meshgate)")
+    rb.add_argument("--name", default="meshgate", help="name of the ServiceAccount and roles (default meshgate)")
     return p
 
 
@@ -176,6 +190,7 @@ def _run_options(args: argparse.Namespace):
     opts = RunOptions(paths=args.paths, env=args.env, group=args.group, xds_host=xds_host, xds_port=xds_port,
                       status_host=status_host, status_port=status_port, log_level=args.log_level,
                       access_log=None if args.access_log == "off" else args.access_log)
+    opts.consul_address, opts.consul_token_file = args.consul_address, args.consul_token_file
     import os
 
     from meshgate.xds.translator.tracing import tracing_from_env
@@ -278,7 +293,23 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_crds(args: argparse.Namespace) -> int:
+    import yaml
+
+    from meshgate.api.crds import crds, rbac
+
+    docs = crds()
+    if args.command == "rbac":
+        docs = rbac(args.namespace, args.name)
+    elif args.rbac:
+        docs += rbac(args.namespace)
+    print(yaml.safe_dump_all(docs, sort_keys=False, width=120), end="")
+    return 0
+
+
 COMMANDS = {
+    "crds": cmd_crds,
+    "rbac": cmd_crds,
     "validate": cmd_validate,
     "translate": cmd_translate,
     "run": cmd_run,

@@ -70,6 +70,10 @@ class RunOptions:
     xds_tls: XdsTLS | None = None
     kubernetes: bool = False  # `meshgate xds --kubernetes`: objects from the Kubernetes API, not files
     kubeconfig: str | None = None  # None: $KUBECONFIG, else in-cluster (the pod's service account)
+    # Backends' `spec.consul` (meshgate.providers.consul): the default agent (None: $CONSUL_HTTP_ADDR,
+    # else Consul's default) and a file holding the ACL token (None: $CONSUL_HTTP_TOKEN, else none).
+    consul_address: str | None = None
+    consul_token_file: str | None = None
     # where errors of a rejected config are printed, in the same format as `meshgate validate`
     print_errors: Callable[[list[str]], None] = field(
         default=lambda lines: print("\n".join(lines), file=sys.stderr, flush=True)
@@ -169,6 +173,15 @@ async def _start_servers(stack: contextlib.AsyncExitStack, opts: RunOptions, cac
     return xds_port, status_port
 
 
+def _consul(plane: ControlPlane, opts: RunOptions):  # noqa: ANN202
+    """The follower of Backends' Consul services (it connects only when a Backend names one)."""
+    from meshgate.providers.consul import ConsulEndpoints, read_token
+
+    consul = ConsulEndpoints(plane, address=opts.consul_address, token=read_token(opts.consul_token_file, os.environ))
+    consul.install()
+    return consul
+
+
 async def serve_xds(opts: RunOptions) -> int:
     """`meshgate xds`: ADS server + status server + file watcher, until SIGINT/SIGTERM."""
     cache = SnapshotCache()
@@ -184,12 +197,15 @@ async def serve_xds(opts: RunOptions) -> int:
     plane = ControlPlane(opts.paths, cache, group=opts.group, env=opts.env, status=status,
                          options=TranslateOptions(bind_address=opts.bind_address, access_log_path=access_log,
                                                   tracing=opts.tracing),
+                         on_config=lambda config: consul.sync(config),
                          on_rejected=opts.print_errors, provider=provider)
+    consul = _consul(plane, opts)
     status.extra["tracing"] = _tracing_status(opts.tracing)
     plane.reload()
     async with contextlib.AsyncExitStack() as stack:
         if provider is not None:
             stack.push_async_callback(provider.close)
+        stack.push_async_callback(consul.close)
         xds_port, status_port = await _start_servers(stack, opts, cache, status)
         log.info("control plane serving", extra={"xds": f"{opts.xds_host}:{xds_port}", "status": f"http://{opts.status_host}:{status_port}"})
         # Every Prometheus endpoint; the Envoys' own are wherever their bootstraps put them.
@@ -214,6 +230,7 @@ async def run_local(opts: RunOptions) -> int:
         if opts.sample_upstreams:
             upstreams.sync(config)
         edge.sync(config)
+        consul.sync(config)
 
     plane = ControlPlane(
         opts.paths, cache, group=opts.group, env=opts.env, status=status,
@@ -221,8 +238,10 @@ async def run_local(opts: RunOptions) -> int:
         on_config=on_config,
         on_rejected=opts.print_errors,
     )
+    consul = _consul(plane, opts)  # Backends' spec.consul: their endpoints as EDS alone
     async with contextlib.AsyncExitStack() as stack:  # stops everything started, in reverse order
         stack.push_async_callback(upstreams.stop)
+        stack.push_async_callback(consul.close)
         # Envoy reaches the edge companion (ext_authz) where this run starts it.
         plane.set_cluster_endpoints(EDGE_COMPANION_CLUSTER, [ir.Endpoint(edge.host, edge.port, 1)])
         plane.reload()

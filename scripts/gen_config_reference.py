@@ -31,9 +31,11 @@ from meshgate.api.policies import SIZE_RE  # noqa: E402
 # One section per model: ReferenceGrant is documented under v1 (v1beta1 is accepted too).
 from meshgate.api.service import SERVICE_KINDS  # noqa: E402
 
-# Kubernetes' own Service and EndpointSlice are read as a cluster writes them (docs/kubernetes.md).
+# Kubernetes' own Service, EndpointSlice and Namespace are read as a cluster writes them
+# (docs/kubernetes.md; a Namespace's labels serve allowedRoutes selectors, docs/architecture.md).
 KINDS = {key: model for key, model in ALL_KINDS.items()
-         if key != ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant") and key not in SERVICE_KINDS}
+         if key != ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant") and key not in SERVICE_KINDS
+         and key != ("v1", "Namespace")}
 from meshgate.api.schema import model_schema  # noqa: E402
 from meshgate.runner import SAMPLE_UPSTREAM_ANNOTATION  # noqa: E402
 

@@ -82,7 +82,7 @@ class FakeConsul:
         self._table_index = self._index  # last change of any service: the index of an unknown one
         self._forced: int | None = None
         self._changed = asyncio.Event()  # replaced by a new one on every write
-        self._open: set[web.Request] = set()  # blocking queries in progress
+        self._open: dict[int, web.Request] = {}  # blocking queries in progress, by id
 
     # -- what tests do ---------------------------------------------------------------------------
 
@@ -136,7 +136,7 @@ class FakeConsul:
     async def stop(self) -> None:
         """Unreachable: stop listening and cut every open connection, blocking queries included
         (as when the agent dies). The catalog stays, as a server's Raft log would."""
-        for request in list(self._open):
+        for request in list(self._open.values()):
             if request.transport is not None:
                 request.transport.abort()
         if self._runner is not None:
@@ -220,9 +220,10 @@ class FakeConsul:
             timeout = min(wait, MAX_WAIT)
             timeout += random.uniform(0, timeout / 16)  # Consul's jitter: spreads wake-ups
             deadline = asyncio.get_running_loop().time() + timeout
-            self._open.add(request)
+            self._open[id(request)] = request
             try:
-                while self.index_of(service, dc) <= index:
+                # A forced index (a misbehaving or restored server) answers at once when it differs.
+                while self.index_of(service, dc) <= index and self._forced in (None, index):
                     left = deadline - asyncio.get_running_loop().time()
                     if left <= 0:
                         break
@@ -231,7 +232,7 @@ class FakeConsul:
                     except asyncio.TimeoutError:
                         break
             finally:
-                self._open.discard(request)
+                self._open.pop(id(request), None)
         tags = request.query.getall("tag", [])
         found = [i for (idc, _), i in sorted(self.instances.items())
                  if idc == dc and i.service == service and all(t in i.tags for t in tags)]

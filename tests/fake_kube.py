@@ -228,8 +228,11 @@ class FakeKube:
             patched = _merge_patch(current, patch)
         else:
             raise ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format: {content_type}")
-        patched.setdefault("metadata", {})["resourceVersion"] = current["metadata"]["resourceVersion"]
-        return self.update(patched, rt, subresource=subresource, check_version=False)
+        # A patch that names a resourceVersion is a precondition (optimistic concurrency: 409 if
+        # the object moved since the client read it), as on a real API server; otherwise none.
+        wanted = (patch.get("metadata") or {}).get("resourceVersion") if isinstance(patch, dict) else None
+        patched.setdefault("metadata", {})["resourceVersion"] = wanted or current["metadata"]["resourceVersion"]
+        return self.update(patched, rt, subresource=subresource, check_version=bool(wanted))
 
     def delete(self, rt: ResourceType, namespace: str, name: str) -> dict:
         obj = self.get(rt, namespace, name)

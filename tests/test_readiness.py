@@ -5,6 +5,8 @@ tests/test_dashboards.py."""
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 import pytest
 from ads_client import AdsClient, make_snapshot
@@ -12,7 +14,7 @@ from ads_client import AdsClient, make_snapshot
 from meshgate.controlplane.status import ControlPlaneStatus
 from meshgate.controlplane.status_server import start_status_server
 from meshgate.xds.server import start_xds_server
-from meshgate.xds.snapshot import CLUSTER, LISTENER, SnapshotCache
+from meshgate.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SnapshotCache
 
 GROUP = "edge"
 
@@ -61,11 +63,15 @@ async def test_readyz_detail_follows_config_envoys_and_dependencies(plane) -> No
     assert body["checks"]["envoys"]["message"] == "no Envoy has ACKed the config yet"
 
     envoy = connect("envoy-1")
-    for type_url in (CLUSTER, LISTENER):
-        await envoy.request(type_url)
+    for type_url, names in ((CLUSTER, ()), (ENDPOINT, ("a",)), (LISTENER, ()), (ROUTE, ("main",))):
+        await envoy.request(type_url, names)
         await envoy.ack(await envoy.recv())
-    await envoy.expect_no_response()
-    code, body = await get("/readyz")
+    # (No expect_no_response here: its probe request of a made-up type would count as unACKed.)
+    for _ in range(200):  # bounded: the ACKs are handled within milliseconds
+        code, body = await get("/readyz")
+        if body["checks"]["envoys"]["in_sync"]:
+            break
+        await asyncio.sleep(0.01)
     assert code == 200 and body["ready"] is True
     (node,) = body["checks"]["envoys"]["nodes"]
     assert node["node"] == "envoy-1" and node["live"] is True and node["in_sync"] is True

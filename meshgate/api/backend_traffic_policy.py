@@ -72,8 +72,14 @@ class BackendHTTPTimeout(Model):
     connection_idle_timeout: Duration | None = Field(
         None, description="Close an upstream connection with no active request after this long. Default 1h.")
     max_connection_duration: Duration | None = Field(
-        None, description="Close an upstream connection this long after it was opened (drained first). "
-        "Default: no limit.")
+        None, description="Close an upstream connection this long after it was opened (drained first: a request "
+        "in flight, or an open WebSocket, keeps it until it ends; see maxStreamDuration). Default: no limit.")
+    max_stream_duration: Duration | None = Field(
+        None, description="meshgate extension. Reset any stream of the route this long after it began, whatever "
+        "else it is doing: an open WebSocket is closed, an HTTP request still running gets 504 (or is cut off "
+        "if its response had begun). Envoy's route `max_stream_duration`. Default: no limit.")
+
+    _positive = field_validator("max_stream_duration")(classmethod(lambda cls, v: _positive(v, "stream duration")))
 
 
 class BackendTimeout(Model):

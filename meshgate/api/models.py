@@ -4,7 +4,7 @@ Routes use the shape of Kubernetes Gateway API v1 (https://gateway-api.sigs.k8s.
 so that existing manifests parse unchanged; field names are camelCase in YAML, snake_case in
 Python. What Gateway API lacks lives in meshgate's own group `meshgate.io/v1alpha1`:
 
-- `Backend`: upstreams outside Kubernetes (static endpoints), load balancing, protocol.
+- `Backend`: upstreams outside Kubernetes (static endpoints or a Consul service), load balancing, protocol.
 - `HTTPRoute` (meshgate.io/v1alpha1): the Gateway API HTTPRoute plus path templates
   (`/users/{id}`, `/static/**`) and rewrites that reuse the captured parameters.
 
@@ -252,8 +252,57 @@ class GatewayTLSConfig(Model):
         return self
 
 
+LABEL_KEY_RE = r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+LabelKey = Annotated[str, Field(pattern=LABEL_KEY_RE)]
+
+
+class LabelSelectorRequirement(Model):
+    key: LabelKey
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[str] = Field(default_factory=list, max_length=64)
+
+    @model_validator(mode="after")
+    def _values(self) -> LabelSelectorRequirement:
+        if self.operator in ("In", "NotIn") and not self.values:
+            raise ValueError(f"operator {self.operator} needs values")
+        if self.operator in ("Exists", "DoesNotExist") and self.values:
+            raise ValueError(f"operator {self.operator} takes no values")
+        return self
+
+
+class LabelSelector(Model):
+    """Kubernetes label selector: every matchLabels pair and every expression must hold."""
+
+    match_labels: dict[LabelKey, str] = Field(default_factory=dict)
+    match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list, max_length=32)
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        if any(labels.get(k) != v for k, v in self.match_labels.items()):
+            return False
+        for e in self.match_expressions:
+            present = e.key in labels
+            if e.operator == "In" and not (present and labels[e.key] in e.values):
+                return False
+            if e.operator == "NotIn" and present and labels[e.key] in e.values:
+                return False
+            if e.operator == "Exists" and not present:
+                return False
+            if e.operator == "DoesNotExist" and present:
+                return False
+        return True
+
+
 class RouteNamespaces(Model):
-    from_: Literal["Same", "All"] = Field("Same", alias="from")
+    from_: Literal["Same", "All", "Selector"] = Field("Same", alias="from")
+    selector: LabelSelector | None = Field(
+        None, description="With from: Selector, the namespaces whose labels match (Namespace objects; every "
+        "namespace also has the label kubernetes.io/metadata.name=<its name>).")
+
+    @model_validator(mode="after")
+    def _selector(self) -> RouteNamespaces:
+        if (self.from_ == "Selector") != (self.selector is not None):
+            raise ValueError("from: Selector needs selector, and selector needs from: Selector")
+        return self
 
 
 class AllowedRoutes(Model):
@@ -921,8 +970,48 @@ class BackendTLSSettings(Model):
         return self
 
 
+class ConsulService(Model):
+    """meshgate extension: the Backend's endpoints are the instances of a Consul service, followed
+    with Consul blocking queries and sent to Envoy as EDS alone (docs/consul.md)."""
+
+    service: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                         description="the Consul service name")
+    datacenter: str | None = Field(None, min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+                                   description="the Consul datacenter (default: the agent's own)")
+    tags: list[str] = Field(default_factory=list, max_length=16,
+                            description="only instances that carry every one of these tags")
+    only_passing: bool = Field(True, description="true: only instances whose health checks all pass; false: "
+                               "instances with a warning too (critical ones never serve)")
+    address: str | None = Field(None, description="the Consul agent's HTTP API, http(s)://HOST:PORT (default: "
+                                "--consul-address, else $CONSUL_HTTP_ADDR, else http://127.0.0.1:8500)")
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_consul_address(value)
+        return value
+
+
+def check_consul_address(value: str) -> str:
+    """A Consul agent's HTTP API address: `http(s)://HOST:PORT`, or `HOST:PORT` (http), as
+    $CONSUL_HTTP_ADDR is written."""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(value if "://" in value else f"http://{value}")
+    try:
+        port = url.port
+    except ValueError:
+        port = None
+    if url.scheme not in ("http", "https") or not url.hostname or port is None or url.path not in ("", "/") \
+            or url.query:
+        raise ValueError(f"{clip(value)} is not a Consul address: write http://HOST:PORT (e.g. http://127.0.0.1:8500)")
+    return value
+
+
 class BackendSpec(Model):
-    endpoints: list[BackendEndpoint] = Field(min_length=1, max_length=1024)
+    endpoints: list[BackendEndpoint] = Field(
+        default_factory=list, max_length=1024, description="static endpoints (or `consul`; one of the two)")
     protocol: Literal["HTTP1", "HTTP2", "GRPC"] = Field(
         "HTTP1", description="how Envoy talks to the endpoints: HTTP/1.1, HTTP/2 (h2c with prior knowledge, or h2 "
         "over `tls`), or gRPC (HTTP/2)"
@@ -935,6 +1024,22 @@ class BackendSpec(Model):
         "only when the other (primary) Backends are not healthy enough (Envoy priority 1, overprovisioning factor "
         "1.4: from under 72% healthy primaries). Give the rule active or passive health checks "
         "(BackendTrafficPolicy `healthCheck`) so that failures are detected. See docs/traffic.md#failover.")
+
+    consul: ConsulService | None = Field(
+        None, description="meshgate extension: the endpoints are a Consul service's instances (instead of `endpoints`)")
+
+    @field_validator("consul")
+    @classmethod
+    def _not_both(cls, value: ConsulService | None, info: Any) -> ConsulService | None:
+        if value is not None and info.data.get("endpoints"):
+            raise ValueError("give endpoints or consul, not both: a Consul service's instances are the endpoints")
+        return value
+
+    @model_validator(mode="after")
+    def _some_endpoints(self) -> BackendSpec:
+        if not self.endpoints and self.consul is None:
+            raise ValueError("give endpoints (at least one) or consul (a Consul service)")
+        return self
 
     @model_validator(mode="after")
     def _alpn_fits_protocol(self) -> BackendSpec:
@@ -998,6 +1103,14 @@ class ReferenceGrant(Resource):
     spec: ReferenceGrantSpec
 
 
+class Namespace(Resource):
+    """v1 Namespace: only its labels matter (Gateway listeners' allowedRoutes selectors)."""
+
+    api_version: Literal["v1"]
+    kind: Literal["Namespace"]
+    spec: dict[str, Any] = Field(default_factory=dict, exclude=True)
+
+
 ANY_KIND = Union[Gateway, HTTPRoute, MeshgateHTTPRoute, GRPCRoute, Backend, Secret, ReferenceGrant]
 
 # (apiVersion, kind) -> model; the loader dispatches on these two fields.
@@ -1008,6 +1121,7 @@ KINDS: dict[tuple[str, str], type[Resource]] = {
     (MESHGATE_V1ALPHA1, "HTTPRoute"): MeshgateHTTPRoute,
     (MESHGATE_V1ALPHA1, "Backend"): Backend,
     ("v1", "Secret"): Secret,
+    ("v1", "Namespace"): Namespace,
     ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant"): ReferenceGrant,
     (GATEWAY_API_V1, "ReferenceGrant"): ReferenceGrant,
 }

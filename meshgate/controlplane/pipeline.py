@@ -126,6 +126,9 @@ class ControlPlane:
         self._endpoints_dirty: set[str] = set()
         self._endpoints_flush: asyncio.TimerHandle | None = None
         self.status.objects = self.objects_status
+        # Called on the loop with every translation applied, published or not (its statuses may
+        # have changed even when Envoy's config did not): the Kubernetes status writer listens.
+        self.translation_listeners: list[Callable[[Translation], None]] = []
 
     @property
     def snapshot(self) -> Snapshot | None:
@@ -243,6 +246,8 @@ class ControlPlane:
         self._publish_companions(result.translation)  # first: a policy is there before Envoy's routes ask for it
         published = self.publisher.publish(result.snapshot)
         self.translation = result.translation
+        for listener in self.translation_listeners:
+            listener(result.translation)
         self.status.summary = result.translation.summary()
         self.status.last_reload = time.time()
         if not published:

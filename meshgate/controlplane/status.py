@@ -104,6 +104,9 @@ class ControlPlaneStatus:
         # What this process depends on, for /readyz (meshgate.controlplane.readiness): name ->
         # a check returning at least {"ok": bool}; each gates readiness, never liveness.
         self.dependencies: dict[str, Callable[[], dict[str, Any]]] = {}
+        from meshgate.controlplane.status_metrics import StatusCollector  # objects by status, outstanding NACKs
+
+        self.metrics.registry.register(StatusCollector(self))
         self._listeners: list[Callable[[], None]] = []
 
     # -- errors --------------------------------------------------------------------------------

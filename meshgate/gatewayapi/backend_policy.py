@@ -102,6 +102,8 @@ class BackendTraffic:
         route: dict[str, Any] = {}
         if "request_timeout" in http:
             route["timeout_s"] = duration_seconds(http["request_timeout"])
+        if "max_stream_duration" in http:  # route level: also bounds an upgraded (WebSocket) stream
+            route["max_stream_duration_s"] = duration_seconds(http["max_stream_duration"])
         if retry is not None:
             per_retry = retry.get("per_retry", {})
             back_off = per_retry.get("back_off", {})

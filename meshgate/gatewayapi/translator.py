@@ -37,6 +37,7 @@ from meshgate.api.models import (
     HTTPRoute,
     Listener,
     MeshgateHTTPRoute,
+    Namespace,
     ReferenceGrant,
     Resource,
     Secret,
@@ -149,6 +150,7 @@ class _Translator:
         self.backends: dict[tuple[str, str], Backend] = {}
         self.secrets: dict[tuple[str, str], Secret] = {}
         self.grants: list[ReferenceGrant] = []
+        self.namespace_labels: dict[str, dict[str, str]] = {}  # from Namespace objects (allowedRoutes selectors)
         self.policies: list[Resource] = []
         self.services = ServiceIndex()  # Kubernetes Services and EndpointSlices, for backendRefs to Services
         self.key_of: dict[int, ObjectKey] = self.status.keys  # id(resource) -> its key, computed once
@@ -208,6 +210,8 @@ class _Translator:
             self.secrets[ns_name] = resource
         elif isinstance(resource, ReferenceGrant):
             self.grants.append(resource)
+        elif isinstance(resource, Namespace):
+            self.namespace_labels[resource.metadata.name] = dict(resource.metadata.labels)
         elif isinstance(resource, (ClientTrafficPolicy, BackendTrafficPolicy, SecurityPolicy)):
             self.policies.append(resource)
         elif isinstance(resource, (Service, EndpointSlice)):
@@ -366,12 +370,12 @@ class _Translator:
                 if not listeners:
                     refuse("NoMatchingParent", f"{gateway.ref} has no listener on port {ref.port}", (*where, "port"))
                     continue
-            listeners = [l for l in listeners if l.allowed_routes.namespaces.from_ == "All"
-                         or route.metadata.namespace == gateway.metadata.namespace]
-            if not listeners:
-                refuse("NotAllowedByListeners", f"{gateway.ref} only admits routes from namespace "
-                       f"{gateway.metadata.namespace}", (*where, "name"))
+            allowed = [l for l in listeners if self._admits(gateway, l, route.metadata.namespace)]
+            if not allowed:
+                refuse("NotAllowedByListeners", f"{gateway.ref} does not admit routes from namespace "
+                       f"{route.metadata.namespace} ({self._admits_whom(gateway, listeners)})", (*where, "name"))
                 continue
+            listeners = allowed
             found = []
             for listener in listeners:
                 hostnames = effective_hostnames(route.spec.hostnames, listener.hostname)
@@ -543,6 +547,24 @@ class _Translator:
         model = ir.IR(listeners=tuple(listeners), clusters=clusters,
                       secrets=tuple(secrets[n] for n in sorted(secrets)))
         return Translation(model, self.status, self.gateways, self.routes, self.backends, self.policies)
+
+    def _admits(self, gateway: Gateway, listener: Listener, namespace: str) -> bool:
+        """Gateway API allowedRoutes.namespaces: Same (the Gateway's), All, or Selector (labels of
+        the route's Namespace object; every namespace carries kubernetes.io/metadata.name)."""
+        rule = listener.allowed_routes.namespaces
+        if rule.from_ == "All":
+            return True
+        if rule.from_ == "Selector":
+            labels = {**self.namespace_labels.get(namespace, {}), "kubernetes.io/metadata.name": namespace}
+            return rule.selector.matches(labels)
+        return namespace == gateway.metadata.namespace
+
+    @staticmethod
+    def _admits_whom(gateway: Gateway, listeners: list[Listener]) -> str:
+        kinds = {l.allowed_routes.namespaces.from_ for l in listeners}
+        if kinds == {"Same"}:
+            return f"only routes from namespace {gateway.metadata.namespace}"
+        return "only namespaces whose labels match its allowedRoutes selector" if "Selector" in kinds else "see allowedRoutes"
 
     def _shares_hostnames(self, gateway_key: ObjectKey) -> bool:
         gateway = self.gateway_by_name.get((gateway_key[2], gateway_key[3]))

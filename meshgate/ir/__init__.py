@@ -277,6 +277,7 @@ class Route:
     response_headers: HeaderMods = HeaderMods()
     timeout_s: float | None = None
     per_try_timeout_s: float | None = None
+    max_stream_duration_s: float | None = None  # streams (a WebSocket's whole life) are reset after it
     hash_policy: HashPolicy | None = None
     grpc: bool = False
     retry: RetryPolicy | None = None

@@ -66,6 +66,7 @@ WATCHED: list[WatchedKind] = [
     WatchedKind(MESHGATE, "v1alpha1", "backendtrafficpolicies", "BackendTrafficPolicy"),
     WatchedKind(MESHGATE, "v1alpha1", "securitypolicies", "SecurityPolicy"),
     WatchedKind(MESHGATE, "v1alpha1", "grpcjsontranscoders", "GRPCJSONTranscoder"),
+    WatchedKind("", "v1", "namespaces", "Namespace"),  # their labels: allowedRoutes selectors
     WatchedKind("", "v1", "secrets", "Secret", field_selector="type=kubernetes.io/tls"),
     WatchedKind("", "v1", "secrets", "Secret", field_selector="type=Opaque"),
     SERVICES,
@@ -150,6 +151,14 @@ class KubernetesProvider:
         self._service_of_slice: dict[tuple[str, str], str] = {}
         self._endpoints_dirty: set[tuple[str, str]] = set()  # (ns, Service)
         self._endpoints_event = asyncio.Event()
+        # Called with (kind, (namespace, name)) on every object change, status-only ones included
+        # (the status writer listens: someone else may have overwritten a status).
+        self.object_listeners: list = []
+
+    @property
+    def api(self) -> Any:
+        """The `kubernetes_asyncio` ApiClient (after `start`), for writers sharing the connection."""
+        return self._api
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -168,6 +177,8 @@ class KubernetesProvider:
                 list_function = core.list_service_for_all_namespaces
             elif kind.plural == "secrets":
                 list_function = core.list_secret_for_all_namespaces
+            elif kind.plural == "namespaces":
+                list_function = core.list_namespace
             elif kind.plural == "endpointslices":
                 list_function = discovery.list_endpoint_slice_for_all_namespaces
             else:  # CRDs (Gateway API's included), namespaced or not, in every namespace
@@ -219,6 +230,8 @@ class KubernetesProvider:
     def _changed(self, kind: WatchedKind, key: ObjectKey) -> None:
         """An informer saw an object appear, change or go (called on the event loop)."""
         namespace, name = key
+        for listener in self.object_listeners:
+            listener(kind, key)
         informer = self._by_kind[kind]
         obj = informer.objects.get(key)
         if kind is ENDPOINT_SLICES:

@@ -38,6 +38,11 @@ def set_route_traffic(out: rc.RouteAction, route: ir.Route) -> None:
         # The client's grpc-timeout is honoured up to the route timeout; Envoy then sends the
         # deadline left to the upstream in grpc-timeout (and x-envoy-expected-rq-timeout-ms).
         out.max_stream_duration.grpc_timeout_header_max.CopyFrom(_duration(route.timeout_s))
+    if route.max_stream_duration_s is not None:
+        # Envoy resets the stream this long after it began. Unlike the cluster's
+        # max_connection_duration (which drains: an upstream connection holding an upgraded
+        # stream stays until the stream ends), this ends a WebSocket.
+        out.max_stream_duration.max_stream_duration.CopyFrom(_duration(route.max_stream_duration_s))
     retry = route.retry
     if retry is None:
         return
