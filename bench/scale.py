@@ -58,6 +58,7 @@ TARGET_PUSH_S = 1.5
 TARGET_CHANGE_MS = 100.0
 TARGET_RSS_MB = 300.0
 TARGET_N = 10_000
+ROUTE_STATS = ["on"]  # meshgate run --route-stats (set by --route-stats)
 
 ENV_LISTEN = "SCALE_LISTEN_PORT"
 ENV_UPSTREAM = "SCALE_UPSTREAM_PORT"
@@ -132,7 +133,8 @@ def worker(config_dir: str, access_log: str, profile: bool) -> None:
     imports_s = time.perf_counter() - t
     rss_after_imports = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     # The options `meshgate run` uses, so the snapshot versions equal the ones it publishes.
-    options = TranslateOptions(bind_address="127.0.0.1", access_log_path=access_log)
+    options = TranslateOptions(bind_address="127.0.0.1", access_log_path=access_log,
+                               route_stats=ROUTE_STATS[0] == "on")
 
     stages: dict[str, float] = {}
     t = time.perf_counter()
@@ -187,7 +189,8 @@ def worker(config_dir: str, access_log: str, profile: bool) -> None:
 
 
 def run_worker(config_dir: Path, access_log: Path, env: dict, profile: bool) -> dict:
-    cmd = [sys.executable, __file__, "--worker", str(config_dir), "--access-log", str(access_log)]
+    cmd = [sys.executable, __file__, "--worker", str(config_dir), "--access-log", str(access_log),
+           "--route-stats", ROUTE_STATS[0]]
     if profile:
         cmd.append("--profile")
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
@@ -211,7 +214,7 @@ def start_and_push(procs: Processes, tmp: Path, config_dir: Path, state: Path, e
     cmd = [meshgate_cli(), "run", str(config_dir),
            "--xds-address", f"127.0.0.1:{xds_port}", "--status-address", f"127.0.0.1:{status_port}",
            "--admin-port", "0", "--state-dir", str(state), "--concurrency", "1",
-           "--no-sample-upstreams", "--envoy-log-level", "warning"]
+           "--no-sample-upstreams", "--envoy-log-level", "warning", "--route-stats", ROUTE_STATS[0]]
     commands.append(f"{ENV_LISTEN}={env[ENV_LISTEN]} {ENV_UPSTREAM}={env[ENV_UPSTREAM]} {fmt_cmd(cmd)}")
     status_url = f"http://127.0.0.1:{status_port}"
     log = tmp / f"meshgate-{config_dir.name}.out"
@@ -359,7 +362,7 @@ def print_report(rows: dict[int, dict], changes: tuple[int, list[dict]] | None, 
         print(f"  median {statistics.median(served):.0f} ms, max {max(served):.0f} ms")
 
     print()
-    print(f"targets (N = {TARGET_N:,})")
+    print(f"targets (N = {TARGET_N:,}; meshgate run --route-stats {ROUTE_STATS[0]})")
     t = rows.get(TARGET_N)
     if t is None:
         print(f"  N = {TARGET_N:,} not measured (quick run); figures at N = {max(rows):,} for reference:")
@@ -397,9 +400,12 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true", help="cProfile the slowest stage at the largest N")
     ap.add_argument("--json", metavar="FILE", help="also write raw results as JSON")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir (configs, logs)")
+    ap.add_argument("--route-stats", choices=["on", "off"], default="on",
+                    help="meshgate run --route-stats: Envoy statistics per rule (default on, as meshgate's default)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--access-log", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    ROUTE_STATS[0] = args.route_stats
     if args.worker:
         worker(args.worker, args.access_log, args.profile)
         return 0

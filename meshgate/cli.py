@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="status/metrics HTTP address, host:port (default 127.0.0.1:19000)")
         cmd.add_argument("--group", default="edge", help="node group (Envoy node.cluster) to serve")
         cmd.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+        cmd.add_argument("--route-stats", default="on", choices=["on", "off"],
+                         help="Envoy statistics per route rule (default on; each rule costs Envoy memory and "
+                              "reload time: turn off for configs of many thousands of rules)")
         cmd.add_argument("--access-log", default="", metavar="PATH|off",
                          help=f"where Envoy writes its JSON access log (default: {access_log_default}); 'off' writes none")
         cmd.add_argument("--consul-address", metavar="URL", default=None,
@@ -92,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
                         "Kubernetes API instead of files (see docs/kubernetes.md)")
     x.add_argument("--kubeconfig", metavar="PATH",
                    help="with --kubernetes: the kubeconfig to use (default: $KUBECONFIG, else the pod's service account)")
+    x.add_argument("--gateway-address", action="append", default=[], metavar="IP|HOSTNAME",
+                   help="with --kubernetes: an address clients reach the Envoys at (the Service in front of them), "
+                        "reported in every Gateway's status.addresses; repeatable")
 
     b = sub.add_parser("bootstrap", help="print an Envoy bootstrap (JSON) that connects to meshgate xds")
     b.add_argument("--xds-address", default="127.0.0.1:18000")
@@ -196,6 +202,7 @@ def _run_options(args: argparse.Namespace):
     from meshgate.xds.translator.tracing import tracing_from_env
 
     opts.tracing = tracing_from_env(os.environ)  # OTEL_EXPORTER_OTLP_ENDPOINT & co.; None = no tracing
+    opts.route_stats = args.route_stats == "on"
     return opts
 
 
@@ -233,6 +240,10 @@ def cmd_xds(args: argparse.Namespace) -> int:
     opts = _run_options(args)
     opts.bind_address = "0.0.0.0"
     opts.kubernetes, opts.kubeconfig = args.kubernetes, args.kubeconfig
+    if args.gateway_address and not args.kubernetes:
+        print("meshgate xds: --gateway-address needs --kubernetes", file=sys.stderr)
+        return 2
+    opts.gateway_addresses = tuple(args.gateway_address)
     tls_files = (args.xds_tls_cert, args.xds_tls_key, args.xds_client_ca)
     if any(tls_files) and not all(tls_files):
         print("meshgate xds: mutual TLS needs --xds-tls-cert, --xds-tls-key and --xds-client-ca together", file=sys.stderr)

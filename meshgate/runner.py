@@ -65,11 +65,13 @@ class RunOptions:
     log_level: str = "info"
     # Envoy's OpenTelemetry tracing (from OTEL_* environment variables, see translator/tracing.py); None = off.
     tracing: TracingOptions | None = None
+    route_stats: bool = True  # per-rule statistics in Envoy (TranslateOptions.route_stats)
     envoy_log_level: str = "info"
     # `meshgate xds --xds-tls-*`: the ADS port over mutual TLS (meshgate.xds.tls); None = plaintext.
     xds_tls: XdsTLS | None = None
     kubernetes: bool = False  # `meshgate xds --kubernetes`: objects from the Kubernetes API, not files
     kubeconfig: str | None = None  # None: $KUBECONFIG, else in-cluster (the pod's service account)
+    gateway_addresses: tuple[str, ...] = ()  # with kubernetes: reported in Gateways' status.addresses
     # Backends' `spec.consul` (meshgate.providers.consul): the default agent (None: $CONSUL_HTTP_ADDR,
     # else Consul's default) and a file holding the ACL token (None: $CONSUL_HTTP_TOKEN, else none).
     consul_address: str | None = None
@@ -196,15 +198,20 @@ async def serve_xds(opts: RunOptions) -> int:
         status.dependencies["kubernetes"] = kubernetes_check(provider)  # /readyz detail
     plane = ControlPlane(opts.paths, cache, group=opts.group, env=opts.env, status=status,
                          options=TranslateOptions(bind_address=opts.bind_address, access_log_path=access_log,
-                                                  tracing=opts.tracing),
-                         on_config=lambda config: consul.sync(config),
+                                                  tracing=opts.tracing, route_stats=opts.route_stats),
                          on_rejected=opts.print_errors, provider=provider)
     consul = _consul(plane, opts)
     status.extra["tracing"] = _tracing_status(opts.tracing)
     plane.reload()
     async with contextlib.AsyncExitStack() as stack:
         if provider is not None:
+            from meshgate.providers.kubernetes.controller import Controller
+
             stack.push_async_callback(provider.close)
+            # Leader election and status written back to the objects (closed before the provider).
+            controller = Controller(plane, provider, addresses=opts.gateway_addresses)
+            controller.start()
+            stack.push_async_callback(controller.close)
         stack.push_async_callback(consul.close)
         xds_port, status_port = await _start_servers(stack, opts, cache, status)
         log.info("control plane serving", extra={"xds": f"{opts.xds_host}:{xds_port}", "status": f"http://{opts.status_host}:{status_port}"})
@@ -230,11 +237,11 @@ async def run_local(opts: RunOptions) -> int:
         if opts.sample_upstreams:
             upstreams.sync(config)
         edge.sync(config)
-        consul.sync(config)
 
     plane = ControlPlane(
         opts.paths, cache, group=opts.group, env=opts.env, status=status,
-        options=TranslateOptions(bind_address=opts.bind_address, access_log_path=access_log, tracing=opts.tracing),
+        options=TranslateOptions(bind_address=opts.bind_address, access_log_path=access_log, tracing=opts.tracing,
+                                 route_stats=opts.route_stats),
         on_config=on_config,
         on_rejected=opts.print_errors,
     )

@@ -268,7 +268,9 @@ class FakeKube:
         app.router.add_get("/api/{version}", self._resource_list)
         app.router.add_get("/apis/{group}/{version}", self._resource_list)
         for prefix in ("/api/{version}", "/apis/{group}/{version}"):
-            for ns in ("", "/namespaces/{namespace}"):
+            # Namespaced paths first: `/apis/G/V/namespaces/NS/PLURAL` must not be read as the
+            # cluster-scoped `/apis/G/V/PLURAL/NAME/SUBRESOURCE`.
+            for ns in ("/namespaces/{namespace}", ""):
                 base = f"{prefix}{ns}/{{plural}}"
                 app.router.add_route("*", base, self._collection)
                 app.router.add_route("*", base + "/{name}", self._item)

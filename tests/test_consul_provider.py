@@ -235,12 +235,9 @@ spec:
 
 def _plane(tmp_path: Path, address: str, token: str | None = None) -> tuple[ControlPlane, ConsulEndpoints]:
     (tmp_path / "config.yaml").write_text(CONFIG.format(address=address))
-    holder: list[ConsulEndpoints] = []
-    plane = ControlPlane([str(tmp_path)], SnapshotCache(), options=TranslateOptions(access_log_path=None),
-                         on_config=lambda t: holder[0].sync(t))
+    plane = ControlPlane([str(tmp_path)], SnapshotCache(), options=TranslateOptions(access_log_path=None))
     endpoints = ConsulEndpoints(plane, token=token, environ={}, wait=5, max_backoff=0.3)
     endpoints.install()
-    holder.append(endpoints)
     return plane, endpoints
 
 

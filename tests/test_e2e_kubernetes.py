@@ -99,7 +99,8 @@ def env(tmp_path_factory: pytest.TempPathFactory):
     (work / "kubeconfig").write_text(kube.kubeconfig())
     stderr = (work / "xds.stderr").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "meshgate", "xds", "--kubernetes", "--kubeconfig", str(work / "kubeconfig"),
-                             "--xds-address", f"127.0.0.1:{xds}", "--status-address", f"127.0.0.1:{status}"],
+                             "--xds-address", f"127.0.0.1:{xds}", "--status-address", f"127.0.0.1:{status}",
+                             "--gateway-address", "127.0.0.1"],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr,
                             env={k: v for k, v in os.environ.items() if k != "KUBECONFIG"})
     envoy = None
@@ -152,5 +153,18 @@ def test_traffic_follows_the_cluster(env) -> None:
                json.loads(urllib.request.urlopen(f"{env['status']}/status/objects", timeout=5).read())}
     assert objects[("HTTPRoute", "app")]["origin"] == "kubernetes:HTTPRoute default/app"
     assert objects[("Gateway", "edge")]["listeners"][0]["attachedRoutes"] == 1
+    # Status is written back to the objects (the only replica holds the leader Lease).
+    def parents() -> list:
+        return (cluster.do(kube.read, GW, "HTTPRoute", "app").get("status") or {}).get("parents", [])
+
+    wait_until(lambda: parents() and parents()[0]["conditions"][0]["status"] == "True", timeout=20,
+               what="the route's status.parents")
+    assert parents()[0]["controllerName"] == "meshgate.io/gateway-controller"
+    gateway_status = cluster.do(kube.read, GW, "Gateway", "edge")["status"]
+    assert {c["type"]: c["status"] for c in gateway_status["conditions"]} == {"Accepted": "True", "Programmed": "True"}
+    assert gateway_status["addresses"] == [{"type": "IPAddress", "value": "127.0.0.1"}]
+    assert gateway_status["listeners"][0]["attachedRoutes"] == 1
+    lease = cluster.do(kube.read, "coordination.k8s.io/v1", "Lease", "meshgate-controlplane", "default")
+    assert lease["spec"]["holderIdentity"]
     cluster.do(kube.remove, GW, "HTTPRoute", "app")
     wait_until(lambda: request(http, "/v2/x").status == 404, timeout=10, what="the deleted route to stop serving")

@@ -220,7 +220,9 @@ async def test_unchanged_status_is_not_rewritten_and_a_fix_shows(kube: FakeKube)
         kube.patch(kube.type_of(GW, "Gateway"), "default", "edge", {"status": {"conditions": []}},
                    "application/merge-patch+json", subresource="status")
         await wait_for(lambda: read(kube, "Gateway", "edge")["status"]["conditions"], what="status restored")
-        assert cond(read(kube, "Gateway", "edge")["status"]["conditions"], "Programmed") == cond(gw["conditions"], "Programmed")
+        restored = cond(read(kube, "Gateway", "edge")["status"]["conditions"], "Programmed")
+        restored.pop("lastTransitionTime")  # a new transition: the condition was gone meanwhile
+        assert restored == {k: v for k, v in cond(gw["conditions"], "Programmed").items() if k != "lastTransitionTime"}
 
 
 async def test_conflict_is_retried_with_a_fresh_read_and_keeps_other_controllers(kube: FakeKube) -> None:
@@ -251,3 +253,98 @@ async def test_conflict_is_retried_with_a_fresh_read_and_keeps_other_controllers
         assert other_entry in parents  # never lost
         [mine] = [p for p in parents if p["controllerName"] == CONTROLLER]
         assert cond(mine["conditions"], "Accepted")["status"] == "True"  # rebuilt from the fresh read
+
+
+# -- two replicas: one leader writes, the other takes over when the leader stops renewing --------
+
+
+class ControllerReplica(Replica):
+    """A replica with leader election (`Controller`), as `meshgate xds --kubernetes` runs."""
+
+    async def __aenter__(self) -> ControllerReplica:
+        from meshgate.controlplane.status import ControlPlaneStatus
+        from meshgate.providers.kubernetes.controller import Controller
+
+        self.provider = KubernetesProvider(self.kube.kubeconfig_path, debounce=0.01, sync_timeout=10,
+                                           max_backoff=0.5)
+        await self.provider.start()
+        self.plane = ControlPlane([], SnapshotCache(), provider=self.provider, status=ControlPlaneStatus())
+        self.plane.reload()
+        self.controller = Controller(self.plane, self.provider, lease_namespace="meshgate", lease_seconds=1.5,
+                                     renew_deadline=1.0, retry_seconds=0.2, batch_seconds=0.05)
+        self.writer = self.controller.writer
+        self.controller.start()
+        self.tasks = [asyncio.create_task(self.plane.watch())]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.controller.close()
+        await super().__aexit__(*exc)
+
+
+def lease(kube: FakeKube) -> dict:
+    return kube.read("coordination.k8s.io/v1", "Lease", "meshgate-controlplane", "meshgate")
+
+
+async def test_one_leader_writes_and_the_other_takes_over(kube: FakeKube) -> None:
+    cluster_objects(kube)
+    async with ControllerReplica(kube) as a, ControllerReplica(kube) as b:
+        leader = await wait_for(lambda: next((r for r in (a, b) if r.controller.elector.is_leader()), None),
+                                what="a leader")
+        follower = b if leader is a else a
+        await wait_for(lambda: our_parents(read(kube, "HTTPRoute", "good")), timeout=20, what="statuses")
+        spec = lease(kube)["spec"]
+        assert spec["holderIdentity"] == leader.controller.elector.identity and spec["leaseDurationSeconds"] == 1
+        assert spec["renewTime"] and spec["acquireTime"]
+        # Exactly one writes: every status PATCH so far is the leader's.
+        assert leader.writer.writes > 0 and follower.writer.writes == 0
+        assert len(status_patches(kube)) == leader.writer.writes + leader.writer.conflicts
+        assert not follower.controller.elector.is_leader()
+
+        # The leader hangs (stops renewing, keeps its Lease): the other takes over once it expires.
+        leader.controller.stop_leading()
+        transitions = spec.get("leaseTransitions", 0)
+        await wait_for(follower.controller.elector.is_leader, timeout=15, what="the follower to take over")
+        assert not leader.controller.elector.is_leader()  # its renew deadline passed: it stepped down
+        taken = lease(kube)["spec"]
+        assert taken["holderIdentity"] == follower.controller.elector.identity
+        assert taken["leaseTransitions"] == transitions + 1
+        # And the new leader writes: fix the invalid route, its status follows.
+        bad = read(kube, "HTTPRoute", "bad")
+        bad["spec"]["rules"][0]["matches"][0]["path"]["type"] = "PathPrefix"
+        kube.update(bad)
+        await wait_for(lambda: cond(our_parents(read(kube, "HTTPRoute", "bad"))[0]["conditions"], "Accepted")["status"] == "True",
+                       timeout=20, what="the new leader's status write")
+        assert follower.writer.writes > 0
+        old_writes = leader.writer.writes
+        await follower.writer.sync()
+        assert leader.writer.writes == old_writes
+
+
+async def test_a_replica_that_loses_the_api_server_keeps_serving_and_says_so(kube: FakeKube) -> None:
+    from meshgate.controlplane.readiness import readiness
+
+    kube.create(gateway_class())
+    kube.create(gateway())
+    kube.create(backend("app"))
+    kube.create(route("app", backend=mg_backend_ref("app")))
+    async with ControllerReplica(kube) as replica:
+        await wait_for(replica.controller.elector.is_leader, what="leadership")
+        part = readiness(replica.plane.status)["checks"]["dependencies"]["kubernetes"]
+        assert part["ok"] and part["last_error"] is None and part["leader"]["leader"]
+        version = replica.plane.snapshot.version
+        port = kube.port
+        await kube.stop()
+        try:
+            def failing() -> dict | None:
+                p = readiness(replica.plane.status)["checks"]["dependencies"]["kubernetes"]
+                return p if p["last_error"] else None
+
+            part = await wait_for(failing, timeout=20, what="/readyz to report the lost API server")
+            assert part["serving"] == f"last snapshot {version} (kept while the API is unreachable)"
+            assert replica.plane.snapshot.version == version  # still served to Envoys
+            await wait_for(lambda: not replica.controller.elector.is_leader(), what="stepping down")
+        finally:
+            await kube.start(port)
+        await wait_for(lambda: readiness(replica.plane.status)["checks"]["dependencies"]["kubernetes"]["ok"],
+                       timeout=20, what="recovery")

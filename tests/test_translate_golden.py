@@ -59,7 +59,9 @@ def _compare(request: pytest.FixtureRequest, golden: Path, actual: str) -> None:
 
 def test_translation_is_deterministic() -> None:
     """Same input, same bytes: the snapshot version must not change when nothing changed."""
-    paths = [str(p) for p in sorted(GOLDEN.glob("*.in.yaml"))[:3]]
+    # Three goldens that are wholly valid (the partly invalid ones have a .status.yaml).
+    paths = [str(p) for p in sorted(GOLDEN.glob("*.in.yaml"))
+             if not p.with_name(p.name.replace(".in.yaml", ".status.yaml")).exists()][:3]
     versions = set()
     for _ in range(3):
         for p in paths:

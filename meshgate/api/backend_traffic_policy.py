@@ -22,6 +22,7 @@ from meshgate.api.backend_traffic_shaping import (
     ResponseOverride,
     check_compression,
 )
+from meshgate.api.backend_traffic_extras import BandwidthLimit, Cache
 from meshgate.api.policies import GATEWAY_GROUP, PolicyTargetReference, _reject_unsupported
 
 # Envoy Gateway BackendTrafficPolicy fields meshgate does not implement yet (field -> hint).
@@ -390,6 +391,13 @@ class BackendTrafficPolicySpec(Model):
     fault_injection: FaultInjection | None = Field(
         None, description="Delay or abort a share of the requests, as a failing backend would (tests of clients' "
         "resilience).")
+
+    bandwidth_limit: BandwidthLimit | None = Field(
+        None, description="Limit the body bytes per second of each request to the backend and/or response to the "
+        "client (Envoy's `bandwidth_limit` filter).")
+    cache: Cache | None = Field(
+        None, description="meshgate extension. Serve cacheable responses from Envoy's in-memory cache (Envoy's "
+        "`cache` filter, marked work-in-progress by Envoy), by their Cache-Control, Expires and Vary.")
 
     response_override: list[ResponseOverride] | None = Field(
         None, max_length=16, description="Custom error pages: responses whose status matches get this body, content "

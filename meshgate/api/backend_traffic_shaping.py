@@ -1,6 +1,6 @@
 """BackendTrafficPolicy, shaping part: the fields that shape a route's traffic rather than the
 connection to its backends, shaped like Envoy Gateway's (`api/v1alpha1/ratelimit_types.go`):
-local rate limits (`rateLimit`), compression (`compression_types.go`), fault injection
+local and global rate limits (`rateLimit`), compression (`compression_types.go`), fault injection
 (`fault_injection.go`).
 
 Shapes and validation only. What they become: `meshgate.gatewayapi.backend_policy` (resolved per
@@ -121,24 +121,60 @@ class LocalRateLimit(Model):
         return rules
 
 
+class GlobalRateLimit(Model):
+    rules: list[RateLimitRule] = Field(min_length=1, max_length=128, description="Each request is counted by every "
+                                       "rule it matches, across every Envoy of the Gateway, and refused when one "
+                                       "of them is over its limit.")
+    mode: Literal["Exact", "Budget"] | None = Field(
+        None, description="meshgate extension. Exact (default): Envoy asks the edge companion about each request "
+        "(Envoy's `ratelimit` filter; counters in Redis, fixed windows): exact counts, one call per request, for "
+        "low rates (logins, costly calls). Budget: Envoy's `rate_limit_quota` filter, the companion hands each Envoy "
+        "a share of the rate and Envoy enforces it alone (docs/traffic.md says how close it holds).")
+    fail_closed: bool | None = Field(
+        None, description="meshgate extension. When the companion (or its Redis) can't answer in time: false "
+        "(default, as Envoy): let the request through; true: refuse it (503).")
+    timeout: Duration | None = Field(
+        None, description="meshgate extension. Exact mode: how long Envoy waits for the companion's answer before "
+        "the failure mode applies. Default 100ms (Envoy's own default, 20ms, is short for a Python service).")
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: str | None) -> str | None:
+        if value is not None and not 0 < duration_seconds(value) <= 10:
+            raise ValueError("the timeout must be more than 0 and at most 10s")
+        return value
+
+    @model_validator(mode="after")
+    def _budget(self) -> GlobalRateLimit:
+        if self.mode == "Budget":
+            for rule in self.rules:
+                if RATE_LIMIT_UNITS[rule.limit.unit] > 3600:
+                    raise ValueError("mode Budget enforces rates (per Second, Minute or Hour); a quota per Day, "
+                                     "Month or Year needs mode Exact")
+                for selector in rule.client_selectors or ():
+                    if selector.source_cidr is not None or selector.methods or any(
+                            h.type == "RegularExpression" or h.invert for h in selector.headers or ()):
+                        raise ValueError("mode Budget selects clients by headers (Exact or Distinct) only; "
+                                         "use mode Exact for methods, sourceCIDR, regular expressions or invert")
+        return self
+
+
 class RateLimitSpec(Model):
     type: Literal["Local", "Global"] | None = Field(
-        None, description="Local: each Envoy counts on its own (Envoy's `local_ratelimit`). Global is not "
-        "supported yet. Envoy Gateway deprecates it in favour of `local` alone.")
+        None, description="Local: each Envoy counts on its own (Envoy's `local_ratelimit`). Global: counted across "
+        "every Envoy of the Gateway (by the edge companion, with Redis). Envoy Gateway deprecates `type` in favour "
+        "of setting `local` and/or `global`.")
     local: LocalRateLimit | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _unsupported(cls, data: Any) -> Any:
-        if isinstance(data, dict) and (data.get("type") == "Global" or "global" in data):
-            raise ValueError("global rate limits (type Global) need meshgate's rate-limit companion, which is not "
-                             "available yet; use type Local (a limit per Envoy)")
-        return data
+    global_: GlobalRateLimit | None = Field(None, alias="global")
 
     @model_validator(mode="after")
     def _local(self) -> RateLimitSpec:
-        if self.local is None:
-            raise ValueError("a rate limit needs local (with its rules)")
+        if self.type == "Global" and self.global_ is None:
+            raise ValueError("type Global needs global (with its rules)")
+        if self.type == "Local" and self.local is None:
+            raise ValueError("type Local needs local (with its rules)")
+        if self.local is None and self.global_ is None:
+            raise ValueError("a rate limit needs local or global (with their rules)")
         return self
 
 

@@ -107,6 +107,10 @@ class ControlPlane:
         self.environ = environ
         self.on_config = on_config  # called with every translation that was published
         self.on_rejected = on_rejected  # called with problem lines not reported before
+        # Called with every translation that was applied, published or unchanged (Consul's
+        # follower, meshgate.providers.consul, must see a Backend leave Consul even when the
+        # endpoints it had set make the snapshot look unchanged).
+        self.on_translation: Callable[[Translation], None] | None = None
         self.publisher = StagedPublisher(cache, group, self.status)
         # Loads the files (re-reading only changed ones) and reports settled changes; or another
         # source of documents (the Kubernetes API), see meshgate.providers.base.
@@ -250,6 +254,8 @@ class ControlPlane:
             listener(result.translation)
         self.status.summary = result.translation.summary()
         self.status.last_reload = time.time()
+        if self.on_translation is not None:
+            self.on_translation(result.translation)
         if not published:
             metrics.reloads.labels("unchanged").inc()
             log.info("config unchanged", extra={"version": result.snapshot.version})

@@ -7,6 +7,7 @@
 - `/status`: JSON: config version, last error, nodes and what each has ACKed or NACKed, and the
   objects that have a problem (conditions per object).
 - `/status/objects`: JSON: every object with its conditions.
+- `/`: the live status page (HTML), updated by server-sent events from `/status/events`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from meshgate.controlplane.readiness import readiness
+from meshgate.controlplane.status_page import add_status_page
 from meshgate.controlplane.status import ControlPlaneStatus
 
 
@@ -43,6 +45,7 @@ def status_app(status: ControlPlaneStatus) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/status", status_json)
     app.router.add_get("/status/objects", objects_json)
+    add_status_page(app, status)  # `/` and `/status/events` (status_page.py)
     return app
 
 

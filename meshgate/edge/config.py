@@ -1,8 +1,9 @@
 """The edge companion's config as an xDS resource type of meshgate's own.
 
 The companion gets its policies the way Envoy gets its listeners: from meshgate's ADS server,
-as a node of its own group (`node.cluster` = `EDGE_GROUP`), subscribed to `SIGNATURE_CONFIG`.
-It is a full-state type (like LDS/CDS): each response is the whole set, a policy missing from
+as a node of its own group (`node.cluster` = `EDGE_GROUP`), subscribed to `SIGNATURE_CONFIG` and
+`RATE_LIMIT_CONFIG` on one stream.
+Both are full-state types (like LDS/CDS): each response is the whole set, a policy missing from
 it is deleted.
 
 The message is defined here, at run time, from a FileDescriptorProto (no .proto file, no
@@ -65,6 +66,67 @@ def _build_message() -> type[Message]:
 
 SignatureConfig = _build_message()
 
+# Global rate limits (BackendTrafficPolicy rateLimit.global): one resource per rule, named by its
+# rule id ("<route>#<index>", the value of the descriptors' first entry), so that the companion's
+# rate-limit service (meshgate.edge.ratelimit) knows each descriptor's limit:
+#
+#     message RateLimitConfig {
+#       string name = 1;                     // the rule id
+#       google.protobuf.Struct settings = 2; // {"requests": n, "seconds": s, "mode": "Exact"|"Budget",
+#     }                                      //  "entries": [{"key": k, "value": v}, {"key": k} (any value)]}
+RATE_LIMIT_CONFIG = f"type.googleapis.com/{_PACKAGE}.RateLimitConfig"
+TYPE_URLS = (SIGNATURE_CONFIG, RATE_LIMIT_CONFIG)  # what a companion subscribes to, in this order
+
+
+def _build_rate_limit_message() -> type[Message]:
+    pool = descriptor_pool.Default()
+    try:
+        return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.RateLimitConfig"))
+    except KeyError:
+        pass
+    f = descriptor_pb2.FileDescriptorProto(name="meshgate/edge/v1/ratelimit.proto", package=_PACKAGE,
+                                           syntax="proto3", dependency=["google/protobuf/struct.proto"])
+    m = f.message_type.add(name="RateLimitConfig")
+    FD = descriptor_pb2.FieldDescriptorProto
+    m.field.add(name="name", number=1, type=FD.TYPE_STRING, label=FD.LABEL_OPTIONAL)
+    m.field.add(name="settings", number=2, type=FD.TYPE_MESSAGE, label=FD.LABEL_OPTIONAL,
+                type_name=".google.protobuf.Struct")
+    pool.Add(f)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.RateLimitConfig"))
+
+
+RateLimitConfig = _build_rate_limit_message()
+
+
+def global_rate_limits(listeners: Iterable[ir.Listener]) -> dict[str, RateLimitConfig]:
+    """Every rule of a global rate limit in force on some route, by rule id."""
+    from meshgate.xds.translator.filters.ratelimit import rule_descriptor, rule_id  # (no import cycle)
+
+    out: dict[str, Message] = {}
+    for listener in listeners:
+        for vhost in listener.virtual_hosts:
+            for route in vhost.routes:
+                g = route.shaping.global_rate_limit if route.shaping is not None else None
+                if g is None:
+                    continue
+                for i, rule in enumerate(g.rules):
+                    name = rule_id(route, i)
+                    if name in out:
+                        continue
+                    _, entries = rule_descriptor(route, i, rule)
+                    msg = RateLimitConfig(name=name)
+                    msg.settings.update({"requests": rule.requests, "seconds": rule.interval_s, "mode": g.mode,
+                                         "entries": [{"key": k} if v is None else {"key": k, "value": v}
+                                                     for k, v in entries]})
+                    out[name] = msg
+    return out
+
+
+def needs_companion(listeners: Iterable[ir.Listener]) -> bool:
+    """Whether some route needs the edge companion (a signature to verify, a global limit to count)."""
+    listeners = tuple(listeners)
+    return bool(signature_policies(listeners)) or bool(global_rate_limits(listeners))
+
 
 def signature_policies(listeners: Iterable[ir.Listener]) -> dict[str, ir.RequestSignature]:
     """Every requestSignature in force on some route, by policy name."""
@@ -80,6 +142,7 @@ def signature_policies(listeners: Iterable[ir.Listener]) -> dict[str, ir.Request
 
 def companion_resources(listeners: Iterable[ir.Listener]) -> dict[str, dict[str, Message]]:
     """The edge companion's resources (type URL -> name -> message) for a translation's IR."""
+    listeners = tuple(listeners)
     out: dict[str, Message] = {}
     for name, sig in sorted(signature_policies(listeners).items()):
         msg = SignatureConfig(name=name)
@@ -88,7 +151,7 @@ def companion_resources(listeners: Iterable[ir.Listener]) -> dict[str, dict[str,
         for key_id, key in sig.keys:
             msg.keys[key_id] = key
         out[name] = msg
-    return {SIGNATURE_CONFIG: out}
+    return {SIGNATURE_CONFIG: out, RATE_LIMIT_CONFIG: dict(sorted(global_rate_limits(listeners).items()))}
 
 
 def policies_from(resources: Mapping[str, Message]) -> dict[str, Policy]:
@@ -103,4 +166,5 @@ def policies_from(resources: Mapping[str, Message]) -> dict[str, Policy]:
     return out
 
 
-__all__ = ["EDGE_GROUP", "SIGNATURE_CONFIG", "SignatureConfig", "companion_resources", "policies_from"]
+__all__ = ["EDGE_GROUP", "RATE_LIMIT_CONFIG", "SIGNATURE_CONFIG", "TYPE_URLS", "RateLimitConfig", "SignatureConfig",
+           "companion_resources", "global_rate_limits", "needs_companion", "policies_from"]

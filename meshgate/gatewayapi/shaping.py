@@ -17,13 +17,33 @@ from meshgate.ir import shaping as ir
 def route_shaping(spec: Mapping[str, Any]) -> ir.Shaping | None:
     """The shaping part of a merged spec (snake_case dict), or None when it has none."""
     rate_limit = spec.get("rate_limit")
-    local = _local_rate_limit(rate_limit["local"]) if rate_limit else None
+    local = _local_rate_limit(rate_limit["local"]) if rate_limit and "local" in rate_limit else None
+    global_ = _global_rate_limit(rate_limit["global_"]) if rate_limit and "global_" in rate_limit else None
     compression = tuple(_compressor(c) for c in spec.get("compression", ()))
     fault = _fault(spec["fault_injection"]) if "fault_injection" in spec else None
     overrides = tuple(_override(o) for o in spec.get("response_override", ()))
-    if local is None and not compression and fault is None and not overrides:
+    bandwidth = _bandwidth(spec["bandwidth_limit"]) if "bandwidth_limit" in spec else None
+    cache = _cache(spec["cache"]) if "cache" in spec else None
+    if (local is None and global_ is None and not compression and fault is None and not overrides
+            and bandwidth is None and cache is None):
         return None
-    return ir.Shaping(local_rate_limit=local, compression=compression, fault=fault, response_overrides=overrides)
+    return ir.Shaping(local_rate_limit=local, global_rate_limit=global_, compression=compression, fault=fault, response_overrides=overrides,
+                      bandwidth=bandwidth, cache=cache)
+
+
+def _bandwidth(b: Mapping[str, Any]) -> ir.BandwidthLimit:
+    request, response = b.get("request"), b.get("response")
+    trailers = response.get("response_trailers") if response else None
+    return ir.BandwidthLimit(
+        request_kib=size_bytes(request["limit"]) // 1024 if request else None,
+        response_kib=size_bytes(response["limit"]) // 1024 if response else None,
+        trailers=trailers is not None, trailer_prefix=(trailers or {}).get("prefix") or "")
+
+
+def _cache(c: Mapping[str, Any]) -> ir.Cache:
+    return ir.Cache(allowed_vary_headers=tuple(h.lower() for h in c.get("allowed_vary_headers", ())),
+                    max_body_bytes=size_bytes(c["max_body_size"]) if "max_body_size" in c else 0,
+                    ignore_request_cache_control=bool(c.get("ignore_request_cache_control")))
 
 
 def _override(o: Mapping[str, Any]) -> ir.ResponseOverride:
@@ -59,9 +79,19 @@ def _compressor(c: Mapping[str, Any]) -> ir.Compressor:
         content_types=tuple(c.get("content_types", ())))
 
 
+def _global_rate_limit(g: Mapping[str, Any]) -> ir.GlobalRateLimit:
+    return ir.GlobalRateLimit(
+        rules=_rules(g["rules"]), mode=g.get("mode") or "Exact", fail_closed=bool(g.get("fail_closed")),
+        timeout_s=duration_seconds(g["timeout"]) if "timeout" in g else 0.1)
+
+
 def _local_rate_limit(local: Mapping[str, Any]) -> ir.LocalRateLimit:
+    return ir.LocalRateLimit(_rules(local["rules"]))
+
+
+def _rules(items: Any) -> tuple[ir.RateLimitRule, ...]:
     rules = []
-    for rule in local["rules"]:
+    for rule in items:
         conditions: list[ir.RateLimitCondition] = []
         for selector in rule.get("client_selectors", ()):
             for h in selector.get("headers", ()):
@@ -81,4 +111,4 @@ def _local_rate_limit(local: Mapping[str, Any]) -> ir.LocalRateLimit:
                 conditions.append(ir.RateLimitCondition(kind, value=source["value"]))
         limit = rule["limit"]
         rules.append(ir.RateLimitRule(tuple(conditions), limit["requests"], RATE_LIMIT_UNITS[limit["unit"]]))
-    return ir.LocalRateLimit(tuple(rules))
+    return tuple(rules)

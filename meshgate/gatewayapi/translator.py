@@ -475,9 +475,12 @@ class _Translator:
         attached: dict[tuple[ObjectKey, str], int] = defaultdict(int)
         conflicts: list[tuple[AnyRoute, Condition, tuple]] = []
         # Tenancy: (port, hostname) -> the namespace whose routes serve it. Routes come oldest
-        # first, so the namespace that took a hostname first keeps it (see _hostname_refused).
+        # first, so the namespace that took a hostname first keeps it; a hostname is not served
+        # by another namespace's routes (`*`, routes without hostnames, is shared).
         host_owner: dict[tuple[int, str], str] = {}
-        refused_hosts: dict[int, tuple[AnyRoute, list, int]] = {}  # id(route) -> (route, [(host, owner)], hosts served)
+        refused_hosts: dict[int, tuple[AnyRoute, list]] = {}  # id(route) -> (route, [(host, owner)])
+        served_somewhere: set[int] = set()  # id(route) of routes served on some listener and hostname
+        shares: dict[ObjectKey, bool] = {}  # Gateway -> whether its namespaces share hostnames
         failover_routes: list[ir.Route] = []  # routes with a failover cluster (gatewayapi.failover)
         for route in self.routes:
             result = self._route(route, programmed)
@@ -485,11 +488,19 @@ class _Translator:
             failover_routes.extend(r for _, r in result.built if any(d.failover for d in r.destinations))
             routes_built = traffic.apply(route, result.matches, result.built, result.attachments)
             for gateway_key, listener_name, port, hostnames in result.attachments:
-                shared = self._shares_hostnames(gateway_key)
-                hostnames = [h for h in hostnames
-                             if shared or not self._hostname_refused(route, port, h, host_owner, refused_hosts)]
-                if not hostnames:
-                    continue  # every hostname belongs to another namespace here: not attached
+                shared = shares.get(gateway_key)
+                if shared is None:
+                    shared = shares[gateway_key] = self._shares_hostnames(gateway_key)
+                if not shared and hostnames != ("*",):
+                    ns = route.metadata.namespace
+                    kept = [h for h in hostnames if h == "*" or host_owner.setdefault((port, h), ns) == ns]
+                    if len(kept) < len(hostnames):
+                        refused_hosts.setdefault(id(route), (route, []))[1].extend(
+                            (h, host_owner[(port, h)]) for h in hostnames if h not in kept)
+                    hostnames = kept
+                    if not hostnames:
+                        continue  # every hostname belongs to another namespace here: not attached
+                served_somewhere.add(id(route))
                 attached[(gateway_key, listener_name)] += 1
                 served = security.apply(route, result.matches, routes_built, gateway_key, listener_name)
                 for host in hostnames:
@@ -504,13 +515,12 @@ class _Translator:
                                 "Conflicted", "True", "IdenticalMatch",
                                 f"same match as {first.ref} {format_field_path(first_where)} "
                                 f"({format_location(*src.locate(first_where))}) on port {port}, host {host}"), where))
-        for route, refused, served_hosts in refused_hosts.values():
-            if not refused:
-                continue
+        for route, refused in refused_hosts.values():
             hosts = ", ".join(sorted({f"{h} (namespace {owner})" for h, owner in refused}))
             message = f"hostnames served by another namespace's routes on this Gateway: {hosts}"
-            conflicts.append((route, Condition("Accepted", "False", "HostnameConflict", message) if not served_hosts
-                              else Condition("Conflicted", "True", "HostnameConflict", message), ("spec", "hostnames")))
+            conflicts.append((route, Condition("Conflicted", "True", "HostnameConflict", message)
+                              if id(route) in served_somewhere
+                              else Condition("Accepted", "False", "HostnameConflict", message), ("spec", "hostnames")))
         for (gateway_key, listener_name), count in attached.items():
             self.status.objects[gateway_key].attached_routes[listener_name] = count
         for route, condition, where in conflicts:
@@ -569,19 +579,6 @@ class _Translator:
     def _shares_hostnames(self, gateway_key: ObjectKey) -> bool:
         gateway = self.gateway_by_name.get((gateway_key[2], gateway_key[3]))
         return gateway is not None and gateway.metadata.annotations.get(SHARED_HOSTNAMES_ANNOTATION) == "true"
-
-    @staticmethod
-    def _hostname_refused(route: AnyRoute, port: int, host: str, owner: dict, refused: dict) -> bool:
-        """Tenants are namespaces: a hostname served on a port by one namespace's routes is not
-        served by another's (the older route keeps it). `*` (routes without hostnames) is shared."""
-        entry = refused.setdefault(id(route), (route, [], 0))
-        if host != "*":
-            first = owner.setdefault((port, host), route.metadata.namespace)
-            if first != route.metadata.namespace:
-                entry[1].append((host, first))
-                return True
-        refused[id(route)] = (route, entry[1], entry[2] + 1)
-        return False
 
     def memo_status(self, key: ObjectKey) -> ObjectStatus | None:
         cached = self.memo.routes.get(key) if self.memo is not None else None

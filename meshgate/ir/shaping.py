@@ -32,6 +32,17 @@ class LocalRateLimit:
 
 
 @dataclass(slots=True, unsafe_hash=True)
+class GlobalRateLimit:
+    """Limits of one route counted across every Envoy of the Gateway (meshgate.xds.translator.filters.ratelimit
+    and rate_limit_quota; the edge companion counts)."""
+
+    rules: tuple[RateLimitRule, ...]
+    mode: str = "Exact"  # "Exact": asked per request (counters in Redis) | "Budget": Envoy enforces shares (RLQS)
+    fail_closed: bool = False  # companion or Redis down: refuse (True) or let through (False)
+    timeout_s: float = 0.1  # Exact: how long Envoy waits for the answer
+
+
+@dataclass(slots=True, unsafe_hash=True)
 class Compressor:
     """Responses compressed with one algorithm, for clients that accept it."""
 
@@ -63,10 +74,32 @@ class ResponseOverride:
 
 
 @dataclass(slots=True, unsafe_hash=True)
+class BandwidthLimit:
+    """Body bytes per second of a route's requests and/or responses (None: not limited)."""
+
+    request_kib: int | None = None
+    response_kib: int | None = None
+    trailers: bool = False  # add the delay trailers to responses
+    trailer_prefix: str = ""
+
+
+@dataclass(slots=True, unsafe_hash=True)
+class Cache:
+    """A route's responses cached by the proxy, as HTTP caching rules allow."""
+
+    allowed_vary_headers: tuple[str, ...] = ()  # lower-case
+    max_body_bytes: int = 0  # 0: no limit
+    ignore_request_cache_control: bool = False
+
+
+@dataclass(slots=True, unsafe_hash=True)
 class Shaping:
     """How a route's traffic is shaped (BackendTrafficPolicy, resolved); None fields: not shaped."""
 
     local_rate_limit: LocalRateLimit | None = None
+    global_rate_limit: GlobalRateLimit | None = None
     compression: tuple[Compressor, ...] = ()
     fault: Fault | None = None
     response_overrides: tuple[ResponseOverride, ...] = ()  # the first that matches applies
+    bandwidth: BandwidthLimit | None = None
+    cache: Cache | None = None

@@ -87,7 +87,8 @@ class ConsulEndpoints:
     # -- wiring --------------------------------------------------------------------------------
 
     def install(self) -> None:
-        """Hook into the plane's status: Backends' freshness in /status objects, a `consul` section."""
+        """Hook into the plane: its translations (`sync`), its status (Backends' freshness in
+        /status objects, a `consul` section)."""
         status = self.plane.status
         objects = status.objects
 
@@ -96,9 +97,10 @@ class ConsulEndpoints:
 
         status.objects = with_consul
         status.extra["consul"] = self.status_json
+        self.plane.on_translation = self.sync  # every translation applied, published or unchanged
 
     def sync(self, translation: Translation) -> None:
-        """A translation was published: follow the Consul services its Backends name now."""
+        """A translation was applied: follow the Consul services its Backends name now."""
         clusters: dict[str, ConsulQuery] = {}
         backends: dict[tuple[str, str, str, str], ConsulQuery] = {}
         for backend in translation.backends.values():

@@ -50,6 +50,10 @@ class TranslateOptions:
     bind_address: str = "0.0.0.0"
     access_log_path: str | None = "/dev/stdout"  # None: no access log
     tracing: TracingOptions | None = None  # None: no tracing (see translator/tracing.py)
+    # Per-rule statistics (translator/stats.py). Envoy allocates them for every rule at each
+    # route-table update: at 10,000 rules they cost ~40 MB of Envoy memory and slow every reload
+    # (docs/observability.md); `--route-stats off` for very large configs.
+    route_stats: bool = True
 
 
 # The access log is one JSON object per request; x-request-id ties it to upstream logs, and the
@@ -99,7 +103,7 @@ def translate(model: ir.IR, options: TranslateOptions = TranslateOptions(), memo
         resources[CLUSTER][tracing.OTLP_CLUSTER] = tracing.otlp_cluster(options.tracing)  # where spans go
     for listener in model.listeners:
         resources[LISTENER][listener.name] = translate_listener(listener, options)
-        resources[ROUTE][listener.name] = translate_route_config(listener, memo)
+        resources[ROUTE][listener.name] = translate_route_config(listener, memo, options.route_stats)
     if memo is not None and len(memo.routes) > sum(len(v.routes) for l in model.listeners for v in l.virtual_hosts):
         alive = {id(r) for l in model.listeners for v in l.virtual_hosts for r in v.routes}
         memo.routes = {k: v for k, v in memo.routes.items() if k in alive}
@@ -285,7 +289,8 @@ def _stat_name(name: str) -> str:
 # --- routes ----------------------------------------------------------------------------------
 
 
-def translate_route_config(listener: ir.Listener, memo: TranslateMemo | None = None) -> route_pb2.RouteConfiguration:
+def translate_route_config(listener: ir.Listener, memo: TranslateMemo | None = None,
+                           route_stats: bool = True) -> route_pb2.RouteConfiguration:
     config = route_pb2.RouteConfiguration(
         name=listener.name,
         # Match "host:8080" like "host": clients include the port in Host for non-default ports.
@@ -303,7 +308,7 @@ def translate_route_config(listener: ir.Listener, memo: TranslateMemo | None = N
         for route in vhost.routes:
             cached = memo.routes.get(id(route)) if memo is not None else None
             if cached is None or cached[0] is not route:
-                cached = (route, _field(_VHOST_ROUTES, translate_route(route).SerializeToString(deterministic=True)))
+                cached = (route, _field(_VHOST_ROUTES, translate_route(route, route_stats).SerializeToString(deterministic=True)))
                 if memo is not None:
                     memo.routes[id(route)] = cached
             parts.append(cached[1])
@@ -336,9 +341,9 @@ def _string_match(value: str, regex: bool) -> string_pb2.StringMatcher:
     return string_pb2.StringMatcher(exact=value)
 
 
-def translate_route(route: ir.Route) -> rc.Route:
+def translate_route(route: ir.Route, route_stats: bool = True) -> rc.Route:
     # stat_prefix: per-rule statistics (requests by code, latency histogram), see translator/stats.py.
-    out = rc.Route(name=route.name, stat_prefix=stats.route_stat_prefix(route))
+    out = rc.Route(name=route.name, stat_prefix=stats.route_stat_prefix(route) if route_stats else "")
     _set_match(out.match, route.match)
     if route.grpc:
         # Only gRPC calls: content-type application/grpc[+proto] and, for browsers, gRPC-Web's

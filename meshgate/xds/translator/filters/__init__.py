@@ -27,7 +27,9 @@ from types import ModuleType
 
 from meshgate.xds.translator.filters import (
     api_key_auth,
+    bandwidth_limit,
     basic_auth,
+    cache,
     compressor,
     cors,
     custom_response,
@@ -39,6 +41,8 @@ from meshgate.xds.translator.filters import (
     jwt_authn,
     local_ratelimit,
     oauth2,
+    rate_limit_quota,
+    ratelimit,
     rbac,
     router,
 )
@@ -57,9 +61,13 @@ HTTP_FILTERS: tuple[ModuleType, ...] = (
     rbac,  # may they: reads those claims; after CORS, so preflights need no credentials
     ext_authz,  # request signatures (a call to the edge companion): after the native checks, which cost no call
     local_ratelimit,  # after authentication and authorization: refused requests spend no tokens
+    rate_limit_quota,  # global limits as budgets (RLQS): after the local ones, which cost nothing to ask
+    ratelimit,  # exact global limits (a call to the edge companion per request): the costliest, last
+    bandwidth_limit,  # after the limits (refused requests aren't slowed); before the cache: hits are limited too
     grpc_web,  # after CORS: a browser's preflight is answered before gRPC-Web sees it
     grpc_json_transcoder,
     fault,  # stands in for the backend: after auth, limits and the gRPC transcoders
+    cache,  # last before the router, as Envoy recommends: a hit skips only the router
     router,
 )
 
