@@ -114,7 +114,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="add a listener serving Envoy's Prometheus metrics (/stats/prometheus, /ready) there, "
                         "e.g. 0.0.0.0:19902 for Prometheus on other hosts; needs a fixed --admin-port (default off)")
 
-    e = sub.add_parser("edge", help="run the edge companion (ext_authz for request signatures), configured over ADS",
+    e = sub.add_parser("edge", help="run the edge companion (ext_authz for request signatures, the global "
+                       "rate-limit service), configured over ADS",
                        description="The edge companion: Envoy's ext_authz service for SecurityPolicy "
                                    "requestSignature, with its policies and keys from meshgate's ADS server.")
     e.add_argument("--xds-address", default="127.0.0.1:18000", help="meshgate's ADS server (default 127.0.0.1:18000)")
@@ -124,6 +125,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="Prometheus metrics (/metrics; default 127.0.0.1:19003); 'off' for none")
     e.add_argument("--node-id", default="", help="xDS node.id (default meshgate-edge-HOSTNAME)")
     e.add_argument("--replay-cache-size", type=int, default=100_000, help="nonces remembered (in memory)")
+    e.add_argument("--redis-url", default=os.environ.get("MESHGATE_REDIS_URL", "redis://127.0.0.1:6379/0"),
+                   help="the Redis of the global rate-limit counters, shared by every companion replica "
+                        "(default $MESHGATE_REDIS_URL or redis://127.0.0.1:6379/0)")
     e.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     s = sub.add_parser("schema", help="print the JSON Schema of every kind (or one)")
@@ -287,7 +291,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
     return asyncio.run(serve(EdgeOptions(
         xds_address=args.xds_address, address=args.address,
         metrics_address=None if args.metrics_address == "off" else args.metrics_address,
-        node_id=args.node_id, replay_cache_size=args.replay_cache_size)))
+        node_id=args.node_id, replay_cache_size=args.replay_cache_size, redis_url=args.redis_url)))
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

@@ -307,7 +307,8 @@ async def run_local(opts: RunOptions) -> int:
 
 class _LocalEdge:
     """The edge companion of `meshgate run` (meshgate.edge): a supervised `meshgate edge`
-    subprocess, started once the config has a route that needs it (request signatures)."""
+    subprocess, started once the config has a route that needs it (request signatures, global rate
+    limits; its Redis is $MESHGATE_REDIS_URL, default redis://127.0.0.1:6379/0)."""
 
     def __init__(self, opts: RunOptions, state: Path) -> None:
         self.host, self.port = opts.edge_address or ("127.0.0.1", pick_free_port())
@@ -321,9 +322,9 @@ class _LocalEdge:
 
     @staticmethod
     def needed(config: Translation | None) -> bool:
-        from meshgate.edge.config import signature_policies
+        from meshgate.edge.config import needs_companion
 
-        return config is not None and bool(signature_policies(config.ir.listeners))
+        return config is not None and needs_companion(config.ir.listeners)
 
     async def start(self) -> None:
         from meshgate.edge.process import EdgeProcess

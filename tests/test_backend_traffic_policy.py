@@ -66,11 +66,34 @@ def _rl(selector: str) -> str:
 
 BAD = [
     # rateLimit (local): tests/golden/translate/rate-limit-local.*, tests/test_e2e_shaping.py
-    ("rate-limit-global", policy("  rateLimit: {type: Global, global: {rules: []}}\n"),
-     "6: spec.rateLimit: global rate limits (type Global) need meshgate's rate-limit companion, which is not "
-     "available yet; use type Local (a limit per Envoy)"),
+    # rateLimit.global: tests/golden/translate/rate-limit-global.*, tests/test_e2e_global_ratelimit.py
+    ("rate-limit-global-no-rules", policy("  rateLimit: {type: Global, global: {rules: []}}\n"),
+     "6: spec.rateLimit.global.rules: list should have at least 1 item after validation, not 0"),
+    ("rate-limit-global-missing", policy("  rateLimit: {type: Global}\n"),
+     "6: spec.rateLimit: type Global needs global (with its rules)"),
+    ("rate-limit-none", policy("  rateLimit: {}\n"),
+     "6: spec.rateLimit: a rate limit needs local or global (with their rules)"),
+    ("rate-limit-global-timeout", policy("  rateLimit:\n    global:\n      timeout: 0s\n"
+                                          "      rules: [{limit: {requests: 1, unit: Second}}]\n"),
+     "8: spec.rateLimit.global.timeout: the timeout must be more than 0 and at most 10s"),
+    ("rate-limit-global-mode", policy("  rateLimit:\n    global:\n      mode: Fast\n"
+                                       "      rules: [{limit: {requests: 1, unit: Second}}]\n"),
+     "8: spec.rateLimit.global.mode: input should be 'Exact' or 'Budget'"),
+    ("rate-limit-budget-day", policy("  rateLimit:\n    global:\n      mode: Budget\n"
+                                      "      rules: [{limit: {requests: 1, unit: Day}}]\n"),
+     "7: spec.rateLimit.global: mode Budget enforces rates (per Second, Minute or Hour); a quota per Day, Month "
+     "or Year needs mode Exact"),
+    ("rate-limit-budget-cidr", policy("  rateLimit:\n    global:\n      mode: Budget\n      rules:\n"
+                                       "        - clientSelectors: [{sourceCIDR: {value: 10.0.0.0/8}}]\n"
+                                       "          limit: {requests: 1, unit: Second}\n"),
+     "7: spec.rateLimit.global: mode Budget selects clients by headers (Exact or Distinct) only; use mode Exact "
+     "for methods, sourceCIDR, regular expressions or invert"),
+    ("rate-limit-global-shadow", policy("  rateLimit:\n    global:\n      rules:\n"
+                                         "        - {limit: {requests: 1, unit: Second}, shadowMode: true}\n"),
+     "9: spec.rateLimit.global.rules[0]: rules field 'shadowMode' (from Envoy Gateway) is not supported by "
+     "meshgate yet"),
     ("rate-limit-no-local", policy("  rateLimit: {type: Local}\n"),
-     "6: spec.rateLimit: a rate limit needs local (with its rules)"),
+     "6: spec.rateLimit: type Local needs local (with its rules)"),
     ("rate-limit-two-defaults", policy("  rateLimit:\n    local:\n      rules: [{limit: {requests: 1, unit: Second}}, "
                                        "{limit: {requests: 2, unit: Minute}}]\n"),
      "8: spec.rateLimit.local.rules: only one rule may have no clientSelectors (the route's overall limit)"),

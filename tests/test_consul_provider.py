@@ -208,6 +208,21 @@ def test_backend_consul_shape_is_validated(tmp_path: Path) -> None:
     assert len(lines) == 4, lines
 
 
+def test_consul_backend_in_a_failover_rule_is_rejected(tmp_path: Path) -> None:
+    (tmp_path / "c.yaml").write_text(CONFIG.format(address="http://127.0.0.1:8500").replace(
+        "name: web}]}]", "name: web}, {group: meshgate.io, kind: Backend, name: spare}]}]") + """---
+apiVersion: meshgate.io/v1alpha1
+kind: Backend
+metadata: {name: spare}
+spec: {fallback: true, endpoints: [{address: 127.0.0.1, port: 9}]}
+""")
+    with pytest.raises(ConfigErrors) as caught:
+        load_config([str(tmp_path)])
+    assert [str(e).split(": ", 1)[1] for e in caught.value.errors] == [
+        "spec.rules[0].backendRefs[0]: a rule with a fallback Backend can't use a Backend with spec.consul yet "
+        "(a Consul service's endpoints can't join a failover cluster)"]
+
+
 # -- Backends through the control plane --------------------------------------------------------------
 
 

@@ -60,7 +60,7 @@ kind: BackendTrafficPolicy
 metadata: {{name: cached}}
 spec:
   targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: app, sectionName: cached}}]
-  cache: {{allowedVaryHeaders: [accept-language]}}
+  cache: {{}}
 ---
 apiVersion: meshgate.io/v1alpha1
 kind: BackendTrafficPolicy
@@ -157,15 +157,15 @@ def test_no_store_is_not_cached(gw) -> None:  # noqa: ANN001
     assert gw.up.hits["/cached/nostore/b"] == 2
 
 
-def test_vary_keeps_one_entry_per_header_value(gw) -> None:  # noqa: ANN001
+def test_a_response_with_vary_is_not_cached(gw) -> None:  # noqa: ANN001
+    # Each variant would need its own entry; meshgate allows none (see docs/traffic.md#caching).
     def get(lang: str) -> bytes:
         return request(gw.port, "/cached/vary/c", headers={"Accept-Language": lang}).body
 
     assert get("en") == b"/cached/vary/c #1 lang=en"
-    assert get("fr") == b"/cached/vary/c #2 lang=fr"  # another variant: a miss
-    assert get("en") == b"/cached/vary/c #1 lang=en"  # each served from its own entry
     assert get("fr") == b"/cached/vary/c #2 lang=fr"
-    assert gw.up.hits["/cached/vary/c"] == 2
+    assert get("en") == b"/cached/vary/c #3 lang=en"  # never served from the cache, never the wrong variant
+    assert gw.up.hits["/cached/vary/c"] == 3
 
 
 def test_the_clients_no_cache_bypasses_the_cached_copy(gw) -> None:  # noqa: ANN001
@@ -174,11 +174,13 @@ def test_the_clients_no_cache_bypasses_the_cached_copy(gw) -> None:  # noqa: ANN
     assert r.status == 200 and gw.up.hits["/cached/ttl/d"] == 2  # revalidated with the upstream
 
 
-def test_hits_and_misses_are_in_envoys_stats(gw) -> None:  # noqa: ANN001
+def test_hits_are_told_by_age_and_envoy_keeps_no_cache_stats(gw) -> None:  # noqa: ANN001
+    # Envoy 1.40's cache filter counts nothing: a hit is seen by its `age` header (and the
+    # upstream not being asked). If a later Envoy adds stats, document them and test them here.
+    request(gw.port, "/cached/ttl/e")
+    assert "age" in request(gw.port, "/cached/ttl/e").headers
     stats = get_json(f"{gw.admin_url}/stats?format=json&filter=cache")["stats"]
-    names = {s["name"]: s.get("value") for s in stats if "name" in s}
-    hits = [v for k, v in names.items() if "cache" in k and "hit" in k]
-    assert hits and max(hits) >= 1, names
+    assert not [s["name"] for s in stats if "name" in s and ".cache." in s["name"]]
 
 
 # -- bandwidth --------------------------------------------------------------------------------

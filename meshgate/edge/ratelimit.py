@@ -117,7 +117,7 @@ class RateLimitService:
                 status = statuses[i]
                 status.current_limit.requests_per_unit = rule.requests
                 status.current_limit.unit = _UNITS.get(rule.seconds, rls_pb2.RateLimitResponse.RateLimit.SECOND)
-                status.current_limit.name = rule.name
+                # (no current_limit.name: Envoy would show it, a route's name, in x-ratelimit-limit)
                 status.limit_remaining = max(rule.requests - count, 0)
                 reset = max(start + rule.seconds - now, 0.0)
                 status.duration_until_reset.FromMilliseconds(int(reset * 1000))

@@ -2,13 +2,18 @@
 
 - `envoy.service.auth.v3.Authorization/Check`: Envoy's ext_authz filter asks, per request of a
   route with `requestSignature`, whether to let it through (meshgate.edge.signing decides);
+- `envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit`: Envoy's ratelimit filter asks,
+  per request of a route with an exact global rate limit, whether it is over the limit (counters
+  in Redis: meshgate.edge.ratelimit);
+- `envoy.service.rate_limit_quota.v3.RateLimitQuotaService/StreamRateLimitQuotas`: Envoy's
+  rate_limit_quota filter reports usage and gets its share of each budget (meshgate.edge.quota);
 - `grpc.health.v1.Health`: SERVING once the first config has arrived (a Kubernetes gRPC probe);
 - Prometheus metrics on their own HTTP port: decisions by route and reason, check latency;
 - JSON logs (meshgate.logs), each refusal with Envoy's `x-request-id`.
 
 Its config (policies and their keys) comes from meshgate's ADS server, over the same protocol
 Envoy uses: one state-of-the-world stream, as a node of group `meshgate-edge`, subscribed to
-the meshgate type `meshgate.edge.v1.SignatureConfig` (meshgate.edge.config). Each response is
+the meshgate types `meshgate.edge.v1.SignatureConfig` and `RateLimitConfig` (meshgate.edge.config). Each response is
 ACKed, or NACKed (`error_detail`) if it can't be used, and then the last good config stays.
 """
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -25,13 +31,17 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.rate_limit_quota.v3 import rlqs_pb2
 from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from meshgate.edge.config import EDGE_GROUP, POLICY_KEY, ROUTE_KEY, SIGNATURE_CONFIG, SignatureConfig, policies_from
+from meshgate.edge.config import (EDGE_GROUP, POLICY_KEY, RATE_LIMIT_CONFIG, ROUTE_KEY, SIGNATURE_CONFIG, TYPE_URLS,
+                                  RateLimitConfig, SignatureConfig, policies_from)
+from meshgate.edge.quota import QUOTA_SERVICE, QuotaService
+from meshgate.edge.ratelimit import RATE_LIMIT_SERVICE, RateLimitService, rules_from
 from meshgate.edge.signing import REASON_HEADER, ReplayCache, Verifier
 
 log = logging.getLogger("meshgate.edge")
@@ -52,6 +62,9 @@ class EdgeOptions:
     metrics_address: str | None = "127.0.0.1:19003"  # None: no metrics endpoint
     node_id: str = ""  # default: meshgate-edge-<hostname>
     replay_cache_size: int = 100_000
+    # Where the global rate-limit counters live (shared by every companion replica).
+    redis_url: str = os.environ.get("MESHGATE_REDIS_URL", "redis://127.0.0.1:6379/0")
+    redis_timeout_s: float = 0.05  # a Redis round trip slower than this fails the call (Envoy's failure mode)
 
 
 class Metrics:
@@ -67,6 +80,13 @@ class Metrics:
         self.policies = Gauge("meshgate_edge_policies", "Signature policies in force", registry=self.registry)
         self.replay_entries = Gauge("meshgate_edge_replay_cache_entries", "Nonces remembered",
                                     registry=self.registry)
+        self.rate_limit_decisions = Counter("meshgate_edge_rate_limit_decisions",
+                                            "ShouldRateLimit answers by result (ok, over_limit, unlimited, error)",
+                                            ["result"], registry=self.registry)
+        self.quota_reports = Counter("meshgate_edge_quota_reports", "RLQS usage reports answered with shares",
+                                     registry=self.registry)
+        self.rate_limit_rules = Gauge("meshgate_edge_rate_limit_rules", "Global rate-limit rules in force",
+                                      registry=self.registry)
         self._children: dict[tuple[str, str, str], object] = {}
 
     def decision(self, route: str, decision: str, reason: str):  # noqa: ANN201 - a prometheus child
@@ -106,6 +126,9 @@ class Companion:
         self.version = ""  # the config version in force ("" before the first)
         self.ready = asyncio.Event()
         self._denials: dict[str, bytes] = {}
+        self.ratelimit = RateLimitService(_redis(options), self.metrics)
+        self.quota = QuotaService(self.ratelimit.redis, self.metrics)
+        self.versions: dict[str, str] = {}  # type URL -> version in force
 
     # -- ext_authz Check -----------------------------------------------------------------------
     async def check(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -139,19 +162,33 @@ class Companion:
     # -- config --------------------------------------------------------------------------------
     def apply(self, response: discovery_pb2.DiscoveryResponse) -> None:
         """Use a config response (raises ValueError if it can't be used: the caller NACKs)."""
+        kind = response.type_url
+        message = {SIGNATURE_CONFIG: SignatureConfig, RATE_LIMIT_CONFIG: RateLimitConfig}.get(kind)
+        if message is None:
+            raise ValueError(f"unexpected response type {kind}")
         resources = {}
         for packed in response.resources:
-            if packed.type_url != SIGNATURE_CONFIG:
+            if packed.type_url != kind:
                 raise ValueError(f"unexpected resource type {packed.type_url}")
-            msg = SignatureConfig.FromString(packed.value)
+            msg = message.FromString(packed.value)
             if not msg.name or msg.name in resources:
                 raise ValueError(f"resource without a name, or twice: {msg.name!r}")
             resources[msg.name] = msg
-        self.verifier.policies = policies_from(resources)  # one assignment: a check sees old or new, whole
-        self.version = response.version_info
-        self.metrics.policies.set(len(resources))
+        if kind == SIGNATURE_CONFIG:
+            self.verifier.policies = policies_from(resources)  # one assignment: a check sees old or new, whole
+            self.version = response.version_info
+            self.metrics.policies.set(len(resources))
+        else:
+            try:
+                rules = rules_from(resources)
+                self.ratelimit.rules = self.quota.rules = rules
+            except (KeyError, ValueError, TypeError) as exc:
+                raise ValueError(f"bad rate-limit rule: {exc}") from None
+            self.metrics.rate_limit_rules.set(len(resources))
+        self.versions[kind] = response.version_info
         self.metrics.config_updates.labels("applied").inc()
-        log.info("config applied", extra={"version": response.version_info, "policies": sorted(resources)})
+        log.info("config applied", extra={"version": response.version_info, "type": kind.rsplit(".", 1)[-1],
+                                          "names": sorted(resources)})
 
     async def run_ads(self) -> None:
         """Keep one ADS stream to the control plane open (reconnecting with back-off)."""
@@ -180,10 +217,12 @@ class Companion:
                 yield await requests.get()
 
         # The first request carries the node (the server caches it per stream); no resource names
-        # is a wildcard: every policy. After a reconnect the whole set comes again (a full-state
-        # type); applying the same config twice is harmless.
-        requests.put_nowait(discovery_pb2.DiscoveryRequest(node=node, type_url=SIGNATURE_CONFIG,
-                                                           version_info=self.version))
+        # is a wildcard: every policy. After a reconnect the whole set comes again (full-state
+        # types); applying the same config twice is harmless. Ready once every type has answered.
+        for i, type_url in enumerate(TYPE_URLS):
+            requests.put_nowait(discovery_pb2.DiscoveryRequest(node=node if i == 0 else None, type_url=type_url,
+                                                               version_info=self.versions.get(type_url, "")))
+        answered: set[str] = set()
         call = stub.StreamAggregatedResources(outgoing())
         async for response in call:
             try:
@@ -193,15 +232,31 @@ class Companion:
                 log.error("config rejected; keeping the last good one", extra={
                     "version": response.version_info, "error": str(exc)})
                 requests.put_nowait(discovery_pb2.DiscoveryRequest(
-                    type_url=SIGNATURE_CONFIG, version_info=self.version, response_nonce=response.nonce,
+                    type_url=response.type_url, version_info=self.versions.get(response.type_url, ""),
+                    response_nonce=response.nonce,
                     error_detail=status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=str(exc)[:500])))
                 continue
             requests.put_nowait(discovery_pb2.DiscoveryRequest(
-                type_url=SIGNATURE_CONFIG, version_info=response.version_info, response_nonce=response.nonce))
-            if not self.ready.is_set():
+                type_url=response.type_url, version_info=response.version_info, response_nonce=response.nonce))
+            answered.add(response.type_url)
+            if not self.ready.is_set() and answered >= set(TYPE_URLS):
                 self.ready.set()
                 await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
                 await self.health.set(AUTHORIZATION_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+                await self.health.set(RATE_LIMIT_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+
+
+def _redis(options: EdgeOptions):  # noqa: ANN202 - a redis.asyncio.Redis
+    """The Redis client of the rate-limit counters. It connects on first use (a companion with
+    no global limit never does); no retries: a slow or absent Redis fails the call at once, and
+    Envoy's failure mode (not a queue of retries here) decides."""
+    import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    return aioredis.Redis.from_url(options.redis_url, socket_timeout=options.redis_timeout_s,
+                                   socket_connect_timeout=options.redis_timeout_s, retry=Retry(NoBackoff(), 0),
+                                   health_check_interval=0)
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -217,7 +272,15 @@ async def serve(options: EdgeOptions, stop: asyncio.Event | None = None) -> int:
         # Raw bytes in and out (no (de)serializer): see Companion.check.
         "Check": grpc.unary_unary_rpc_method_handler(companion.check),
     })
-    server.add_generic_rpc_handlers((handler,))
+    limits = grpc.method_handlers_generic_handler(RATE_LIMIT_SERVICE, {
+        "ShouldRateLimit": grpc.unary_unary_rpc_method_handler(companion.ratelimit.should_rate_limit),
+    })
+    quota = grpc.method_handlers_generic_handler(QUOTA_SERVICE, {
+        "StreamRateLimitQuotas": grpc.stream_stream_rpc_method_handler(
+            companion.quota.stream, request_deserializer=rlqs_pb2.RateLimitQuotaUsageReports.FromString,
+            response_serializer=rlqs_pb2.RateLimitQuotaResponse.SerializeToString),
+    })
+    server.add_generic_rpc_handlers((handler, limits, quota))
     health_pb2_grpc.add_HealthServicer_to_server(companion.health, server)
     await companion.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
     try:
@@ -252,6 +315,7 @@ async def serve(options: EdgeOptions, stop: asyncio.Event | None = None) -> int:
         ads.cancel()
         replay_gauge.cancel()
         await server.stop(1)
+        await companion.ratelimit.redis.aclose()
         log.info("edge companion stopped")
     return 0
 

@@ -52,6 +52,10 @@ class FailoverResolver:
         if services:
             return refuse("a rule with a fallback Backend can only use meshgate.io Backends (a Service's endpoints "
                           "can't join a failover cluster)", services[0])
+        consul = [b for b, _, be in backends if getattr(be.spec, "consul", None) is not None]
+        if consul:  # their endpoints arrive as EDS for the Backend's own cluster only (docs/consul.md)
+            return refuse("a rule with a fallback Backend can't use a Backend with spec.consul yet (a Consul "
+                          "service's endpoints can't join a failover cluster)", consul[0])
         primaries = [x for x in backends if not x[2].spec.fallback]
         if not primaries:
             return refuse("every Backend of this rule is a fallback: at least one must be primary (no fallback: true)",

@@ -40,6 +40,14 @@ SYSTEM_CA_FILE = "/etc/ssl/certs/ca-certificates.crt"
 SYSTEM_CA_SECRET = "meshgate/system-ca"
 
 
+def edge_companion_cluster() -> ir.Cluster:
+    """The cluster through which Envoy calls the edge companion (gRPC: ext_authz, rate-limit
+    service, quota server): EDS, with a default endpoint that `meshgate run` (and a deployment)
+    replaces with where the companion listens."""
+    return ir.Cluster(name=EDGE_COMPANION_CLUSTER, endpoints=(ir.Endpoint(*EDGE_COMPANION_DEFAULT_ADDRESS, 1),),
+                      lb="RoundRobin", protocol="GRPC", connect_timeout_s=1.0, dns=False)
+
+
 class SecurityPolicies:
     """The SecurityPolicies of one translation: their status, and their effect on routes."""
 
@@ -193,9 +201,7 @@ class SecurityPolicies:
         """The cluster through which Envoy calls the edge companion (gRPC): EDS, with a default
         endpoint that `meshgate run` (and a deployment) replaces with where the companion listens."""
         if EDGE_COMPANION_CLUSTER not in self.jwks_clusters:
-            self.jwks_clusters[EDGE_COMPANION_CLUSTER] = ir.Cluster(
-                name=EDGE_COMPANION_CLUSTER, endpoints=(ir.Endpoint(*EDGE_COMPANION_DEFAULT_ADDRESS, 1),),
-                lb="RoundRobin", protocol="GRPC", connect_timeout_s=1.0, dns=False)
+            self.jwks_clusters[EDGE_COMPANION_CLUSTER] = edge_companion_cluster()
 
     def _oidc(self, spec: Mapping[str, Any], chain: tuple, problems: list[str]) -> ir.OIDC:
         policy = self._source(chain, "oidc")

@@ -41,8 +41,7 @@ def _bandwidth(b: Mapping[str, Any]) -> ir.BandwidthLimit:
 
 
 def _cache(c: Mapping[str, Any]) -> ir.Cache:
-    return ir.Cache(allowed_vary_headers=tuple(h.lower() for h in c.get("allowed_vary_headers", ())),
-                    max_body_bytes=size_bytes(c["max_body_size"]) if "max_body_size" in c else 0,
+    return ir.Cache(max_body_bytes=size_bytes(c["max_body_size"]) if "max_body_size" in c else 0,
                     ignore_request_cache_control=bool(c.get("ignore_request_cache_control")))
 
 

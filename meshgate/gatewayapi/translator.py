@@ -52,6 +52,7 @@ from meshgate.api.security_policy import SecurityPolicy
 from meshgate.gatewayapi.checks import effective_hostnames, match_identity, pem_problem
 from meshgate.gatewayapi.backend_tls import resolve_backend_tls
 from meshgate.gatewayapi import failover
+from meshgate.gatewayapi import global_ratelimit
 from meshgate.gatewayapi.failover import FailoverResolver
 from meshgate.gatewayapi.routes import backend_cluster, build_routes
 from meshgate.gatewayapi.services import ServiceIndex
@@ -553,6 +554,7 @@ class _Translator:
         clusters += failover.clusters(failover_routes, clusters)  # Backends with fallbacks, by priority
         clusters += traffic.clusters(clusters)  # variants of Backend clusters (BackendTrafficPolicy)
         clusters += security.clusters()  # where Envoy fetches remote JWKS
+        clusters += global_ratelimit.clusters(listeners, clusters)  # the edge companion, for global rate limits
         secrets.update(security.secrets)
         model = ir.IR(listeners=tuple(listeners), clusters=clusters,
                       secrets=tuple(secrets[n] for n in sorted(secrets)))

@@ -87,7 +87,6 @@ class BandwidthLimit:
 class Cache:
     """A route's responses cached by the proxy, as HTTP caching rules allow."""
 
-    allowed_vary_headers: tuple[str, ...] = ()  # lower-case
     max_body_bytes: int = 0  # 0: no limit
     ignore_request_cache_control: bool = False
 

@@ -5,8 +5,8 @@ https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_filters/band
 One filter instance limits one rate in one or both directions, so there are two instances,
 `.request` and `.response`, each off in the listener (enable mode DISABLED) and set per route:
 a token bucket per route (and Envoy worker), refilled every 50 ms, shared by the route's
-concurrent streams. Stats: `http.<listener>.<instance stat prefix>.http_bandwidth_limit.*`
-(`request_enforced`, `response_enforced`, `*_pending`, `*_incoming_size`, `*_allowed_size`).
+concurrent streams. Stats: the listener's `http_bandwidth_limit` counters under the stat prefixes
+`bandwidth_request` / `bandwidth_response` (`response_enforced`, `*_pending`, `*_allowed_size`...).
 
 Chain position: after authentication and rate limits (refused requests are not slowed down) and
 before the cache, so that cache hits are limited too.

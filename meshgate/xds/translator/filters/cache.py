@@ -5,7 +5,7 @@ work-in-progress. https://www.envoyproxy.io/docs/envoy/latest/configuration/http
 Envoy applies RFC 9111: it stores responses whose Cache-Control/Expires give a freshness
 lifetime (not `no-store`/`private`, statuses 200, 203, 204, 300, 301, 308, 404, 405, 410, 414,
 451, 501), answers hits with an `age` header, validates stale entries upstream, and keys entries
-by host, path and query (and the allowed Vary headers). The filter has no per-route settings of
+by host, path and query; a response with `Vary` is never cached. The filter has no per-route settings of
 its own: one instance per distinct setting, disabled by default, and routes with `cache` enable
 theirs (a per-route `FilterConfig`).
 
@@ -57,8 +57,7 @@ def route_filters(route: ir.Route) -> list[tuple[str, Message]]:
 def _cache(c: shaping.Cache) -> cache_pb2.CacheConfig:
     out = cache_pb2.CacheConfig()
     out.typed_config.Pack(simple_pb2.SimpleHttpCacheConfig(), deterministic=True)  # in memory, per Envoy
-    for header in c.allowed_vary_headers:
-        out.allowed_vary_headers.add(exact=header, ignore_case=True)
+    # No allowed_vary_headers: a response with Vary is not cached (allowing any crashes Envoy 1.40).
     if c.max_body_bytes:
         out.max_body_bytes = c.max_body_bytes
     out.ignore_request_cache_control_header = c.ignore_request_cache_control
