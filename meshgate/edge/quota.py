@@ -40,6 +40,7 @@ ASSIGNMENT_TTL_S = 5
 STALE_AFTER_S = 3.5  # 3+ missed reports (1 s apart): that Envoy is gone
 FILL_INTERVAL_S = 10  # tokens_per_fill per 10 s: a share's rate to 0.1 request/s (Envoy wants whole seconds)
 BURST_S = 0.2  # a bucket holds at most this many seconds of its share
+CHANGE_BELOW = 0.05  # a share that moved less than this is sent unchanged
 _EWMA = 0.5  # weight of the newest report in a stream's demand
 
 
@@ -72,11 +73,12 @@ class QuotaService:
                      context: grpc.aio.ServicerContext) -> AsyncIterator[rlqs_pb2.RateLimitQuotaResponse]:
         sid = uuid.uuid4().hex[:16]
         last: dict[str, tuple[float, float]] = {}  # bucket key -> (time of the previous report, demand)
+        sent: dict[str, int] = {}  # bucket key -> tokens per fill last assigned
         self.streams += 1
         log.info("quota stream opened", extra={"stream": sid, "peer": context.peer()})
         try:
             async for report in reports:
-                response = await self._answer(sid, report, last)
+                response = await self._answer(sid, report, last, sent)
                 if response.bucket_action:
                     yield response
         finally:
@@ -84,7 +86,7 @@ class QuotaService:
             log.info("quota stream closed", extra={"stream": sid})
 
     async def _answer(self, sid: str, report: rlqs_pb2.RateLimitQuotaUsageReports,
-                      last: dict[str, tuple[float, float]]) -> rlqs_pb2.RateLimitQuotaResponse:
+                      last: dict[str, tuple[float, float]], sent: dict[str, int]) -> rlqs_pb2.RateLimitQuotaResponse:
         now = time.time()
         ours = []
         for usage in report.bucket_quota_usages:
@@ -118,8 +120,13 @@ class QuotaService:
             assignment.assignment_time_to_live.FromSeconds(ASSIGNMENT_TTL_S)
             bucket = assignment.rate_limit_strategy.token_bucket
             bucket.fill_interval.FromSeconds(FILL_INTERVAL_S)
-            bucket.tokens_per_fill.value = max(int(round(share * FILL_INTERVAL_S)), 1)
-            bucket.max_tokens = max(int(round(share * BURST_S)), 1)
+            tokens = max(int(round(share * FILL_INTERVAL_S)), 1)
+            before = sent.get(key)
+            if before is not None and abs(tokens - before) <= CHANGE_BELOW * before:
+                tokens = before  # the same bucket: Envoy keeps it (a changed one starts anew, with its burst)
+            sent[key] = tokens
+            bucket.tokens_per_fill.value = tokens
+            bucket.max_tokens = max(int(round(tokens / FILL_INTERVAL_S * BURST_S)), 1)
         if self.metrics is not None:
             self.metrics.quota_reports.inc()
         return response
