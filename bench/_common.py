@@ -117,6 +117,7 @@ def _alive(pid: int) -> bool:
 # --- nginx upstream ---------------------------------------------------------------------------
 
 NGINX_BODY = "hello from nginx\n"
+BIG_BODY = ("meshgate bench " * 74)[:1024]
 
 
 def nginx_config(workdir: Path, port: int) -> Path:
@@ -142,6 +143,8 @@ http {{
     server {{
         listen 127.0.0.1:{port} reuseport backlog=4096;
         location / {{ return 200 "{NGINX_BODY.strip()}\\n"; }}
+        # A 1 KiB text body: something worth compressing (bench/filters.py).
+        location /big {{ default_type text/plain; return 200 "{BIG_BODY}"; }}
     }}
 }}
 """)

@@ -126,9 +126,9 @@ def start_variant(procs: Processes, tmp: Path, name: str, upstream_port: int, jw
 
 
 def wrk(procs: Processes, tmp: Path, port: int, headers: dict[str, str], duration: float, connections: int,
-        pid: int) -> dict:
+        pid: int, path: str = "/") -> dict:
     cmd = ["taskset", "-c", proxy.CLIENT_CPU, need("wrk", "wrk"), "-t1", f"-c{connections}", f"-d{duration:g}s",
-           "--latency", *[a for k, v in headers.items() for a in ("-H", f"{k}: {v}")], f"http://127.0.0.1:{port}/"]
+           "--latency", *[a for k, v in headers.items() for a in ("-H", f"{k}: {v}")], f"http://127.0.0.1:{port}{path}"]
     out = tmp / "wrk.out"
     out.unlink(missing_ok=True)  # the log is appended to: parse this run's output only
     cpu0, t0 = proxy.cpu_seconds(pid), time.monotonic()
