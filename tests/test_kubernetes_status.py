@@ -343,6 +343,9 @@ async def test_a_replica_that_loses_the_api_server_keeps_serving_and_says_so(kub
             part = await wait_for(failing, timeout=20, what="/readyz to report the lost API server")
             assert part["serving"] == f"last snapshot {version} (kept while the API is unreachable)"
             assert replica.plane.snapshot.version == version  # still served to Envoys
+            # Degraded, not unready: when the API server is down every replica loses it at once, and
+            # unready replicas would take the control plane away from the Envoys.
+            assert part["ok"] is False and part["gating"] is False
             await wait_for(lambda: not replica.controller.elector.is_leader(), what="stepping down")
         finally:
             await kube.start(port)

@@ -92,15 +92,20 @@ async def test_readyz_detail_follows_config_envoys_and_dependencies(plane) -> No
     status.dependencies["kubernetes"] = lambda: healthy
     status.dependencies["edge_companion"] = lambda: None
     code, body = await get("/readyz")
-    assert code == 200 and body["checks"]["dependencies"] == {"kubernetes": healthy}
+    assert code == 200 and body["checks"]["dependencies"] == {"kubernetes": {**healthy, "gating": True}}
     healthy["ok"] = False
     code, body = await get("/readyz")
     assert code == 503 and body["checks"]["dependencies"]["kubernetes"]["ok"] is False
     assert await get("/healthz") == (200, "ok\n")
+    healthy["gating"] = False  # a failing dependency that says so only degrades: still ready
+    code, body = await get("/readyz")
+    assert code == 200 and body["checks"]["dependencies"]["kubernetes"] == {**healthy, "ok": False, "gating": False}
+    del healthy["gating"]
 
     def broken() -> dict:
         raise RuntimeError("boom")
 
     status.dependencies["kubernetes"] = broken  # a failing check is a failed check, not a 500
     code, body = await get("/readyz")
-    assert code == 503 and body["checks"]["dependencies"]["kubernetes"] == {"ok": False, "error": "check failed: boom"}
+    assert code == 503 and body["checks"]["dependencies"]["kubernetes"] == {"ok": False, "gating": True,
+                                                                             "error": "check failed: boom"}

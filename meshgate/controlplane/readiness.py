@@ -13,7 +13,9 @@
     plane unready: taking it out of service would keep every Envoy from getting the fix; NACKs are
     alerted instead (`MeshgateEnvoyRejectedConfig`).
   - `dependencies`: what this process uses, registered in `ControlPlaneStatus.dependencies`
-    (the Kubernetes API's watches, the edge companion of `meshgate run`...). Each gates readiness.
+    (the Kubernetes API's watches, the edge companion of `meshgate run`...). Each gates readiness
+    unless it says `gating: false`: the Kubernetes API once a snapshot is served (every replica
+    loses it together; unready replicas would leave the Envoys with no control plane).
 """
 
 from __future__ import annotations
@@ -38,8 +40,9 @@ def readiness(status: ControlPlaneStatus) -> dict[str, Any]:
             result = {"ok": False, "error": f"check failed: {exc}"}
         if result is None:  # registered but not in use by this config
             continue
-        dependencies[name] = {**result, "ok": bool(result.get("ok"))}
-    ready = config["ok"] and envoys["ok"] and all(d["ok"] for d in dependencies.values())
+        dependencies[name] = {**result, "ok": bool(result.get("ok")), "gating": bool(result.get("gating", True))}
+    # A non-gating dependency that fails makes the control plane degraded (said here), not unready.
+    ready = config["ok"] and envoys["ok"] and all(d["ok"] or not d["gating"] for d in dependencies.values())
     return {"ready": ready, "checks": {"config": config, "envoys": envoys, "dependencies": dependencies}}
 
 

@@ -60,6 +60,10 @@ class Controller:
         snapshot = self.plane.snapshot
         version = snapshot.version if snapshot is not None else None
         out["serving"] = version if out["ok"] or version is None else f"last snapshot {version} (kept while the API is unreachable)"
+        # Degraded, not unready, once there is a snapshot to serve: every replica loses the API
+        # server at once when it is down, and unready replicas would leave the Envoys with no
+        # control plane at all. Before the first snapshot, the watches gate readiness.
+        out["gating"] = version is None
         errors = [*out["failing"].values(), self.elector.last_error, self.writer.last_error]
         out["last_error"] = next((e for e in errors if e), None)
         out["leader"] = self.elector.as_json()
