@@ -3,8 +3,8 @@
 The listener's filter holds every provider its routes use and one *requirement* per distinct
 route setting ("a token from provider A or B; missing allowed or not"); each secured route names
 its requirement in its per-route config. Routes without one are not checked (the filter has no
-`rules` of its own). The verified payload is kept as request metadata under the provider's name,
-where the `rbac` filter reads claims and scopes. Envoy verifies signatures, `exp`/`nbf` (60 s of
+`rules` of its own). Where an authorization rule reads a provider's claims, its verified payload
+is kept as request metadata under the provider's name, where the `rbac` filter reads them. Envoy verifies signatures, `exp`/`nbf` (60 s of
 clock skew), issuer and audiences, and answers a missing or bad token itself: 401 with
 `www-authenticate: Bearer ...` (a wrong audience: 403).
 https://www.envoyproxy.io/docs/envoy/latest/configuration/http/http_filters/jwt_authn_filter
@@ -27,17 +27,27 @@ METADATA_NAMESPACE = NAME  # where the verified payloads are kept (rbac reads th
 SPACE_DELIMITED_CLAIMS = ("scope", "scp")
 
 
-def _requirements(listener: ir.Listener) -> dict[str, ir.JwtRequirement]:
+def _requirements(listener: ir.Listener) -> tuple[dict[str, ir.JwtRequirement], set[str]]:
+    """The listener's requirements by name, and the labels of the providers whose claims an
+    authorization rule reads."""
     out: dict[str, ir.JwtRequirement] = {}
+    read: set[str] = set()
+    seen: set[int] = set()
     for vhost in listener.virtual_hosts:
         for route in vhost.routes:
-            if route.security is not None and route.security.jwt is not None:
-                out.setdefault(route.security.jwt.name, route.security.jwt)
-    return out
+            security = route.security
+            if security is None or id(security) in seen:
+                continue
+            seen.add(id(security))
+            if security.jwt is not None:
+                out.setdefault(security.jwt.name, security.jwt)
+            if security.authorization is not None:
+                read.update(r.principal.jwt_provider for r in security.authorization.rules if r.principal.jwt_provider)
+    return out, read
 
 
 def listener_config(listener: ir.Listener) -> jwt_pb2.JwtAuthentication | None:
-    requirements = _requirements(listener)
+    requirements, read = _requirements(listener)
     if not requirements:
         return None
     config = jwt_pb2.JwtAuthentication(bypass_cors_preflight=True)  # browsers send no token on preflights
@@ -45,7 +55,7 @@ def listener_config(listener: ir.Listener) -> jwt_pb2.JwtAuthentication | None:
         requirement = requirements[name]
         for provider in requirement.providers:
             if provider.name not in config.providers:
-                config.providers[provider.name].CopyFrom(_provider(provider))
+                config.providers[provider.name].CopyFrom(_provider(provider, provider.label in read))
         config.requirement_map[name].CopyFrom(_requirement(requirement))
     return config
 
@@ -69,9 +79,13 @@ def _requirement(requirement: ir.JwtRequirement) -> jwt_pb2.JwtRequirement:
     return any_of
 
 
-def _provider(p: ir.JwtProvider) -> jwt_pb2.JwtProvider:
-    out = jwt_pb2.JwtProvider(audiences=list(p.audiences), payload_in_metadata=p.label,
-                              clear_route_cache=p.recompute_route)
+def _provider(p: ir.JwtProvider, claims_read: bool) -> jwt_pb2.JwtProvider:
+    out = jwt_pb2.JwtProvider(audiences=list(p.audiences), clear_route_cache=p.recompute_route)
+    if claims_read:
+        # The verified payload as request metadata, for the rbac filter's claim and scope rules.
+        # Only where a rule reads it: building it is a good part of a request's JWT cost.
+        out.payload_in_metadata = p.label
+        out.normalize_payload_in_metadata.space_delimited_claims.extend(SPACE_DELIMITED_CLAIMS)
     if p.issuer:
         out.issuer = p.issuer
     if p.jwks_inline is not None:
@@ -90,7 +104,6 @@ def _provider(p: ir.JwtProvider) -> jwt_pb2.JwtProvider:
         out.from_headers.add(name=name, value_prefix=prefix)
     out.from_cookies.extend(p.cookies)
     out.from_params.extend(p.params)
-    out.normalize_payload_in_metadata.space_delimited_claims.extend(SPACE_DELIMITED_CLAIMS)
     for header, claim in p.claim_to_headers:
         out.claim_to_headers.add(header_name=header, claim_name=claim)
     # Verified tokens are cached (per worker), so a repeated token is not verified again.
