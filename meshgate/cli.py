@@ -57,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
                               "reload time: turn off for configs of many thousands of rules)")
         cmd.add_argument("--access-log", default="", metavar="PATH|off",
                          help=f"where Envoy writes its JSON access log (default: {access_log_default}); 'off' writes none")
+        cmd.add_argument("--audit-log", metavar="PATH", default=None,
+                         help="append audit events as JSON lines: every config change (control plane) and every "
+                              "request Envoy denied or rate-limited (Envoy writes the same path on its own host); "
+                              "default: none")
         cmd.add_argument("--consul-address", metavar="URL", default=None,
                          help="the Consul agent that Backends with spec.consul ask (default: $CONSUL_HTTP_ADDR, "
                               "else http://127.0.0.1:8500; see docs/consul.md)")
@@ -207,7 +211,23 @@ def _run_options(args: argparse.Namespace):
 
     opts.tracing = tracing_from_env(os.environ)  # OTEL_EXPORTER_OTLP_ENDPOINT & co.; None = no tracing
     opts.route_stats = args.route_stats == "on"
+    opts.audit_log = args.audit_log
     return opts
+
+
+def _audit_log_unwritable(command: str, path: str | None) -> bool:
+    """Say so (and True) when `--audit-log` can't be appended to: found at start, not as every
+    Envoy rejecting its listeners (it opens the file when it builds them)."""
+    if not path:
+        return False
+    import os
+
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640))
+    except OSError as exc:
+        print(f"meshgate {command}: --audit-log {path}: cannot append to it: {exc.strerror}", file=sys.stderr)
+        return True
+    return False
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -215,6 +235,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from meshgate.runner import run_local
 
     setup_logging(args.log_level)
+    if _audit_log_unwritable("run", args.audit_log):
+        return 2
     opts = _run_options(args)
     opts.bind_address = args.bind
     opts.admin_port = args.admin_port
@@ -240,6 +262,8 @@ def cmd_xds(args: argparse.Namespace) -> int:
         return 2
     if args.kubeconfig and not args.kubernetes:
         print("meshgate xds: --kubeconfig needs --kubernetes", file=sys.stderr)
+        return 2
+    if _audit_log_unwritable("xds", args.audit_log):
         return 2
     opts = _run_options(args)
     opts.bind_address = "0.0.0.0"

@@ -66,6 +66,7 @@ class RunOptions:
     # Envoy's OpenTelemetry tracing (from OTEL_* environment variables, see translator/tracing.py); None = off.
     tracing: TracingOptions | None = None
     route_stats: bool = True  # per-rule statistics in Envoy (TranslateOptions.route_stats)
+    audit_log: str | None = None  # `--audit-log PATH` (TranslateOptions.audit_log_path); None = none
     envoy_log_level: str = "info"
     # `meshgate xds --xds-tls-*`: the ADS port over mutual TLS (meshgate.xds.tls); None = plaintext.
     xds_tls: XdsTLS | None = None
@@ -198,7 +199,8 @@ async def serve_xds(opts: RunOptions) -> int:
         status.dependencies["kubernetes"] = kubernetes_check(provider)  # /readyz detail
     plane = ControlPlane(opts.paths, cache, group=opts.group, env=opts.env, status=status,
                          options=TranslateOptions(bind_address=opts.bind_address, access_log_path=access_log,
-                                                  tracing=opts.tracing, route_stats=opts.route_stats),
+                                                  tracing=opts.tracing, route_stats=opts.route_stats,
+                                                  audit_log_path=opts.audit_log),
                          on_rejected=opts.print_errors, provider=provider)
     consul = _consul(plane, opts)
     status.extra["tracing"] = _tracing_status(opts.tracing)
@@ -241,7 +243,9 @@ async def run_local(opts: RunOptions) -> int:
     plane = ControlPlane(
         opts.paths, cache, group=opts.group, env=opts.env, status=status,
         options=TranslateOptions(bind_address=opts.bind_address, access_log_path=access_log, tracing=opts.tracing,
-                                 route_stats=opts.route_stats),
+                                 route_stats=opts.route_stats,
+                                 # absolute: the local Envoy runs in the state directory
+                                 audit_log_path=str(Path(opts.audit_log).resolve()) if opts.audit_log else None),
         on_config=on_config,
         on_rejected=opts.print_errors,
     )

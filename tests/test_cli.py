@@ -247,3 +247,12 @@ spec:
               "/dev/zero": "is not a regular file (character device)"}[target]
     assert f'gateway.yaml:9: spec.listeners[0].tls.options["meshgate.io/certificate-file"]: cannot read file ' \
            f"{path} ({reason})" in out.stderr.splitlines()
+
+
+@pytest.mark.parametrize("command", ["run", "xds"])
+def test_an_audit_log_that_cannot_be_written_stops_the_start_with_its_path(command: str, tmp_path: Path) -> None:
+    path = tmp_path / "no-such-dir" / "audit.log"
+    out = meshgate(command, str(ROOT / "examples" / "quickstart"), "--audit-log", str(path),
+                   "--xds-address", "127.0.0.1:0", "--status-address", "127.0.0.1:0", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert f"--audit-log {path}: cannot append to it: No such file or directory" in out.stderr

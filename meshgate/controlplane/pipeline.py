@@ -16,11 +16,12 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from meshgate.api.config import all_problems
 from meshgate.providers.base import EndpointSource, Provider
 from meshgate.providers.file import FileProvider
+from meshgate.controlplane.audit import ConfigAudit
 from meshgate.controlplane.publish import StagedPublisher
 from meshgate.controlplane.status import ControlPlaneStatus
 from meshgate.errors import MeshgateError
@@ -79,6 +80,7 @@ class Compiled:
     problems: list[str]  # FILE:LINE: field: message, every problem of the current files
     fatal: str | None = None  # why nothing could be published at all (a bug, not a config problem)
     empty: bool = False  # the paths hold no documents at all
+    versions: dict = field(default_factory=dict)  # StoreView.versions, for the audit log
 
 
 class ControlPlane:
@@ -133,6 +135,8 @@ class ControlPlane:
         # Called on the loop with every translation applied, published or not (its statuses may
         # have changed even when Envoy's config did not): the Kubernetes status writer listens.
         self.translation_listeners: list[Callable[[Translation], None]] = []
+        # `--audit-log`: every config change as a JSON line (Envoy appends its denials to the same file).
+        self.audit = ConfigAudit(options.audit_log_path, self.source) if options.audit_log_path else None
 
     @property
     def snapshot(self) -> Snapshot | None:
@@ -217,7 +221,7 @@ class ControlPlane:
                         resources[ENDPOINT][name] = _named(cla, name)
             snapshot = Snapshot.build(resources, previous=self.snapshot)
             snapshot.check_consistent()
-            return Compiled(translation, snapshot, problems, empty=loaded.empty)
+            return Compiled(translation, snapshot, problems, empty=loaded.empty, versions=view.versions)
         except InconsistentSnapshot as exc:
             return Compiled(None, None, [], fatal=f"internal error, snapshot refused: {exc}")
         except MeshgateError as exc:
@@ -245,8 +249,16 @@ class ControlPlane:
             log.error("config could not be translated%s", kept, extra={"errors": self.status.last_error})
             if self.on_rejected is not None:
                 self.on_rejected(self.status.last_error)
+            if self.audit is not None:
+                self.audit.record(outcome="rejected", old_version=self.snapshot.version if self.snapshot else None,
+                                  new_version=None, objects={}, problems=self.status.last_error)
             return False
         self._report(result)
+        if self.audit is not None:
+            self.audit.record(outcome="partially_accepted" if self.status.last_error else "accepted",
+                              old_version=self.snapshot.version if self.snapshot else None,
+                              new_version=result.snapshot.version, objects=result.versions,
+                              problems=self.status.last_error)
         self._publish_companions(result.translation)  # first: a policy is there before Envoy's routes ask for it
         published = self.publisher.publish(result.snapshot)
         self.translation = result.translation

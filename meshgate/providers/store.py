@@ -56,6 +56,9 @@ class StoreView:
     problems: list[ConfigError]  # every problem found (file-level and per-object schema errors)
     errors_by_key: dict[ObjectKey, list[ConfigError]] = field(default_factory=dict)
     documents: int = 0  # how many documents the providers gave (0: the paths hold no objects)
+    # key -> (generation, file, line) of each object serving (current or last valid version):
+    # what the audit log diffs (meshgate.controlplane.audit).
+    versions: dict[ObjectKey, tuple[int, str, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -164,4 +167,5 @@ class ObjectStore:
         return StoreView(
             objects=[(o.resource, o.doc) for o in [*objects.values(), *duplicates]],
             invalid=invalid, stale=stale, problems=problems, errors_by_key=errors_by_key, documents=count,
+            versions={k: (o.generation, o.doc.file, o.doc.line) for k, o in objects.items()},
         )

@@ -37,7 +37,7 @@ from google.protobuf.message import Message
 
 from meshgate import ir
 from meshgate.xds.snapshot import CLUSTER, ENDPOINT, LISTENER, ROUTE, SECRET
-from meshgate.xds.translator import stats, tracing, upstream_tls, websocket
+from meshgate.xds.translator import audit, stats, tracing, upstream_tls, websocket
 from meshgate.xds.translator.tracing import TracingOptions
 from meshgate.xds.translator.filters import HTTP_FILTERS
 from meshgate.xds.translator import backend_traffic, failover
@@ -54,6 +54,9 @@ class TranslateOptions:
     # route-table update: at 10,000 rules they cost ~40 MB of Envoy memory and slow every reload
     # (docs/observability.md); `--route-stats off` for very large configs.
     route_stats: bool = True
+    # `--audit-log`: Envoy appends its own denials and rate-limit rejections there (translator/audit.py),
+    # the control plane its config changes (controlplane/audit.py). None: no audit log.
+    audit_log_path: str | None = None
 
 
 # The access log is one JSON object per request; x-request-id ties it to upstream logs, and the
@@ -250,6 +253,8 @@ def _connection_manager(listener: ir.Listener, options: TranslateOptions) -> hcm
         fmt.update(ACCESS_LOG_FORMAT)
         log.log_format.json_format.CopyFrom(fmt)
         hcm.access_log.append(accesslog_pb2.AccessLog(name="envoy.access_loggers.file", typed_config=_pack(log)))
+    if options.audit_log_path:
+        hcm.access_log.extend(audit.audit_access_logs(options.audit_log_path))
     for module in HTTP_FILTERS:
         instances = _listener_filters(module, listener)
         for name, config in instances:
