@@ -23,6 +23,7 @@ from meshgate.xds.tls import XdsTLS
 from meshgate.api.models import Backend
 from meshgate.envoy.bootstrap import BootstrapOptions, render_bootstrap
 from meshgate.controlplane.pipeline import ControlPlane
+from meshgate.controlplane.spans import run_until_closed, start_spans
 from meshgate.controlplane.status import ControlPlaneStatus
 from meshgate.controlplane.readiness import kubernetes_check, process_check
 from meshgate.envoy.process import EnvoyProcess
@@ -204,8 +205,10 @@ async def serve_xds(opts: RunOptions) -> int:
                          on_rejected=opts.print_errors, provider=provider)
     consul = _consul(plane, opts)
     status.extra["tracing"] = _tracing_status(opts.tracing)
+    spans = start_spans(opts.tracing, status, plane)  # the control plane's own reload and push spans
     plane.reload()
     async with contextlib.AsyncExitStack() as stack:
+        await run_until_closed(stack, spans)
         if provider is not None:
             from meshgate.providers.kubernetes.controller import Controller
 
@@ -250,7 +253,9 @@ async def run_local(opts: RunOptions) -> int:
         on_rejected=opts.print_errors,
     )
     consul = _consul(plane, opts)  # Backends' spec.consul: their endpoints as EDS alone
+    spans = start_spans(opts.tracing, status, plane)  # the control plane's own reload and push spans
     async with contextlib.AsyncExitStack() as stack:  # stops everything started, in reverse order
+        await run_until_closed(stack, spans)
         stack.push_async_callback(upstreams.stop)
         stack.push_async_callback(consul.close)
         # Envoy reaches the edge companion (ext_authz) where this run starts it.

@@ -260,3 +260,26 @@ def test_credentials_are_never_in_the_access_log_nor_in_spans(gw: Meshgate, otlp
     for secret in secrets:
         assert secret not in log, f"{secret} in the access log"
         assert not [s for s in spans if secret.encode() in s], f"{secret} in a span"
+
+
+def test_the_control_plane_traces_its_reloads_and_each_push_until_envoy_acks(gw: Meshgate, otlp: OtlpReceiver) -> None:
+    """Beside Envoy's request spans, the control plane reports (as service NAME-control-plane)
+    one span per reload and one per xDS response, lasting until that Envoy ACKed it."""
+    def ours(name: str) -> list:
+        return [(r, s) for r, s in otlp.spans() if s.name == name]
+
+    pushes = wait_until(lambda: (lambda p: p if {_attributes(s)["meshgate.xds_type"] for _, s in p} >= {
+        "Listener", "Cluster", "RouteConfiguration", "ClusterLoadAssignment"} else None)(ours("meshgate.xds.push")),
+        timeout=10, what="push spans of every xDS type")
+    [(resource, reload)] = ours("meshgate.reload")[:1]
+    assert resource["service.name"] == "meshgate-test-control-plane"
+    attributes = _attributes(reload)
+    assert attributes["meshgate.outcome"] == "accepted" and attributes["meshgate.problems"] == "0", attributes
+    assert reload.end_time_unix_nano > reload.start_time_unix_nano
+    status = json.loads(fetch(f"{gw.status_url}/status")[1])
+    for _, span in pushes:
+        a = _attributes(span)
+        assert a["meshgate.result"] == "ACK" and a["meshgate.node"] == "edge-local" and int(a["meshgate.resources"]) >= 1, a
+        assert span.start_time_unix_nano >= reload.start_time_unix_nano
+        assert span.end_time_unix_nano > span.start_time_unix_nano  # written, then ACKed
+    assert status["config_version"] == attributes["meshgate.snapshot_version"], status

@@ -97,6 +97,7 @@ class ControlPlaneStatus:
         # The staged publish in progress or last finished (`StagedPublisher` keeps it current).
         self.publish: dict[str, Any] = {"state": "idle"}
         self.ever_acked = False
+        self.spans = None  # meshgate.controlplane.spans.ControlPlaneSpans while tracing is on
         # Latest NACK per (instance, type URL); outlives the stream so a crashed Envoy's reason
         # stays visible, until a later version of that type is ACKed (see on_ack).
         self._nacks: dict[tuple[str, str], dict[str, Any]] = {}
@@ -163,6 +164,8 @@ class ControlPlaneStatus:
         n = self.nodes.get(node.instance)
         if n is not None:
             n.pushed[_short_type(type_url)] = version
+        if self.spans is not None:
+            self.spans.push(node.instance, node.node_id, type_url, version, len(resources))
 
     def on_snapshot_sent(self, node: NodeRef, snapshot_version: str) -> None:
         n = self.nodes.get(node.instance)
@@ -188,6 +191,8 @@ class ControlPlaneStatus:
             ):
                 del self._nacks[key]
         self.ever_acked = True
+        if self.spans is not None:
+            self.spans.answered(node.instance, type_url, version)
         self._changed()
 
     def on_nack(self, node: NodeRef, type_url: str, version: str, error: str, names: Sequence[str]) -> None:
@@ -202,6 +207,8 @@ class ControlPlaneStatus:
             "type_url": type_url, "version": version, "error": error, "resources": list(names),
             "seq": self.nack_seq, "at": time.time(),
         }
+        if self.spans is not None:
+            self.spans.answered(node.instance, type_url, version, error)
         log.warning("Envoy rejected config", extra={"node": node.node_id, "instance": node.instance, "type": short,
                                                     "version": version, "error": error, "resources": list(names)})
         self._changed()
