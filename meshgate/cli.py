@@ -61,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
                          help="append audit events as JSON lines: every config change (control plane) and every "
                               "request Envoy denied or rate-limited (Envoy writes the same path on its own host); "
                               "default: none")
+        cmd.add_argument("--health-check", metavar="NAME=URL[,optional][,interval=S]", action="append", default=[],
+                         help="a custom check in /readyz: http(s)://... (2xx/3xx is ok) or tcp://HOST:PORT, probed "
+                              "every 5 s by default; gates readiness unless ',optional' (repeat for more; "
+                              "docs/observability.md)")
         cmd.add_argument("--consul-address", metavar="URL", default=None,
                          help="the Consul agent that Backends with spec.consul ask (default: $CONSUL_HTTP_ADDR, "
                               "else http://127.0.0.1:8500; see docs/consul.md)")
@@ -212,6 +216,7 @@ def _run_options(args: argparse.Namespace):
     opts.tracing = tracing_from_env(os.environ)  # OTEL_EXPORTER_OTLP_ENDPOINT & co.; None = no tracing
     opts.route_stats = args.route_stats == "on"
     opts.audit_log = args.audit_log
+    opts.health_checks = list(getattr(args, "health_checks", []))  # parsed by _health_checks_invalid
     return opts
 
 
@@ -230,12 +235,35 @@ def _audit_log_unwritable(command: str, path: str | None) -> bool:
     return False
 
 
+_BUILT_IN_CHECKS = ("kubernetes", "edge_companion", "consul")
+
+
+def _health_checks_invalid(command: str, args: argparse.Namespace) -> bool:
+    """Parse `--health-check`s into args.health_checks; say what is wrong (and True) if one is bad."""
+    from meshgate.controlplane.health_checks import parse_health_check
+
+    specs = []
+    for text in args.health_check:
+        try:
+            spec = parse_health_check(text)
+        except ValueError as exc:
+            print(f"meshgate {command}: --health-check {exc}", file=sys.stderr)
+            return True
+        if spec.name in _BUILT_IN_CHECKS or spec.name in {s.name for s in specs}:
+            print(f"meshgate {command}: --health-check {text!r}: the name {spec.name!r} is taken "
+                  f"(built in: {', '.join(_BUILT_IN_CHECKS)})", file=sys.stderr)
+            return True
+        specs.append(spec)
+    args.health_checks = specs
+    return False
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from meshgate.logs import setup_logging
     from meshgate.runner import run_local
 
     setup_logging(args.log_level)
-    if _audit_log_unwritable("run", args.audit_log):
+    if _audit_log_unwritable("run", args.audit_log) or _health_checks_invalid("run", args):
         return 2
     opts = _run_options(args)
     opts.bind_address = args.bind
@@ -263,7 +291,7 @@ def cmd_xds(args: argparse.Namespace) -> int:
     if args.kubeconfig and not args.kubernetes:
         print("meshgate xds: --kubeconfig needs --kubernetes", file=sys.stderr)
         return 2
-    if _audit_log_unwritable("xds", args.audit_log):
+    if _audit_log_unwritable("xds", args.audit_log) or _health_checks_invalid("xds", args):
         return 2
     opts = _run_options(args)
     opts.bind_address = "0.0.0.0"

@@ -23,6 +23,7 @@ from meshgate.xds.tls import XdsTLS
 from meshgate.api.models import Backend
 from meshgate.envoy.bootstrap import BootstrapOptions, render_bootstrap
 from meshgate.controlplane.pipeline import ControlPlane
+from meshgate.controlplane.health_checks import start_checks
 from meshgate.controlplane.spans import run_until_closed, start_spans
 from meshgate.controlplane.status import ControlPlaneStatus
 from meshgate.controlplane.readiness import kubernetes_check, process_check
@@ -68,6 +69,8 @@ class RunOptions:
     tracing: TracingOptions | None = None
     route_stats: bool = True  # per-rule statistics in Envoy (TranslateOptions.route_stats)
     audit_log: str | None = None  # `--audit-log PATH` (TranslateOptions.audit_log_path); None = none
+    # `--health-check NAME=URL[,optional]`: custom /readyz checks (meshgate.controlplane.health_checks)
+    health_checks: list = field(default_factory=list)
     envoy_log_level: str = "info"
     # `meshgate xds --xds-tls-*`: the ADS port over mutual TLS (meshgate.xds.tls); None = plaintext.
     xds_tls: XdsTLS | None = None
@@ -209,6 +212,7 @@ async def serve_xds(opts: RunOptions) -> int:
     plane.reload()
     async with contextlib.AsyncExitStack() as stack:
         await run_until_closed(stack, spans)
+        await start_checks(stack, status, opts.health_checks)
         if provider is not None:
             from meshgate.providers.kubernetes.controller import Controller
 
@@ -256,6 +260,7 @@ async def run_local(opts: RunOptions) -> int:
     spans = start_spans(opts.tracing, status, plane)  # the control plane's own reload and push spans
     async with contextlib.AsyncExitStack() as stack:  # stops everything started, in reverse order
         await run_until_closed(stack, spans)
+        await start_checks(stack, status, opts.health_checks)
         stack.push_async_callback(upstreams.stop)
         stack.push_async_callback(consul.close)
         # Envoy reaches the edge companion (ext_authz) where this run starts it.
