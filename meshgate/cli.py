@@ -211,9 +211,10 @@ def _run_options(args: argparse.Namespace):
     opts.consul_address, opts.consul_token_file = args.consul_address, args.consul_token_file
     import os
 
-    from meshgate.xds.translator.tracing import tracing_from_env
+    from meshgate.xds.translator.tracing import otlp_grpc_endpoint, tracing_from_env
 
     opts.tracing = tracing_from_env(os.environ)  # OTEL_EXPORTER_OTLP_ENDPOINT & co.; None = no tracing
+    opts.otlp_metrics = otlp_grpc_endpoint(os.environ, "METRICS")  # `meshgate run`'s Envoy pushes them too
     opts.route_stats = args.route_stats == "on"
     opts.audit_log = args.audit_log
     opts.health_checks = list(getattr(args, "health_checks", []))  # parsed by _health_checks_invalid
@@ -313,6 +314,7 @@ def cmd_xds(args: argparse.Namespace) -> int:
 
 def cmd_bootstrap(args: argparse.Namespace) -> int:
     from meshgate.envoy.bootstrap import BootstrapOptions, render_bootstrap
+    from meshgate.xds.translator.tracing import otlp_grpc_endpoint
 
     host, port = _split(args.xds_address)
     stats_host, stats_port = ("127.0.0.1", None) if args.stats_address == "off" else _split(args.stats_address)
@@ -331,7 +333,7 @@ def cmd_bootstrap(args: argparse.Namespace) -> int:
     print(json.dumps(render_bootstrap(BootstrapOptions(
         xds_host=host, xds_port=port, node_id=args.node_id, node_cluster=args.group,
         admin_port=args.admin_port, delta=args.delta, stats_host=stats_host, stats_port=stats_port,
-        xds_tls=tls)), indent=2))
+        xds_tls=tls, otlp_metrics=otlp_grpc_endpoint(os.environ, "METRICS"))), indent=2))
     return 0
 
 

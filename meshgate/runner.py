@@ -68,6 +68,8 @@ class RunOptions:
     # Envoy's OpenTelemetry tracing (from OTEL_* environment variables, see translator/tracing.py); None = off.
     tracing: TracingOptions | None = None
     route_stats: bool = True  # per-rule statistics in Envoy (TranslateOptions.route_stats)
+    # Envoy's metrics also pushed over OTLP/gRPC to (host, port) (BootstrapOptions.otlp_metrics); None = not.
+    otlp_metrics: tuple[str, int] | None = None
     audit_log: str | None = None  # `--audit-log PATH` (TranslateOptions.audit_log_path); None = none
     # `--health-check NAME=URL[,optional]`: custom /readyz checks (meshgate.controlplane.health_checks)
     health_checks: list = field(default_factory=list)
@@ -289,7 +291,7 @@ async def run_local(opts: RunOptions) -> int:
         bootstrap = render_bootstrap(BootstrapOptions(
             xds_host=opts.xds_host, xds_port=xds_port, node_cluster=opts.group,
             node_id=f"{opts.group}-local", admin_port=admin_port, delta=opts.delta,
-            stats_host=opts.stats_host, stats_port=opts.stats_port,
+            stats_host=opts.stats_host, stats_port=opts.stats_port, otlp_metrics=opts.otlp_metrics,
         ))
         # Flush the access log every 0.5 s (Envoy's default is 10 s) so `tail -f` shows requests as they happen.
         envoy = EnvoyProcess(bootstrap, state, concurrency=opts.concurrency, log_level=opts.envoy_log_level,

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -51,11 +52,28 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
                 for r in requests for rs in r.resource_spans for ss in rs.scope_spans for span in ss.spans]
 
 
+class OtlpMetricsReceiver(metrics_service_pb2_grpc.MetricsServiceServicer):
+    """A real OTLP/gRPC metrics receiver: keeps every export request Envoy's stat sink sends."""
+
+    def __init__(self) -> None:
+        self.requests: list = []
+
+    def Export(self, request, context):  # noqa: N802 - the gRPC method's name
+        self.requests.append(request)
+        return metrics_service_pb2.ExportMetricsServiceResponse()
+
+    def metrics(self) -> list:
+        return [m for r in list(self.requests) for rm in r.resource_metrics for sm in rm.scope_metrics
+                for m in sm.metrics]
+
+
 @pytest.fixture(scope="module")
 def otlp():
     receiver = OtlpReceiver()
+    receiver.metrics = OtlpMetricsReceiver()
     server = grpc.server(ThreadPoolExecutor(max_workers=2))
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(receiver.metrics, server)
     receiver.port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     yield receiver
@@ -283,3 +301,23 @@ def test_the_control_plane_traces_its_reloads_and_each_push_until_envoy_acks(gw:
         assert span.start_time_unix_nano >= reload.start_time_unix_nano
         assert span.end_time_unix_nano > span.start_time_unix_nano  # written, then ACKed
     assert status["config_version"] == attributes["meshgate.snapshot_version"], status
+
+
+def test_envoy_pushes_its_metrics_over_otlp(gw: Meshgate, otlp: OtlpReceiver) -> None:
+    """The same OTEL_EXPORTER_OTLP_ENDPOINT makes `meshgate run`'s Envoy push its stats over OTLP
+    (the OpenTelemetry stat sink, every 5 s): per-cluster request counters with the cluster name
+    as an attribute, cumulative like Prometheus'."""
+    for _ in range(3):
+        assert request(gw.http, "/a/metrics", host=HOST).status == 200
+
+    def upstream_requests():
+        for metric in otlp.metrics.metrics():
+            if metric.name == "cluster.upstream_rq_total":
+                for point in metric.sum.data_points:
+                    attributes = {a.key: a.value.string_value for a in point.attributes}
+                    if attributes.get("envoy.cluster_name") == "backend/default/echo" and point.as_int >= 3:
+                        return metric, point
+        return None
+
+    metric, point = wait_until(upstream_requests, timeout=20, what="the echo cluster's request counter over OTLP")
+    assert metric.sum.is_monotonic and metric.sum.aggregation_temporality == 2  # CUMULATIVE

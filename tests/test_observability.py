@@ -60,6 +60,26 @@ def test_bad_tracing_variables_are_refused(env: dict[str, str], problem: str) ->
         tracing_from_env(env)
 
 
+def test_envoy_metrics_over_otlp_follow_their_own_variables(tmp_path: Path) -> None:
+    """OTEL_EXPORTER_OTLP_METRICS_ENDPOINT wins over the shared one, OTEL_METRICS_EXPORTER=none
+    turns metrics off alone, and the bootstrap with the stat sink is one Envoy accepts."""
+    from meshgate.xds.translator.tracing import otlp_grpc_endpoint
+
+    shared = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"}
+    assert otlp_grpc_endpoint(shared, "METRICS") == ("collector", 4317)
+    assert otlp_grpc_endpoint({**shared, "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "http://127.0.0.1:5317"},
+                              "METRICS") == ("127.0.0.1", 5317)
+    assert otlp_grpc_endpoint({**shared, "OTEL_METRICS_EXPORTER": "none"}, "METRICS") is None
+    assert tracing_from_env({**shared, "OTEL_METRICS_EXPORTER": "none"}) is not None
+    bootstrap = render_bootstrap(BootstrapOptions(xds_port=18000, node_id="n", otlp_metrics=("collector", 4317)))
+    [sink] = bootstrap["stats_sinks"]
+    assert sink["name"] == "envoy.stat_sinks.open_telemetry"
+    path = tmp_path / "bootstrap.json"
+    path.write_text(json.dumps(bootstrap))
+    out = subprocess.run([find_envoy(), "--mode", "validate", "-c", str(path)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
 # -- golden pair and Envoy validation ------------------------------------------------------------------
 
 

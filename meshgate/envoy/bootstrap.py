@@ -26,6 +26,7 @@ from meshgate.envoy.stats import stats_resources
 # Name of the static cluster that points at the meshgate xDS server. Dynamic clusters sent over
 # ADS must never use this name, or they would replace the control-plane connection.
 XDS_CLUSTER_NAME = "meshgate_xds"
+OTLP_METRICS_CLUSTER = "meshgate_otlp_metrics"  # the OTLP receiver Envoy pushes its metrics to
 
 # For `meshgate bootstrap --node-id`.
 NODE_ID_HELP = ("Envoy node.id, which must be unique per Envoy (default: $POD_NAME if set, else "
@@ -72,6 +73,9 @@ class BootstrapOptions:
     # and key, the CA that signed the server's certificate, and the name to verify it for (default
     # xds_host). None: plaintext (loopback).
     xds_tls: XdsClientTLS | None = None
+    # Envoy's metrics pushed over OTLP/gRPC (the OpenTelemetry stat sink) to this (host, port), as
+    # well as served for Prometheus; None: not pushed. From OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT.
+    otlp_metrics: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,7 @@ def render_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
     # GRPC = state-of-the-world: every response carries all resources of a type.
     # DELTA_GRPC = incremental: responses carry only added/changed/removed resources.
     api_type = "DELTA_GRPC" if opts.delta else "GRPC"
-    return {
+    bootstrap = {
         # node identifies this Envoy to the control plane; it is sent on the xDS stream.
         "node": {"id": opts.node_id or default_node_id(), "cluster": opts.node_cluster},
         # The admin interface serves /ready, /stats, /config_dump. Its own access log is
@@ -124,10 +128,24 @@ def render_bootstrap(opts: BootstrapOptions) -> dict[str, Any]:
         # Degrade (503s, refused connections) before the heap or connection count runs out.
         "overload_manager": overload_manager(opts.max_heap_bytes, opts.max_connections),
     }
+    if opts.otlp_metrics is not None:
+        # Stat sinks live in the bootstrap (not xDS): every stats flush (5 s, Envoy's default)
+        # exports every counter, gauge and histogram, cumulative like Prometheus', with Envoy's
+        # tag-extracted names and tags as attributes (cluster name, route rule...).
+        bootstrap["stats_sinks"] = [{
+            "name": "envoy.stat_sinks.open_telemetry",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.stat_sinks.open_telemetry.v3.SinkConfig",
+                "grpc_service": {"envoy_grpc": {"cluster_name": OTLP_METRICS_CLUSTER}},
+            },
+        }]
+    return bootstrap
 
 
 def _static_resources(opts: BootstrapOptions) -> dict[str, Any]:
     static: dict[str, Any] = {"clusters": [_xds_cluster(opts.xds_host, opts.xds_port, opts.xds_tls)]}
+    if opts.otlp_metrics is not None:
+        static["clusters"].append(_grpc_cluster(OTLP_METRICS_CLUSTER, *opts.otlp_metrics))
     if opts.stats_port is not None:
         listener, admin_cluster = stats_resources(opts.stats_host, opts.stats_port, opts.admin_host, opts.admin_port)
         static["listeners"] = [listener]
@@ -139,10 +157,10 @@ def _socket_address(host: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": host, "port_value": port}}
 
 
-def _xds_cluster(host: str, port: int, tls: XdsClientTLS | None = None) -> dict[str, Any]:
-    """The static cluster Envoy uses to reach the meshgate xDS server (gRPC needs HTTP/2)."""
-    cluster = {
-        "name": XDS_CLUSTER_NAME,
+def _grpc_cluster(name: str, host: str, port: int) -> dict[str, Any]:
+    """A static cluster of one gRPC server (gRPC needs HTTP/2)."""
+    return {
+        "name": name,
         # STATIC: the endpoint is a literal IP. A host name needs STRICT_DNS (Envoy resolves it).
         "type": "STATIC" if _is_ip(host) else "STRICT_DNS",
         "connect_timeout": "1s",
@@ -150,8 +168,8 @@ def _xds_cluster(host: str, port: int, tls: XdsClientTLS | None = None) -> dict[
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": "type.googleapis.com/"
                 "envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                # Speak HTTP/2 (h2c) to the control plane; HTTP/2 PINGs every 30 s detect a dead
-                # control plane (or a silently dropped connection) within 5 s of a missed reply.
+                # Speak HTTP/2 (h2c); HTTP/2 PINGs every 30 s detect a dead server (the control
+                # plane, a collector) or a silently dropped connection within 5 s of a missed reply.
                 "explicit_http_config": {
                     "http2_protocol_options": {
                         "connection_keepalive": {"interval": "30s", "timeout": "5s"},
@@ -160,12 +178,17 @@ def _xds_cluster(host: str, port: int, tls: XdsClientTLS | None = None) -> dict[
             }
         },
         "load_assignment": {
-            "cluster_name": XDS_CLUSTER_NAME,
+            "cluster_name": name,
             "endpoints": [
                 {"lb_endpoints": [{"endpoint": {"address": _socket_address(host, port)}}]}
             ],
         },
     }
+
+
+def _xds_cluster(host: str, port: int, tls: XdsClientTLS | None = None) -> dict[str, Any]:
+    """The static cluster Envoy uses to reach the meshgate xDS server."""
+    cluster = _grpc_cluster(XDS_CLUSTER_NAME, host, port)
     if tls is not None:
         # Mutual TLS: Envoy shows its certificate (which names its node group) and checks the
         # control plane's against the CA, for the server name. Files, read by Envoy (and read

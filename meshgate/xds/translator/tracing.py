@@ -67,16 +67,18 @@ class TracingOptions:
         return f"http://{self.host}:{self.port}"
 
 
-def tracing_from_env(environ: Mapping[str, str]) -> TracingOptions | None:
-    """TracingOptions from the OpenTelemetry SDK environment variables; None when tracing is off."""
-    if environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
+def otlp_grpc_endpoint(environ: Mapping[str, str], signal: str) -> tuple[str, int] | None:
+    """(host, port) of the OTLP/gRPC receiver for `signal` ("TRACES" or "METRICS") from the
+    OpenTelemetry SDK variables (OTEL_EXPORTER_OTLP_<SIGNAL>_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT);
+    None when unset or OTEL_<SIGNAL>_EXPORTER=none. StartupError on a value Envoy can't use."""
+    if environ.get(f"OTEL_{signal}_EXPORTER", "").strip().lower() == "none":
         return None
-    endpoint = (environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "").strip()
+    endpoint = (environ.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "").strip()
     if not endpoint:
         return None
-    protocol = (environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc").strip()
+    protocol = (environ.get(f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL") or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc").strip()
     if protocol != "grpc":
-        raise StartupError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol}: meshgate's Envoy exports traces over OTLP/gRPC only (grpc)")
+        raise StartupError(f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol}: meshgate's Envoy exports over OTLP/gRPC only (grpc)")
     url = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
     if url.scheme != "http" or not url.hostname or url.path not in ("", "/"):
         raise StartupError(f"OTLP endpoint {endpoint!r}: expected http://HOST:PORT of an OTLP gRPC receiver "
@@ -85,6 +87,14 @@ def tracing_from_env(environ: Mapping[str, str]) -> TracingOptions | None:
         port = url.port or 4317
     except ValueError:
         raise StartupError(f"OTLP endpoint {endpoint!r}: bad port") from None
+    return url.hostname, port
+
+
+def tracing_from_env(environ: Mapping[str, str]) -> TracingOptions | None:
+    """TracingOptions from the OpenTelemetry SDK environment variables; None when tracing is off."""
+    endpoint = otlp_grpc_endpoint(environ, "TRACES")
+    if endpoint is None:
+        return None
     ratio_text = environ.get("OTEL_TRACES_SAMPLER_ARG", "1").strip() or "1"
     try:
         ratio = float(ratio_text)
@@ -92,7 +102,7 @@ def tracing_from_env(environ: Mapping[str, str]) -> TracingOptions | None:
         ratio = -1.0
     if not 0.0 <= ratio <= 1.0:
         raise StartupError(f"OTEL_TRACES_SAMPLER_ARG={ratio_text}: expected a share of requests from 0 to 1")
-    return TracingOptions(host=url.hostname, port=port, sampling_percent=round(ratio * 100, 6),
+    return TracingOptions(host=endpoint[0], port=endpoint[1], sampling_percent=round(ratio * 100, 6),
                           service_name=environ.get("OTEL_SERVICE_NAME", "").strip() or "meshgate")
 
 
