@@ -21,7 +21,6 @@ Usage: .venv/bin/python bench/observability.py [--rounds 3] [--duration 10] [--q
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import threading
@@ -84,17 +83,8 @@ class Scraper:
 
 def start_meshgate(procs: Processes, tmp: Path, name: str, upstream_port: int, commands: list[str],
                    env: dict[str, str]) -> dict:
-    saved = dict(os.environ)
-    os.environ.update(env)  # proxy.start_meshgate passes the environment on to `meshgate run`
-    try:
-        run = proxy.start_meshgate(procs, tmp, upstream_port, commands, name=name,
-                                   extra=("--access-log", "off", "--stats-address", "127.0.0.1:0"))
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-    if env:
-        settings = " ".join(f"{k}={v}" for k, v in env.items())
-        commands[-2] = commands[-2].replace(f"{name}: ", f"{name}: {settings} ", 1)
+    run = proxy.start_meshgate(procs, tmp, upstream_port, commands, name=name, env=env,
+                               extra=("--access-log", "off", "--stats-address", "127.0.0.1:0"))
     metrics = (get_status(run["status_url"]) or {}).get("metrics", {})
     return {"port": run["port"], "pid": run["envoy_pid"], "stats_url": metrics.get("envoy")}
 

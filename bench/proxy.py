@@ -196,19 +196,20 @@ def start_static_envoy(procs: Processes, tmp: Path, name: str, upstream_port: in
 
 
 def start_meshgate(procs: Processes, tmp: Path, upstream_port: int, commands: list[str],
-                   name: str = "C", extra: tuple[str, ...] = (), ready_path: str = "/") -> dict:
+                   name: str = "C", extra: tuple[str, ...] = (), ready_path: str = "/",
+                   env: dict[str, str] | None = None) -> dict:
     port, xds_port, status_port = free_port(), free_port(), free_port()
     config_dir = tmp / f"meshgate-config-{name}"
     config_dir.mkdir()
     (config_dir / "bench.yaml").write_text(MESHGATE_CONFIG)
-    env = dict(os.environ, BENCH_LISTEN_PORT=str(port), BENCH_UPSTREAM_PORT=str(upstream_port))
+    settings = {**(env or {}), "BENCH_LISTEN_PORT": str(port), "BENCH_UPSTREAM_PORT": str(upstream_port)}
     state = tmp / f"meshgate-state-{name}"
     cmd = ["taskset", "-c", CLIENT_CPU, meshgate_cli(), "run", str(config_dir),
            "--xds-address", f"127.0.0.1:{xds_port}", "--status-address", f"127.0.0.1:{status_port}",
            "--admin-port", "0", "--state-dir", str(state), "--concurrency", "1",
            "--no-sample-upstreams", "--envoy-log-level", "warning", *extra]
-    commands.append(f"{name}: BENCH_LISTEN_PORT={port} BENCH_UPSTREAM_PORT={upstream_port} {fmt_cmd(cmd)}")
-    proc = procs.start(f"meshgate run {name}", cmd, log=tmp / f"meshgate-{name}.out", env=env)
+    commands.append(f"{name}: {' '.join(f'{k}={v}' for k, v in settings.items())} {fmt_cmd(cmd)}")
+    proc = procs.start(f"meshgate run {name}", cmd, log=tmp / f"meshgate-{name}.out", env={**os.environ, **settings})
     status_url = f"http://127.0.0.1:{status_port}"
     deadline = time.monotonic() + 60
     status = None

@@ -121,6 +121,25 @@ class ThreadedHTTPServer:
         self.thread.join(5)
 
 
+class EchoProcess:
+    """`python -m meshgate.devtools.upstreams` on a fixed port: an upstream that can be killed."""
+
+    def __init__(self, name: str, port: int) -> None:
+        self.name, self.port = name, port
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "meshgate.devtools.upstreams", "--name", self.name,
+                                      "--port", str(self.port)], cwd=ROOT, stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        assert b"listening" in self.proc.stdout.readline(), f"upstream {self.name} did not start"
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(5)
+
+
 @dataclass
 class Meshgate:
     """A `meshgate run` subprocess with its ports and logs."""

@@ -57,3 +57,36 @@ class RedisServer:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory):
+    """One Redis per test module (import this fixture into the module that uses it)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def gateways_sharing(redis: RedisServer, config: Path, tmp_path_factory: pytest.TempPathFactory, prefix: str):
+    """Two `meshgate run`s ("a", "b") of copies of `config`, both counting in `redis`: a
+    generator for a module fixture (yields the two, each with `.port`; stops both)."""
+    from harness import Meshgate
+
+    started: list[Meshgate] = []
+    try:
+        for name in ("a", "b"):
+            env = {"HTTP_PORT": str(free_port()), "APP_PORT": str(free_port()), "MESHGATE_REDIS_URL": redis.url}
+            work = tmp_path_factory.mktemp(f"{prefix}-{name}")
+            shutil.copytree(config, work / "config")
+            mg = Meshgate([str(work / "config")], work, env=env)
+            started.append(mg)
+            mg.start()
+            mg.port = int(env["HTTP_PORT"])
+        yield started
+        for mg in started:
+            assert mg.stop() == 0, mg.output()
+    finally:
+        for mg in started:
+            mg.stop()

@@ -10,34 +10,13 @@ the assertions are on where the requests went.
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import threading
-import time
 
 import pytest
 
-from harness import ROOT, Meshgate, free_port, get_json, request, wait_until
+from harness import EchoProcess, Meshgate, free_port, get_json, request, wait_until
 
 pytestmark = pytest.mark.timeout(120)
-
-
-class EchoProcess:
-    def __init__(self, name: str, port: int) -> None:
-        self.name, self.port = name, port
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "meshgate.devtools.upstreams", "--name", self.name,
-                                      "--port", str(self.port)], cwd=ROOT, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        assert b"listening" in self.proc.stdout.readline(), f"upstream {self.name} did not start"
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(5)
 
 
 CONFIG = """\

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -27,8 +26,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from harness import Meshgate, free_port, pid_alive, request, wait_until
-from redis_server import RedisServer
+from harness import Meshgate, pid_alive, request, wait_until
+from redis_server import RedisServer, gateways_sharing, redis_server  # noqa: F401 - the module fixture
 
 CONFIG = Path(__file__).parent / "e2e" / "global_quota"
 WARMUP_S, MEASURE_S = 4.0, 10.0
@@ -36,32 +35,8 @@ TOLERANCE = 0.10
 
 
 @pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory):
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
 def gws(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer):
-    started: list[Meshgate] = []
-    try:
-        for name in ("a", "b"):
-            env = {"HTTP_PORT": str(free_port()), "APP_PORT": str(free_port()), "MESHGATE_REDIS_URL": redis_server.url}
-            work = tmp_path_factory.mktemp(f"global-quota-{name}")
-            shutil.copytree(CONFIG, work / "config")
-            mg = Meshgate([str(work / "config")], work, env=env)
-            started.append(mg)
-            mg.start()
-            mg.port = int(env["HTTP_PORT"])
-        yield started
-        for mg in started:
-            assert mg.stop() == 0, mg.output()
-    finally:
-        for mg in started:
-            mg.stop()
+    yield from gateways_sharing(redis_server, CONFIG, tmp_path_factory, "global-quota")
 
 
 async def _stream(session: aiohttp.ClientSession, port: int, path: str, headers: dict, rate: float,

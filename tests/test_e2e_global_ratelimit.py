@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import time
 import urllib.request
@@ -21,39 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from harness import Meshgate, free_port, pid_alive, request, wait_until
-from redis_server import RedisServer
+from harness import Meshgate, pid_alive, request, wait_until
+from redis_server import RedisServer, gateways_sharing, redis_server  # noqa: F401 - the module fixture
 
 CONFIG = Path(__file__).parent / "e2e" / "global_ratelimit"
 
 
 @pytest.fixture(scope="module")
-def redis_server(tmp_path_factory: pytest.TempPathFactory):
-    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(scope="module")
 def gws(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer):
-    started: list[Meshgate] = []
-    try:
-        for name in ("a", "b"):
-            env = {"HTTP_PORT": str(free_port()), "APP_PORT": str(free_port()), "MESHGATE_REDIS_URL": redis_server.url}
-            work = tmp_path_factory.mktemp(f"global-rl-{name}")
-            shutil.copytree(CONFIG, work / "config")
-            mg = Meshgate([str(work / "config")], work, env=env)
-            started.append(mg)
-            mg.start()
-            mg.port = int(env["HTTP_PORT"])
-        yield started
-        for mg in started:
-            assert mg.stop() == 0, mg.output()
-    finally:
-        for mg in started:
-            mg.stop()
+    yield from gateways_sharing(redis_server, CONFIG, tmp_path_factory, "global-rl")
 
 
 def _fresh_window(seconds: int = 60, margin: float = 6.0) -> None:

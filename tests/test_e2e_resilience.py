@@ -12,18 +12,14 @@ import asyncio
 import concurrent.futures
 import json
 import re
-import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import grpc
 import pytest
 from aiohttp import web
 
-from harness import ROOT, Meshgate, free_port, request, wait_until
+from harness import EchoProcess, Meshgate, free_port, request, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -117,25 +113,6 @@ class Loop:
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
-
-
-class EchoProcess:
-    """`python -m meshgate.devtools.upstreams` on a fixed port: an upstream that can be killed."""
-
-    def __init__(self, name: str, port: int) -> None:
-        self.name, self.port = name, port
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "meshgate.devtools.upstreams", "--name", self.name,
-                                      "--port", str(self.port)], cwd=ROOT, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-        assert b"listening" in self.proc.stdout.readline(), f"upstream {self.name} did not start"
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(5)
 
 
 CONFIG = """\

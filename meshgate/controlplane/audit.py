@@ -15,8 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from meshgate.providers.store import ObjectKey
 
@@ -65,7 +65,8 @@ class ConfigAudit:
         if self._started and not changes and not new_problems and set(problems) == self._problems:
             return  # nothing happened that an auditor would want to read
         event = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}Z",
+            # The same form as Envoy's lines: 2026-12-04T03:43:49.496Z (UTC, milliseconds).
+            "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "event": "config_loaded" if not self._started else "config_changed",
             "source": self.source,
             "outcome": outcome,

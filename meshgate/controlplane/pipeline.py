@@ -26,7 +26,7 @@ from meshgate.controlplane.publish import StagedPublisher
 from meshgate.controlplane.status import ControlPlaneStatus
 from meshgate.errors import MeshgateError
 from meshgate.gatewayapi import Translation, TranslationMemo, translate_view
-from meshgate.providers.store import ObjectStore
+from meshgate.providers.store import ObjectStore, StoreView
 from envoy.config.endpoint.v3 import endpoint_pb2
 
 from meshgate import ir
@@ -80,7 +80,7 @@ class Compiled:
     problems: list[str]  # FILE:LINE: field: message, every problem of the current files
     fatal: str | None = None  # why nothing could be published at all (a bug, not a config problem)
     empty: bool = False  # the paths hold no documents at all
-    versions: dict = field(default_factory=dict)  # StoreView.versions, for the audit log
+    view: StoreView | None = None  # what the store gave (the audit log diffs its versions)
     started_ns: int = field(default_factory=time.time_ns)  # when the reload began (its span's start)
 
 
@@ -224,7 +224,7 @@ class ControlPlane:
                         resources[ENDPOINT][name] = _named(cla, name)
             snapshot = Snapshot.build(resources, previous=self.snapshot)
             snapshot.check_consistent()
-            return Compiled(translation, snapshot, problems, empty=loaded.empty, versions=view.versions,
+            return Compiled(translation, snapshot, problems, empty=loaded.empty, view=view,
                             started_ns=started_ns)
         except InconsistentSnapshot as exc:
             return Compiled(None, None, [], fatal=f"internal error, snapshot refused: {exc}", started_ns=started_ns)
@@ -264,7 +264,7 @@ class ControlPlane:
         if self.audit is not None:
             self.audit.record(outcome="partially_accepted" if self.status.last_error else "accepted",
                               old_version=self.snapshot.version if self.snapshot else None,
-                              new_version=result.snapshot.version, objects=result.versions,
+                              new_version=result.snapshot.version, objects=result.view.versions if result.view else {},
                               problems=self.status.last_error)
         if self.spans is not None:  # the span ends here: publishing is the ADS push spans' part
             self.spans.reload(result.started_ns, "partially_accepted" if self.status.last_error else "accepted",

@@ -56,9 +56,13 @@ class StoreView:
     problems: list[ConfigError]  # every problem found (file-level and per-object schema errors)
     errors_by_key: dict[ObjectKey, list[ConfigError]] = field(default_factory=dict)
     documents: int = 0  # how many documents the providers gave (0: the paths hold no objects)
-    # key -> (generation, file, line) of each object serving (current or last valid version):
-    # what the audit log diffs (meshgate.controlplane.audit).
-    versions: dict[ObjectKey, tuple[int, str, int]] = field(default_factory=dict)
+    serving: dict[ObjectKey, StoredObject] = field(default_factory=dict)  # by key: current or last valid version
+
+    @property
+    def versions(self) -> dict[ObjectKey, tuple[int, str, int]]:
+        """key -> (generation, file, line) of each object serving: what the audit log diffs
+        (meshgate.controlplane.audit); built only when asked for."""
+        return {k: (o.generation, o.doc.file, o.doc.line) for k, o in self.serving.items()}
 
 
 @dataclass
@@ -167,5 +171,5 @@ class ObjectStore:
         return StoreView(
             objects=[(o.resource, o.doc) for o in [*objects.values(), *duplicates]],
             invalid=invalid, stale=stale, problems=problems, errors_by_key=errors_by_key, documents=count,
-            versions={k: (o.generation, o.doc.file, o.doc.line) for k, o in objects.items()},
+            serving=objects,
         )
