@@ -215,6 +215,10 @@ def _run_options(args: argparse.Namespace):
 
     opts.tracing = tracing_from_env(os.environ)  # OTEL_EXPORTER_OTLP_ENDPOINT & co.; None = no tracing
     opts.otlp_metrics = otlp_grpc_endpoint(os.environ, "METRICS")  # `meshgate run`'s Envoy pushes them too
+    if opts.otlp_metrics is not None:
+        from meshgate.otlp import metric_interval
+
+        metric_interval(os.environ)  # the control plane pushes its own every OTEL_METRIC_EXPORT_INTERVAL: checked now
     opts.route_stats = args.route_stats == "on"
     opts.audit_log = args.audit_log
     opts.health_checks = list(getattr(args, "health_checks", []))  # parsed by _health_checks_invalid

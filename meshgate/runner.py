@@ -25,6 +25,7 @@ from meshgate.envoy.bootstrap import BootstrapOptions, render_bootstrap
 from meshgate.controlplane.pipeline import ControlPlane
 from meshgate.controlplane.health_checks import start_checks
 from meshgate.controlplane.spans import run_until_closed, start_spans
+from meshgate.otlp import service_name, start_metrics_push
 from meshgate.controlplane.status import ControlPlaneStatus
 from meshgate.controlplane.readiness import kubernetes_check, process_check
 from meshgate.envoy.process import EnvoyProcess
@@ -214,6 +215,7 @@ async def serve_xds(opts: RunOptions) -> int:
     plane.reload()
     async with contextlib.AsyncExitStack() as stack:
         await run_until_closed(stack, spans)
+        start_metrics_push(stack, status.metrics.registry, service_name(os.environ, "control-plane"))
         await start_checks(stack, status, opts.health_checks)
         if provider is not None:
             from meshgate.providers.kubernetes.controller import Controller
@@ -262,6 +264,8 @@ async def run_local(opts: RunOptions) -> int:
     spans = start_spans(opts.tracing, status, plane)  # the control plane's own reload and push spans
     async with contextlib.AsyncExitStack() as stack:  # stops everything started, in reverse order
         await run_until_closed(stack, spans)
+        # The control plane's own metrics over OTLP too (OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT).
+        start_metrics_push(stack, status.metrics.registry, service_name(os.environ, "control-plane"))
         await start_checks(stack, status, opts.health_checks)
         stack.push_async_callback(upstreams.stop)
         stack.push_async_callback(consul.close)

@@ -69,21 +69,24 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory):
         server.stop()
 
 
-def gateways_sharing(redis: RedisServer, config: Path, tmp_path_factory: pytest.TempPathFactory, prefix: str):
-    """Two `meshgate run`s ("a", "b") of copies of `config`, both counting in `redis`: a
-    generator for a module fixture (yields the two, each with `.port`; stops both)."""
+def gateways_sharing(redis: RedisServer, config: Path, tmp_path_factory: pytest.TempPathFactory, prefix: str,
+                     env: dict[str, str] | None = None):
+    """Two `meshgate run`s ("a", "b") of copies of `config`, both counting in `redis` (and with
+    `env` added to their environment): a generator for a module fixture (yields the two, each
+    with `.port`; stops both)."""
     from harness import Meshgate
 
     started: list[Meshgate] = []
     try:
         for name in ("a", "b"):
-            env = {"HTTP_PORT": str(free_port()), "APP_PORT": str(free_port()), "MESHGATE_REDIS_URL": redis.url}
+            own = {"HTTP_PORT": str(free_port()), "APP_PORT": str(free_port()), "MESHGATE_REDIS_URL": redis.url,
+                   **(env or {})}
             work = tmp_path_factory.mktemp(f"{prefix}-{name}")
             shutil.copytree(config, work / "config")
-            mg = Meshgate([str(work / "config")], work, env=env)
+            mg = Meshgate([str(work / "config")], work, env=own)
             started.append(mg)
             mg.start()
-            mg.port = int(env["HTTP_PORT"])
+            mg.port = int(own["HTTP_PORT"])
         yield started
         for mg in started:
             assert mg.stop() == 0, mg.output()

@@ -256,3 +256,11 @@ def test_an_audit_log_that_cannot_be_written_stops_the_start_with_its_path(comma
                    "--xds-address", "127.0.0.1:0", "--status-address", "127.0.0.1:0", cwd=tmp_path)
     assert out.returncode == 2, out.stderr
     assert f"--audit-log {path}: cannot append to it: No such file or directory" in out.stderr
+
+
+def test_a_bad_metric_export_interval_stops_run_before_anything_starts(tmp_path: Path) -> None:
+    out = meshgate("run", str(QUICKSTART), "--state-dir", str(tmp_path / "state"), cwd=tmp_path,
+                   env={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1", "OTEL_METRIC_EXPORT_INTERVAL": "abc"})
+    assert out.returncode == 1
+    assert "OTEL_METRIC_EXPORT_INTERVAL=abc: expected milliseconds, at least 100" in out.stderr
+    assert not (tmp_path / "state").exists()

@@ -66,7 +66,7 @@ def test_unanswered_pushes_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
 
 async def test_a_collector_that_is_down_costs_one_warning(caplog: pytest.LogCaptureFixture) -> None:
     spans = ControlPlaneSpans("127.0.0.1", free_port(), "mg")  # nothing listens there
-    with caplog.at_level(logging.WARNING, logger="meshgate.controlplane.spans"):
+    with caplog.at_level(logging.WARNING, logger="meshgate.otlp"):
         runner = asyncio.create_task(spans.run(interval=0.05))
         for _ in range(3):
             spans.reload(0, "accepted", "v1", 0)
@@ -75,3 +75,25 @@ async def test_a_collector_that_is_down_costs_one_warning(caplog: pytest.LogCapt
         await asyncio.gather(runner, return_exceptions=True)
     warnings = [r for r in caplog.records if "not exported" in r.getMessage()]
     assert len(warnings) == 1 and spans.exported == 0
+
+
+async def test_pushes_are_children_of_the_reload_that_produced_their_config(otlp: OtlpReceiver) -> None:
+    spans = ControlPlaneSpans("127.0.0.1", otlp.port, "mg")
+    runner = asyncio.create_task(spans.run(interval=0.05))
+    try:
+        spans.reload(0, "accepted", "snap-1", 0)
+        spans.push("stream-1", "edge-1", LDS, "v1", 1)
+        spans.answered("stream-1", LDS, "v1")
+        spans.reload(0, "accepted", "snap-1", 0)  # nothing changed: later pushes stay with snap-1's reload
+        spans.push("stream-2", "edge-2", LDS, "v1", 1)  # an Envoy connecting later gets snap-1 too
+        spans.answered("stream-2", LDS, "v1")
+        await asyncio.to_thread(wait_until, lambda: len(otlp.spans()) >= 4, 5, 0.05, "four spans")
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+    reloads = [s for _, s in otlp.spans() if s.name == "meshgate.reload"]
+    pushes = [s for _, s in otlp.spans() if s.name == "meshgate.xds.push"]
+    assert len(pushes) == 2 and len(reloads) == 2
+    for push in pushes:
+        assert push.trace_id == reloads[0].trace_id and push.parent_span_id == reloads[0].span_id
+    assert reloads[1].trace_id != reloads[0].trace_id  # each reload is a trace of its own

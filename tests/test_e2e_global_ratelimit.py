@@ -7,6 +7,7 @@ limit holds across both Envoys. Over the limit: 429 with `retry-after` and the d
 (let through by default; 503 with `failClosed`), never a hung request.
 
 One Redis and two meshgates for the module; the tests that stop Redis and the companion run last.
+Both trace to an OTLP receiver started here: the companion's spans continue Envoy's traces.
 """
 
 from __future__ import annotations
@@ -16,19 +17,36 @@ import re
 import signal
 import time
 import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
 from harness import Meshgate, pid_alive, request, wait_until
 from redis_server import RedisServer, gateways_sharing, redis_server  # noqa: F401 - the module fixture
+from test_e2e_observability import OtlpReceiver, _attributes
 
 CONFIG = Path(__file__).parent / "e2e" / "global_ratelimit"
 
 
 @pytest.fixture(scope="module")
-def gws(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer):
-    yield from gateways_sharing(redis_server, CONFIG, tmp_path_factory, "global-rl")
+def otlp():
+    receiver = OtlpReceiver()
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
+    receiver.port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield receiver
+    server.stop(grace=1).wait(5)
+
+
+@pytest.fixture(scope="module")
+def gws(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer, otlp: OtlpReceiver):
+    env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{otlp.port}", "OTEL_SERVICE_NAME": "rl"}
+    yield from gateways_sharing(redis_server, CONFIG, tmp_path_factory, "global-rl", env)
 
 
 def _fresh_window(seconds: int = 60, margin: float = 6.0) -> None:
@@ -68,6 +86,32 @@ def test_a_limit_per_user_holds_across_two_envoys(gws: list[Meshgate]) -> None:
     # Another user has a count of their own; a request without x-user only meets the route's rule.
     assert _login(b, f"bob-{os.getpid()}").status == 200
     assert _login(a, None).status == 200
+
+
+def test_the_companions_rate_limit_span_continues_envoys_trace(gws: list[Meshgate], otlp: OtlpReceiver) -> None:
+    trace_id, parent = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    r = request(gws[0].port, "/login", headers={"x-user": f"dave-{os.getpid()}",
+                                                "traceparent": f"00-{trace_id}-{parent}-01"}, timeout=5)
+    assert r.status == 200, (r.status, r.body)
+
+    def spans():
+        found = [(resource["service.name"], span) for resource, span in otlp.spans() if span.trace_id.hex() == trace_id]
+        return found if any(service == "rl-edge" for service, _ in found) and len(found) >= 3 else None
+
+    found = wait_until(spans, timeout=20, what="Envoy's and the companion's spans of the traced request")
+    [check] = [span for service, span in found if service == "rl-edge"]
+    envoy = {span.span_id: span for service, span in found if service == "rl"}
+    assert check.name == "meshgate.edge.rate_limit" and check.parent_span_id in envoy, [s.name for s in envoy.values()]
+    assert _attributes(check)["meshgate.result"] == "ok"
+    # A caller's unsampled trace (flags 00) is continued unsampled: Envoy and the companion
+    # export nothing for it. Checked after a later sampled request's spans arrived (the companion
+    # exports in order, every second), so no fixed sleep.
+    quiet, later = uuid.uuid4().hex, uuid.uuid4().hex
+    assert request(gws[0].port, "/login", headers={"traceparent": f"00-{quiet}-{parent}-00"}, timeout=5).status == 200
+    assert request(gws[0].port, "/login", headers={"traceparent": f"00-{later}-{parent}-01"}, timeout=5).status == 200
+    wait_until(lambda: [s for r, s in otlp.spans() if s.trace_id.hex() == later and r["service.name"] == "rl-edge"],
+               timeout=20, what="the later sampled request's companion span")
+    assert not [span for _, span in otlp.spans() if span.trace_id.hex() == quiet]
 
 
 def test_counters_are_fixed_windows_in_redis(gws: list[Meshgate], redis_server: RedisServer) -> None:

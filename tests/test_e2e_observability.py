@@ -30,6 +30,7 @@ from harness import Meshgate, free_port, request, wait_until
 
 CONFIG = Path(__file__).parent / "e2e" / "observability"
 HOST = "api.example.com"
+SIGNING_KEY = "k-" + uuid.uuid4().hex
 
 
 class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
@@ -62,9 +63,12 @@ class OtlpMetricsReceiver(metrics_service_pb2_grpc.MetricsServiceServicer):
         self.requests.append(request)
         return metrics_service_pb2.ExportMetricsServiceResponse()
 
-    def metrics(self) -> list:
-        return [m for r in list(self.requests) for rm in r.resource_metrics for sm in rm.scope_metrics
-                for m in sm.metrics]
+    def metrics(self, service: str | None = None) -> list:
+        """Every metric received (of the resource `service.name` = `service`, if given)."""
+        return [m for r in list(self.requests) for rm in r.resource_metrics
+                if service is None or {a.key: a.value.string_value for a in rm.resource.attributes}.get(
+                    "service.name") == service
+                for sm in rm.scope_metrics for m in sm.metrics]
 
 
 @pytest.fixture(scope="module")
@@ -83,11 +87,13 @@ def otlp():
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory, otlp: OtlpReceiver):
     work = tmp_path_factory.mktemp("observability")
-    env = {"HTTP_PORT": str(free_port()), "ECHO_PORT": str(free_port()),
-           "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp.port}", "OTEL_SERVICE_NAME": "meshgate-test"}
+    env = {"HTTP_PORT": str(free_port()), "ECHO_PORT": str(free_port()), "SIGNING_KEY": SIGNING_KEY,
+           "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp.port}", "OTEL_SERVICE_NAME": "meshgate-test",
+           "OTEL_METRIC_EXPORT_INTERVAL": "500"}  # the Python processes' metric pushes, every 0.5 s
     mg = Meshgate([str(CONFIG)], work, env=env).start()
     mg.http = int(env["HTTP_PORT"])
     mg.access_log = work / "state" / "access.log"
+    mg.edge_log = work / "state" / "edge.log"
     yield mg
     assert mg.stop() == 0, mg.output()
 
@@ -297,9 +303,14 @@ def test_the_control_plane_traces_its_reloads_and_each_push_until_envoy_acks(gw:
     status = json.loads(fetch(f"{gw.status_url}/status")[1])
     for _, span in pushes:
         a = _attributes(span)
-        assert a["meshgate.result"] == "ACK" and a["meshgate.node"] == "edge-local" and int(a["meshgate.resources"]) >= 1, a
+        # Envoy, and the edge companion (it takes its config over ADS too)
+        assert a["meshgate.result"] == "ACK" and a["meshgate.node"] in ("edge-local", "meshgate-edge-local"), a
+        assert int(a["meshgate.resources"]) >= 1 or a["meshgate.xds_type"] == "RateLimitConfig", a  # none here
         assert span.start_time_unix_nano >= reload.start_time_unix_nano
         assert span.end_time_unix_nano > span.start_time_unix_nano  # written, then ACKed
+        # One trace per change: each push is a child of the reload that produced its config.
+        assert span.trace_id == reload.trace_id and span.parent_span_id == reload.span_id
+    assert {_attributes(s)["meshgate.node"] for _, s in pushes} == {"edge-local", "meshgate-edge-local"}
     assert status["config_version"] == attributes["meshgate.snapshot_version"], status
 
 
@@ -321,3 +332,85 @@ def test_envoy_pushes_its_metrics_over_otlp(gw: Meshgate, otlp: OtlpReceiver) ->
 
     metric, point = wait_until(upstream_requests, timeout=20, what="the echo cluster's request counter over OTLP")
     assert metric.sum.is_monotonic and metric.sum.aggregation_temporality == 2  # CUMULATIVE
+
+
+# -- the edge companion in the trace; the Python processes' metrics over OTLP -----------------------
+
+def _trace_spans(otlp: OtlpReceiver, trace_id: str) -> list:
+    return [(resource["service.name"], span) for resource, span in otlp.spans() if span.trace_id.hex() == trace_id]
+
+
+def test_the_edge_companion_continues_envoys_trace_and_logs_its_id(gw: Meshgate, otlp: OtlpReceiver) -> None:
+    """A request to a signed route, refused by the edge companion: the companion's span is a child
+    of Envoy's span for the ext_authz call, in the client's trace; the companion's log line for
+    the refusal names that trace id and Envoy's request id, as Envoy's access log does."""
+    trace_id, parent = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    r = request(gw.http, "/signed/x", host=HOST, headers={"traceparent": f"00-{trace_id}-{parent}-01"})
+    assert r.status == 401, (r.status, r.body)
+
+    def all_three():
+        spans = _trace_spans(otlp, trace_id)
+        edge = [span for service, span in spans if service == "meshgate-test-edge"]
+        return (spans, edge[0]) if edge and len(spans) >= 3 else None
+
+    spans, check = wait_until(all_three, timeout=20, what="Envoy's and the companion's spans of one trace")
+    envoy = {span.span_id: span for service, span in spans if service == "meshgate-test"}
+    assert check.name == "meshgate.edge.check"
+    authz = envoy.get(check.parent_span_id)  # Envoy's client span of the Check call is the parent
+    assert authz is not None and "Check" in authz.name, [s.name for s in envoy.values()]
+    assert _attributes(check)["meshgate.decision"] == "deny"
+    assert _attributes(check)["meshgate.reason"] == "missing-signature"
+    assert check.start_time_unix_nano >= authz.start_time_unix_nano
+
+    def refusal():
+        for line in gw.edge_log.read_text().splitlines():
+            if line.startswith("{") and trace_id in line:
+                return json.loads(line)
+        return None
+
+    logged = wait_until(refusal, timeout=10, what="the companion's log line of the refusal")
+    assert logged["msg"] == "request refused" and logged["trace_id"] == trace_id, logged
+    request_id = _attributes(check)["guid:x-request-id"]
+    assert logged["x_request_id"] == request_id and request_id
+    access = wait_until(lambda: next((json.loads(line) for line in gw.access_log.read_text().splitlines()
+                                      if trace_id in line), None), timeout=10, what="the access-log line")
+    assert access["request_id"] == request_id, access
+
+
+def _point_values(metric) -> list[tuple[dict[str, str], float]]:
+    kind = metric.WhichOneof("data")
+    points = getattr(metric, kind).data_points
+    return [({a.key: a.value.string_value for a in p.attributes},
+             p.count if kind == "histogram" else (p.as_double or p.as_int)) for p in points]
+
+
+def test_the_control_plane_and_the_companion_push_their_metrics_over_otlp(gw: Meshgate, otlp: OtlpReceiver) -> None:
+    """The same metrics /metrics serves, pushed over OTLP by each Python process: counters as
+    cumulative monotonic sums, histograms with their buckets, process memory as a gauge."""
+    assert request(gw.http, "/signed/y", host=HOST).status == 401
+
+    def latest(service: str, name: str):
+        found = [m for m in otlp.metrics.metrics(service) if m.name == name]
+        return found[-1] if found else None
+
+    reloads = wait_until(lambda: latest("meshgate-test-control-plane", "meshgate_config_reloads"), timeout=10,
+                         what="the control plane's reload counter over OTLP")
+    assert reloads.sum.is_monotonic and reloads.sum.aggregation_temporality == 2  # CUMULATIVE
+    assert ({"result": "success"}, 1.0) in [(a, v) for a, v in _point_values(reloads)] or any(
+        v >= 1 for _, v in _point_values(reloads)), _point_values(reloads)
+    translation = latest("meshgate-test-control-plane", "meshgate_translation_seconds")
+    assert translation.WhichOneof("data") == "histogram"
+    [point] = translation.histogram.data_points
+    assert point.count >= 1 and len(point.bucket_counts) == len(point.explicit_bounds) + 1
+    assert sum(point.bucket_counts) == point.count
+    memory = latest("meshgate-test-control-plane", "process_resident_memory_bytes")
+    assert memory.WhichOneof("data") == "gauge" and _point_values(memory)[0][1] > 10e6
+
+    def denied():
+        metric = latest("meshgate-test-edge", "meshgate_edge_decisions")
+        if metric is None:
+            return None
+        return next((v for a, v in _point_values(metric) if a.get("decision") == "deny"
+                     and a.get("reason") == "missing-signature" and v >= 2), None)
+
+    wait_until(denied, timeout=10, what="the companion's decision counter over OTLP")

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from meshgate.xds.snapshot import Snapshot
 
@@ -29,6 +29,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, open fds
         self.pushes = Counter("meshgate_xds_pushes", "xDS responses sent, by type", ["type"], registry=r)
         self.acks = Counter("meshgate_xds_acks", "xDS ACKs received, by type", ["type"], registry=r)
         self.nacks = Counter("meshgate_xds_nacks", "xDS NACKs (config rejected by Envoy), by type", ["type"], registry=r)

@@ -32,6 +32,8 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ratelimit.v3 import rls_pb2
 
+from meshgate.edge.tracing import record, trace_of
+
 log = logging.getLogger("meshgate.edge.ratelimit")
 
 RATE_LIMIT_SERVICE = "envoy.service.ratelimit.v3.RateLimitService"
@@ -82,8 +84,10 @@ class RateLimitService:
         self.rules: dict[str, Rule] = {}
         self.metrics = metrics
         self.clock = time.time
+        self.spans = None  # meshgate.otlp.SpanQueue while tracing is on (meshgate.edge.tracing)
 
     async def should_rate_limit(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        started = time.perf_counter()
         request = rls_pb2.RateLimitRequest.FromString(data)
         hits = request.hits_addend or 1
         now = self.clock()
@@ -130,10 +134,13 @@ class RateLimitService:
                 response.response_headers_to_add.append(base_pb2.HeaderValue(key="retry-after",
                                                                              value=str(max(over_reset, 1))))
         response.statuses.extend(statuses)
+        result = ("over_limit" if response.overall_code == rls_pb2.RateLimitResponse.OVER_LIMIT
+                  else "ok" if counted else "unlimited")
         if self.metrics is not None:
-            self.metrics.rate_limit_decisions.labels(
-                "over_limit" if response.overall_code == rls_pb2.RateLimitResponse.OVER_LIMIT
-                else "ok" if counted else "unlimited").inc()
+            self.metrics.rate_limit_decisions.labels(result).inc()
+        if self.spans is not None:
+            record(self.spans, trace_of(context), "meshgate.edge.rate_limit", time.perf_counter() - started,
+                   {"meshgate.result": result, "meshgate.rules": ",".join(sorted({r.name for _, r, _, _ in counted}))})
         return response.SerializeToString()
 
 

@@ -20,6 +20,7 @@ ACKed, or NACKed (`error_detail`) if it can't be used, and then the last good co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -36,13 +37,15 @@ from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2, status_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, start_http_server
 
 from meshgate.edge.config import (EDGE_GROUP, POLICY_KEY, RATE_LIMIT_CONFIG, ROUTE_KEY, SIGNATURE_CONFIG, TYPE_URLS,
                                   RateLimitConfig, SignatureConfig, policies_from)
 from meshgate.edge.quota import QUOTA_SERVICE, QuotaService
 from meshgate.edge.ratelimit import RATE_LIMIT_SERVICE, RateLimitService, rules_from
 from meshgate.edge.signing import REASON_HEADER, ReplayCache, Verifier
+from meshgate.edge.tracing import log_ids, record, start_tracing, trace_of
+from meshgate.otlp import service_name, start_metrics_push
 
 log = logging.getLogger("meshgate.edge")
 
@@ -70,6 +73,7 @@ class EdgeOptions:
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
         self.decisions = Counter("meshgate_edge_decisions", "ext_authz decisions by route, decision and reason",
                                  ["route", "decision", "reason"], registry=self.registry)
         self.latency = Histogram("meshgate_edge_check_seconds", "Time to decide one ext_authz check",
@@ -129,6 +133,7 @@ class Companion:
         self.ratelimit = RateLimitService(_redis(options), self.metrics)
         self.quota = QuotaService(self.ratelimit.redis, self.metrics)
         self.versions: dict[str, str] = {}  # type URL -> version in force
+        self.spans = None  # meshgate.otlp.SpanQueue while tracing is on (meshgate.edge.tracing)
 
     # -- ext_authz Check -----------------------------------------------------------------------
     async def check(self, data: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -143,20 +148,30 @@ class Companion:
         verdict = self.verifier.verify(extensions.get(POLICY_KEY, ""), method=http.method, path=http.path,
                                        headers=http.headers, body=http.raw_body, host=http.host)
         metrics = self.metrics
+        spans = self.spans
+        # Envoy's trace context: read for every call only when spans are exported; for a refusal's
+        # log line in any case (meshgate.edge.tracing).
+        trace = trace_of(context) if spans is not None or not verdict.ok else None
         if verdict.ok:
             metrics.decision(route, "allow", "").inc()
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("request allowed", extra={"x_request_id": http.headers.get("x-request-id", ""),
-                                                    "route": route, "key_id": verdict.key_id})
+                                                    "route": route, "key_id": verdict.key_id, **log_ids(trace)})
             answer = _OK
         else:
             metrics.decision(route, "deny", verdict.reason).inc()
             log.info("request refused", extra={"x_request_id": http.headers.get("x-request-id", ""), "route": route,
-                                               "reason": verdict.reason, "key_id": verdict.key_id})
+                                               "reason": verdict.reason, "key_id": verdict.key_id, **log_ids(trace)})
             answer = self._denials.get(verdict.reason)
             if answer is None:
                 answer = self._denials[verdict.reason] = _denied(verdict.reason)
-        metrics.latency.observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        metrics.latency.observe(elapsed)
+        if spans is not None:
+            record(spans, trace, "meshgate.edge.check", elapsed, {
+                "meshgate.route": route, "meshgate.decision": "allow" if verdict.ok else "deny",
+                "meshgate.reason": verdict.reason or "", "meshgate.key_id": verdict.key_id or "",
+                "guid:x-request-id": http.headers.get("x-request-id", "")})
         return answer
 
     # -- config --------------------------------------------------------------------------------
@@ -297,6 +312,9 @@ async def serve(options: EdgeOptions, stop: asyncio.Event | None = None) -> int:
             log.error("cannot listen for metrics", extra={"address": options.metrics_address, "error": str(exc)})
             return 1
         metrics_port = http_server.server_port
+    telemetry = contextlib.AsyncExitStack()  # OTLP exporters (spans, metrics), flushed on stop
+    companion.spans = companion.ratelimit.spans = start_tracing(telemetry, os.environ)
+    start_metrics_push(telemetry, companion.metrics.registry, service_name(os.environ, "edge"))
     await server.start()
     host = options.address.rpartition(":")[0]
     log.info("edge companion serving", extra={
@@ -316,6 +334,7 @@ async def serve(options: EdgeOptions, stop: asyncio.Event | None = None) -> int:
         replay_gauge.cancel()
         await server.stop(1)
         await companion.ratelimit.redis.aclose()
+        await telemetry.aclose()
         log.info("edge companion stopped")
     return 0
 

@@ -114,8 +114,9 @@ def set_tracing(hcm: hcm_pb2.HttpConnectionManager, options: TracingOptions) -> 
     config.grpc_service.timeout.CopyFrom(duration_pb2.Duration(seconds=5))
     tracing.provider.name = "envoy.tracers.opentelemetry"
     tracing.provider.typed_config.Pack(config, deterministic=True)
-    # Requests without a sampled `traceparent` are traced at this rate (an incoming traceparent's
-    # sampled flag is followed as it is); 100% is Envoy's default, set anyway to be explicit.
+    # Requests are traced at this rate, also those whose caller sent a sampled `traceparent`
+    # (Envoy's decision, not the caller's: seen with Envoy 1.40 at 0%); an unsampled one
+    # stays unsampled. 100% is Envoy's default, set anyway to be explicit.
     tracing.random_sampling.value = options.sampling_percent
     for name, value in CUSTOM_TAGS.items():
         tracing.custom_tags.append(custom_tag_pb2.CustomTag(tag=name, value=value))
