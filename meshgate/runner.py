@@ -314,9 +314,12 @@ async def run_local(opts: RunOptions) -> int:
         if opts.stats_port is not None:
             stats_port = await bound_stats_port(envoy.admin_url)  # the bound one, when asked for port 0
             metrics["envoy"] = f"http://{_url_host(opts.stats_host)}:{stats_port}{STATS_PATH}"
-        status.extra["metrics"] = metrics
+        # Every Prometheus endpoint of this run; the edge companion's once it runs (it starts
+        # when a route first needs it).
+        status.extra["metrics"] = lambda: {**metrics, **edge.metrics()}
         status.extra["tracing"] = _tracing_status(opts.tracing)
-        print(_summary(plane, opts, status_port, envoy, access_log, metrics), flush=True)
+        shown = {**metrics, **(edge.metrics(planned=True) if edge.needed(plane.translation) else {})}
+        print(_summary(plane, opts, status_port, envoy, access_log, shown), flush=True)
         watcher = asyncio.create_task(plane.watch())
         stack.callback(watcher.cancel)
         stack.push_async_callback(plane.publisher.aclose)  # a staged publish still waiting ends too
@@ -375,6 +378,12 @@ class _LocalEdge:
         if self.process is not None:
             await self.process.stop()
 
+    def metrics(self, planned: bool = False) -> dict[str, str]:
+        """{"edge_companion": its /metrics URL} once it was started (or, `planned`, will be)."""
+        if not self.enabled or (self.process is None and not planned):
+            return {}
+        return {"edge_companion": f"http://127.0.0.1:{self.metrics_port}/metrics"}
+
     def status(self) -> dict[str, object]:
         if self.process is None:
             return {"running": False}
@@ -419,7 +428,8 @@ def _summary(plane: ControlPlane, opts: RunOptions, status_port: int, envoy: Env
     lines.append(f"  status:     http://{opts.status_host}:{status_port}/status  (also /healthz /readyz /metrics)")
     lines.append(f"  Envoy:      pid {envoy.pid}, admin {envoy.admin_url}")
     lines.append(f"  metrics:    {metrics['control_plane']}  (control plane)"
-                 + (f", {metrics['envoy']}  (Envoy)" if "envoy" in metrics else ""))
+                 + (f", {metrics['envoy']}  (Envoy)" if "envoy" in metrics else "")
+                 + (f", {metrics['edge_companion']}  (edge companion)" if "edge_companion" in metrics else ""))
     if opts.tracing is not None:
         lines.append(f"  traces:     OTLP/gRPC to {opts.tracing.endpoint}  ({opts.tracing.sampling_percent:g}% of requests, "
                      f"service.name {opts.tracing.service_name})")

@@ -3,8 +3,9 @@
 One `meshgate run` serves `tests/e2e/dashboards/` (HTTP and HTTPS listeners; JWT, RBAC and
 local rate-limit rules; an actively health-checked backend). The test starts the Debian
 `prometheus` binary on a free loopback port, scraping the control plane's /metrics (job
-`meshgate`) and Envoy's stats listener (job `meshgate-envoy`) every second and loading the alert
-rules, sends a little load (allowed, 401, 403, 429, HTTPS) and one config change, then evaluates
+`meshgate`), Envoy's stats listener (job `meshgate-envoy`) and the edge companion's /metrics (job
+`meshgate-edge`) every second and loading the alert rules, sends a little load (allowed, 401,
+403, 429, signed and unsigned, HTTPS) and one config change, then evaluates
 every dashboard panel's query and every rule's expression through /api/v1/query:
 
 - each panel returns data (at least one series with a number, not NaN);
@@ -120,13 +121,16 @@ class Prometheus:
 @pytest.fixture(scope="module")
 def prom(gw: Meshgate, tmp_path_factory: pytest.TempPathFactory):
     envoy = urllib.parse.urlsplit(gw.status()["metrics"]["envoy"])
+    edge = urllib.parse.urlsplit(gw.status()["edge"]["metrics"])
     server = Prometheus(tmp_path_factory.mktemp("prometheus"), {
         "meshgate": (f"127.0.0.1:{gw.status_port}", "/metrics"),
         "meshgate-envoy": (envoy.netloc, envoy.path),
+        "meshgate-edge": (edge.netloc, edge.path),
     })
     try:
         wait_until(lambda: {t["labels"]["job"]: t["health"] for t in server.api("targets")["activeTargets"]}
-                   == {"meshgate": "up", "meshgate-envoy": "up"}, timeout=20, what="both targets scraped")
+                   == {"meshgate": "up", "meshgate-envoy": "up", "meshgate-edge": "up"}, timeout=20,
+                   what="the three targets scraped")
         _load(gw, server)
         yield server
     finally:
@@ -156,6 +160,8 @@ def _load(gw: Meshgate, prom: Prometheus) -> None:
             for path, expected in (("/public/a", 200), ("/jwt/a", 401), ("/admin/a", 403)):
                 assert request(gw.http, path).status == expected, path
             request(gw.http, "/limited/a")  # 200 twice, then 429 (2 an hour)
+            assert request(gw.http, "/signed/a").status == 401  # the edge companion refuses: no signature
+            assert _signed(gw, "/signed/b").status == 200  # and lets a signed one through
             conn = http.client.HTTPSConnection("127.0.0.1", gw.https, context=tls, timeout=5)
             try:
                 conn.request("GET", "/public/tls", headers={"Host": "api.example.com"})
@@ -189,6 +195,14 @@ spec:
         stop.set()
         worker.join(10)
     assert not errors, errors
+
+
+def _signed(gw: Meshgate, path: str):  # noqa: ANN202 - a harness response
+    from meshgate.edge.signing import sign_request
+
+    headers = sign_request("partner-1", b"dashboards-test-key", method="GET", path_and_query=path,
+                           headers={}, signed_headers=())
+    return request(gw.http, path, headers=headers)
 
 
 def _expand(expr: str) -> str:
@@ -291,10 +305,14 @@ def test_readyz_details_each_part(gw: Meshgate) -> None:
     assert body["ready"] is True
     assert checks["config"]["ok"] is True and checks["config"]["state"] == "valid"
     assert checks["config"]["version"] == gw.status()["config_version"]
-    (node,) = checks["envoys"]["nodes"]
+    # Envoy, and the edge companion (it takes its config over ADS as a node of group meshgate-edge)
+    nodes = {n["node_id"]: n for n in checks["envoys"]["nodes"]}
+    assert set(nodes) == {"edge-local", "meshgate-edge-local"}, nodes
+    node = nodes["edge-local"]
     assert node["live"] is True and node["in_sync"] is True and node["node_id"] == "edge-local"
     assert checks["envoys"]["local"] == {"pid": gw.envoy_pid, "live": True, "restarts": 0}
-    assert checks["dependencies"] == {}  # no signed route: the edge companion is not in use
+    assert set(checks["dependencies"]) == {"edge_companion"}  # a signed route: the companion is in use
+    assert checks["dependencies"]["edge_companion"]["ok"] is True, checks["dependencies"]
     with urllib.request.urlopen(f"{gw.status_url}/healthz", timeout=5) as resp:  # noqa: S310
         assert resp.read() == b"ok\n"
 

@@ -131,11 +131,13 @@ def route_stat(samples, name: str, rule: int, **labels: str) -> float:
 
 def test_summary_and_status_name_every_metrics_endpoint(gw: Meshgate) -> None:
     metrics = gw.status()["metrics"]
-    assert set(metrics) == {"control_plane", "envoy"}
+    assert set(metrics) == {"control_plane", "envoy", "edge_companion"}  # a signed route: the companion runs
     assert metrics["control_plane"] == f"{gw.status_url}/metrics"
     assert metrics["envoy"].startswith("http://127.0.0.1:") and metrics["envoy"].endswith("/stats/prometheus")
+    assert metrics["edge_companion"] == gw.status()["edge"]["metrics"]
     summary = gw.stdout_path.read_text()
-    assert f"metrics:    {metrics['control_plane']}  (control plane), {metrics['envoy']}  (Envoy)" in summary
+    assert (f"metrics:    {metrics['control_plane']}  (control plane), {metrics['envoy']}  (Envoy), "
+            f"{metrics['edge_companion']}  (edge companion)") in summary
     for url in metrics.values():
         assert fetch(url)[0] == 200
 
@@ -193,8 +195,9 @@ def test_promtool_checks_both(gw: Meshgate) -> None:
                               text=True, timeout=30)
 
     metrics = gw.status()["metrics"]
-    own = check(metrics["control_plane"])
-    assert own.returncode == 0 and not (own.stdout + own.stderr).strip(), own.stdout + own.stderr
+    for url in (metrics["control_plane"], metrics["edge_companion"]):  # meshgate's own: lint-clean
+        own = check(url)
+        assert own.returncode == 0 and not (own.stdout + own.stderr).strip(), (url, own.stdout + own.stderr)
     # Envoy's names are Envoy's (counters without `_total`, no HELP, `_ms` units): promtool lints
     # them, but the page parses (a parse error is reported as "error while linting: ...").
     envoy = check(metrics["envoy"])
