@@ -184,8 +184,14 @@ def test_per_rule_statistics_with_bounded_labels(gw: Meshgate) -> None:
 def test_meshgate_metrics_parse(gw: Meshgate) -> None:
     code, text = fetch(gw.status()["metrics"]["control_plane"])
     assert code == 200
-    names = {n for n, _ in series(text)}
+    samples = series(text)
+    names = {n for n, _ in samples}
     assert {"meshgate_xds_pushes_total", "meshgate_xds_acks_total", "meshgate_config_reloads_total"} <= names
+    # Push latency per xDS type: from the response's write to the Envoy's ACK, one per ACKed push.
+    for kind in ("Listener", "Cluster", "RouteConfiguration", "ClusterLoadAssignment"):
+        count = samples[("meshgate_xds_push_seconds_count", (("type", kind),))]
+        assert count >= 1 and samples[("meshgate_xds_push_seconds_sum", (("type", kind),))] > 0, kind
+        assert count <= sum(v for (n, ls), v in samples.items() if n == "meshgate_xds_acks_total" and ls == (("type", kind),))
 
 
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) not installed")
