@@ -22,6 +22,7 @@ Usage: .venv/bin/python bench/scale.py [--sizes 1000,10000] [--changes 5] [--qui
 from __future__ import annotations
 
 import argparse
+import calendar
 import http.client
 import json
 import os
@@ -250,6 +251,7 @@ def start_and_push(procs: Processes, tmp: Path, config_dir: Path, state: Path, e
         "envoy_mem": proc_mem_mb(envoy_pid),
         "translation_s": metric(status_url, "meshgate_translation_seconds_sum"),
         "listen_port": int(env[ENV_LISTEN]),
+        "log": log,
     }
 
 
@@ -265,6 +267,25 @@ def get_code(port: int, path: str) -> int:
         return resp.status
     finally:
         conn.close()
+
+
+def log_times(log: Path, after: float) -> dict[str, float]:
+    """Wall-clock times (s) of the first "reloading" and "config published" lines of meshgate's
+    JSON log written after `after`: where a change's time went (millisecond resolution)."""
+    marks: dict[str, float] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        if '"msg": "config files changed, reloading"' not in line and '"msg": "config published"' not in line:
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        stamp, ms = entry["time"].rstrip("Z").split(".")
+        t = calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%S")) + int(ms) / 1000
+        if t + 0.001 < after:
+            continue
+        marks.setdefault("reloading" if "reloading" in entry["msg"] else "published", t)
+    return marks
 
 
 def served_changes(run: dict, config_dir: Path, staging: Path, n: int, repeats: int) -> list[dict]:
@@ -284,6 +305,7 @@ def served_changes(run: dict, config_dir: Path, staging: Path, n: int, repeats: 
         overrides = {route: new_path} if new_path != f"/r/{route}" else {}
         tmp_file = staging / name
         tmp_file.write_text(routes_file_text(n, file_index, overrides))
+        written = time.time()
         os.replace(tmp_file, config_dir / name)
         t0 = time.perf_counter()
         deadline = t0 + 30
@@ -310,10 +332,17 @@ def served_changes(run: dict, config_dir: Path, staging: Path, n: int, repeats: 
                 break
             time.sleep(0.01)
         translation_after = metric(run["status_url"], "meshgate_translation_seconds_sum") or 0.0
+        marks = log_times(run["log"], written)
+        # write -> "reloading" (inotify + settle), -> "config published" (the reload), -> served
+        # (ADS push, Envoy applying the update, the 5 ms poll); from the log's ms timestamps.
+        settle_ms = (marks["reloading"] - written) * 1000 if "reloading" in marks else float("nan")
+        to_publish_ms = (marks["published"] - written) * 1000 if "published" in marks else float("nan")
         results.append({"path": new_path, "served_ms": served_ms, "polls": polls,
-                        "reload_ms": (translation_after - translation_before) * 1000})
+                        "reload_ms": (translation_after - translation_before) * 1000,
+                        "settle_ms": settle_ms, "published_ms": to_publish_ms})
         print(f"  change {k + 1}/{repeats}: {new_path:<16} served after {served_ms:8.1f} ms "
-              f"(meshgate reload {results[-1]['reload_ms']:.0f} ms)", flush=True)
+              f"(meshgate reload {results[-1]['reload_ms']:.0f} ms; reloading at {settle_ms:.0f} ms, "
+              f"published at {to_publish_ms:.0f} ms)", flush=True)
         time.sleep(0.3)
     return results
 
@@ -360,6 +389,10 @@ def print_report(rows: dict[int, dict], changes: tuple[int, list[dict]] | None, 
         print(f"served change at N={n:,}: write -> new path 200 through Envoy (ms)")
         print("  " + "  ".join(f"{c['path']}: {c['served_ms']:.0f} (reload {c['reload_ms']:.0f})" for c in ch))
         print(f"  median {statistics.median(served):.0f} ms, max {max(served):.0f} ms")
+        med = lambda key: statistics.median(c[key] for c in ch)  # noqa: E731
+        print(f"  medians: write -> reload starts {med('settle_ms'):.0f} ms (inotify + settle window), "
+              f"reload {med('reload_ms'):.0f} ms, write -> published {med('published_ms'):.0f} ms, "
+              f"published -> served {med('served_ms') - med('published_ms'):.0f} ms (ADS push + Envoy applying it)")
 
     print()
     print(f"targets (N = {TARGET_N:,}; meshgate run --route-stats {ROUTE_STATS[0]})")

@@ -24,8 +24,9 @@ from __future__ import annotations
 import base64
 import os
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from meshgate.providers.file import FileReadError, SourceDocument, read_regular_file
 from meshgate.api.models import (
@@ -53,6 +54,7 @@ from meshgate.gatewayapi.checks import effective_hostnames, match_identity, pem_
 from meshgate.gatewayapi.backend_tls import resolve_backend_tls
 from meshgate.gatewayapi import failover
 from meshgate.gatewayapi import global_ratelimit
+from meshgate.gatewayapi import incremental
 from meshgate.gatewayapi.failover import FailoverResolver
 from meshgate.gatewayapi.routes import backend_cluster, build_routes
 from meshgate.gatewayapi.services import ServiceIndex
@@ -129,6 +131,10 @@ class TranslationMemo:
     routes: dict = field(default_factory=dict)
     context: tuple = ()
     keys: dict = field(default_factory=dict)  # id(resource) -> (resource, key, precedence sort key)
+    # What the last pass over all routes added up (vhosts, match claims, hostname owners), so
+    # that an edit to a few routes patches it instead of passing over every route again
+    # (meshgate.gatewayapi.incremental); None when that pass can't be patched.
+    fold: Any = None
 
 
 @dataclass(frozen=True)
@@ -140,8 +146,12 @@ class _Attachment:
 
 class _Translator:
     def __init__(self, objects: Sequence[tuple[Resource, SourceDocument]], invalid: set[ObjectKey],
-                 read_file: ReadFile, memo: TranslationMemo | None = None) -> None:
+                 read_file: ReadFile, memo: TranslationMemo | None = None, *, patching: bool = False) -> None:
+        """`patching`: `objects` are the objects that are not routes; the routes come from the
+        memo's fold (meshgate.gatewayapi.incremental), changed ones added with `_add`."""
         self.status = StatusBook()
+        self.non_route: list[tuple[Resource, SourceDocument]] = []  # in `objects` order
+        self.duplicates = False  # some key is defined twice (reported; the fold can't be kept)
         self.memo = memo
         self.invalid = invalid  # keys of objects that exist but failed validation (their own errors say why)
         self.read_file = read_file
@@ -159,7 +169,9 @@ class _Translator:
         for resource, doc in objects:
             self._add(resource, doc)
         self.gateways = precedence_order(self.gateways)
-        if memo is not None:
+        if patching:
+            pass
+        elif memo is not None:
             self.routes.sort(key=lambda r: memo.keys[id(r)][2])
             if len(memo.keys) > 2 * len(objects) + 64:  # forget objects long gone
                 alive = {id(r) for r, _ in objects}
@@ -176,9 +188,16 @@ class _Translator:
                           b.spec.tls.model_dump_json() if b.spec.tls else None) for k, b in self.backends.items())),
             frozenset(k for k in invalid if k[1] not in ("HTTPRoute", "GRPCRoute")))
         self._context_objects = [r for r, _ in objects]  # keeps the ids above from being reused
+
+    def _settle_context(self, programmed: list[tuple[Gateway, Listener]]) -> None:
+        """Complete the context with which Gateway listeners could be programmed (a certificate
+        file that turns unreadable changes where routes attach, with no object changed), and make
+        it the memo's very object when it equals the last one (memo hits compare by identity)."""
+        self.context = (*self.context, tuple((id(g), l.name) for g, l in programmed))
+        memo = self.memo
         if memo is not None:
             if memo.context == self.context:
-                self.context = memo.context  # the same object: memo hits compare by identity
+                self.context = memo.context
             memo.context = self.context
 
     def _add(self, resource: Resource, doc: SourceDocument) -> None:
@@ -191,6 +210,7 @@ class _Translator:
                 self.memo.keys[id(resource)] = (resource, key, _order_key(resource))
         self.key_of[id(resource)] = key
         if key in self.docs:
+            self.duplicates = True
             first = self.docs[key]
             # Not tracked: the status slot belongs to the first definition.
             self.status.problems.append(doc.error(("metadata", "name"),
@@ -200,6 +220,7 @@ class _Translator:
         if isinstance(resource, (HTTPRoute, MeshgateHTTPRoute, GRPCRoute)):
             self.routes.append(resource)  # its status is made (or reused) in _route
             return
+        self.non_route.append((resource, doc))
         self.status.track(key, doc, resource.kind)
         self.status.condition(resource, ACCEPTED)
         ns_name = (resource.metadata.namespace, resource.metadata.name)
@@ -436,6 +457,7 @@ class _Translator:
         cached = self.memo.routes.get(key) if self.memo is not None else None
         if cached is not None and cached.route is route and cached.context is self.context:
             self.status.objects[key] = cached.status  # shared, never mutated (see run)
+            self.status._docs[key] = self.docs[key]  # a conflict found below is reported at its line
             self.status.problems.extend(cached.problems)
             return cached
         first_problem = len(self.status.problems)
@@ -460,15 +482,23 @@ class _Translator:
             self.memo.routes[key] = result
         return result
 
-    def run(self) -> Translation:
+    def _prepare(self) -> tuple:
+        """What every translation starts with: the Gateway listeners that can be programmed (and
+        their statuses), the resolvers routes use, the client settings and the route policies."""
         programmed, cert_of, secrets = self.gateway_listeners()
         self.resolve_transcoder = TranscoderResolver(self)  # ExtensionRef filters (gRPC-JSON transcoding)
         self.resolve_failover = FailoverResolver(self)  # rules with a fallback Backend: Envoy priorities
         self.gateway_by_name = {(g.metadata.namespace, g.metadata.name): g for g in self.gateways}
         self.programmed_ids = {(id(g), id(l)) for g, l in programmed}
+        self._settle_context(programmed)
         settings = policies.client_settings(self, programmed)
         traffic = BackendTraffic(self)  # BackendTrafficPolicies: statuses now, routes below
         security = SecurityPolicies(self)  # SecurityPolicies: likewise, per listener
+        return programmed, cert_of, secrets, settings, traffic, security
+
+    def run(self) -> Translation:
+        programmed, cert_of, secrets, settings, traffic, security = self._prepare()
+        fold = incremental.FoldBuilder() if self.memo is not None else None
 
         # port -> hostname -> [(precedence key, IR route)]; first definition of a match wins.
         by_port: dict[int, dict[str, list]] = defaultdict(lambda: defaultdict(list))
@@ -488,12 +518,15 @@ class _Translator:
             self.services.use(result.built)
             failover_routes.extend(r for _, r in result.built if any(d.failover for d in r.destinations))
             routes_built = traffic.apply(route, result.matches, result.built, result.attachments)
+            contribution = fold.route(self.key_of[id(route)], route) if fold is not None else None
             for gateway_key, listener_name, port, hostnames in result.attachments:
                 shared = shares.get(gateway_key)
                 if shared is None:
                     shared = shares[gateway_key] = self._shares_hostnames(gateway_key)
                 if not shared and hostnames != ("*",):
                     ns = route.metadata.namespace
+                    if contribution is not None:
+                        contribution.hosts.extend((port, h) for h in hostnames if h != "*")
                     kept = [h for h in hostnames if h == "*" or host_owner.setdefault((port, h), ns) == ns]
                     if len(kept) < len(hostnames):
                         refused_hosts.setdefault(id(route), (route, []))[1].extend(
@@ -503,13 +536,19 @@ class _Translator:
                         continue  # every hostname belongs to another namespace here: not attached
                 served_somewhere.add(id(route))
                 attached[(gateway_key, listener_name)] += 1
+                if contribution is not None:
+                    contribution.attached.append((gateway_key, listener_name))
                 served = security.apply(route, result.matches, routes_built, gateway_key, listener_name)
                 for host in hostnames:
                     vhost = by_port[port][host]
                     for (where, identity), built in zip(result.matches, served):
+                        if contribution is not None:
+                            contribution.claims.append((port, host, identity))
                         first, first_where = owners.setdefault((port, host, identity), (route, where))
                         if first is route and (first_where is where or first_where[:3] == where[:3]):
                             vhost.append(built)
+                            if contribution is not None:
+                                contribution.served.append((port, host, built))
                         elif first is not route or first_where != where:
                             src = self.docs[self.key_of[id(first)]]
                             conflicts.append((route, Condition(
@@ -529,7 +568,10 @@ class _Translator:
             status = self.status.objects[key]
             if status is self.memo_status(key):  # copy before changing a status the memo shares
                 self.status.objects[key] = status = replace(status, conditions=list(status.conditions))
+            first_problem = len(self.status.problems)
             self.status.condition(route, condition, where)
+            if fold is not None:
+                fold.conflict(key, self.status.problems[first_problem:])
         if self.memo is not None:  # forget routes that are gone
             if len(self.memo.routes) > len(self.routes):
                 present = {self.key_of[id(r)] for r in self.routes}
@@ -537,13 +579,30 @@ class _Translator:
                     del self.memo.routes[key]
 
         listeners = []
+        sorted_hosts: dict[tuple[int, str], list] = {}
+        vhost_objects: dict[tuple[int, str], ir.VirtualHost] = {}
         for port, (name, tls, port_settings) in sorted(self._ports(programmed, cert_of, settings).items()):
             hosts = by_port.get(port, {})
             vhosts = []
             for host in sorted(hosts, key=_host_order):
                 routes = sorted(dict((r.name, (k, r)) for k, r in hosts[host]).values(), key=lambda kr: kr[0])
                 vhosts.append(ir.VirtualHost(name=f"{name}/{host}", domains=(host,), routes=tuple(r for _, r in routes)))
+                sorted_hosts[(port, host)] = routes
+                vhost_objects[(port, host)] = vhosts[-1]
             listeners.append(ir.Listener(name=name, port=port, tls=tls, virtual_hosts=tuple(vhosts), settings=port_settings))
+        translation = self._finish(listeners, secrets, failover_routes, traffic, security)
+        if self.memo is not None:
+            # Kept only for what the patch path can redo exactly: no route policies (their
+            # statuses and effects depend on every route), no route sending to a Service or with
+            # failover (clusters built from all routes), no object defined twice.
+            patchable = (not self.duplicates and not self.services.used and not failover_routes
+                         and not any(isinstance(p, (BackendTrafficPolicy, SecurityPolicy)) for p in self.policies))
+            self.memo.fold = fold.build(self, sorted_hosts, vhost_objects, attached) if patchable else None
+        return translation
+
+    def _finish(self, listeners: list[ir.Listener], secrets: dict, failover_routes: list, traffic: BackendTraffic,
+                security: SecurityPolicies, global_limits: bool = True) -> Translation:
+        """The clusters and secrets the listeners need, and the Translation."""
         clusters = []
         for _, backend in sorted(self.backends.items()):
             # Upstream TLS: a Backend whose TLS can't be resolved is left out (never plaintext).
@@ -554,11 +613,12 @@ class _Translator:
         clusters += failover.clusters(failover_routes, clusters)  # Backends with fallbacks, by priority
         clusters += traffic.clusters(clusters)  # variants of Backend clusters (BackendTrafficPolicy)
         clusters += security.clusters()  # where Envoy fetches remote JWKS
-        clusters += global_ratelimit.clusters(listeners, clusters)  # the edge companion, for global rate limits
+        if global_limits:
+            clusters += global_ratelimit.clusters(listeners, clusters)  # the edge companion, for global rate limits
         secrets.update(security.secrets)
         model = ir.IR(listeners=tuple(listeners), clusters=clusters,
                       secrets=tuple(secrets[n] for n in sorted(secrets)))
-        return Translation(model, self.status, self.gateways, self.routes, self.backends, self.policies)
+        return Translation(model, self.status, self.gateways, list(self.routes), self.backends, self.policies)
 
     def _admits(self, gateway: Gateway, listener: Listener, namespace: str) -> bool:
         """Gateway API allowedRoutes.namespaces: Same (the Gateway's), All, or Selector (labels of
@@ -606,18 +666,32 @@ def _host_order(host: str) -> tuple:
 
 
 def translate(objects: Sequence[tuple[Resource, SourceDocument]], *, invalid: Iterable[ObjectKey] = (),
-              read_file: ReadFile = _read_file, memo: TranslationMemo | None = None) -> Translation:
+              read_file: ReadFile = _read_file, memo: TranslationMemo | None = None,
+              changed: frozenset[ObjectKey] | None = None, serving: Mapping[ObjectKey, Any] | None = None) -> Translation:
     """Valid objects (with their documents) → IR and a status per object. Pure but for reading the
     certificate files Gateways name (through `read_file`). With a `memo` (kept by the caller
-    across reloads), routes unchanged since the last call are not translated again."""
-    return _Translator(objects, set(invalid), read_file, memo).run()
+    across reloads), routes unchanged since the last call are not translated again; and with
+    `changed` (the keys whose object changed since that call; `serving`: key -> the store's
+    object, `StoredObject`), an edit to a few routes patches the last translation
+    (meshgate.gatewayapi.incremental) when that gives exactly what translating everything would."""
+    invalid = set(invalid)
+    if memo is not None:
+        if changed is not None and serving is not None:
+            patched = incremental.patch(memo, serving, changed, invalid, read_file)
+            if patched is not None:
+                return patched
+        memo.fold = None
+    return _Translator(objects, invalid, read_file, memo).run()
 
 
 def translate_view(view: StoreView, read_file: ReadFile = _read_file, memo: TranslationMemo | None = None) -> Translation:
     """`translate` the objects of a store update, and give the objects whose current version is
     invalid their status: `Accepted=False` (reason `Invalid`), and `Programmed` True while their
     last valid version keeps serving, False when they never had one."""
-    translation = translate(view.objects, invalid=view.invalid, read_file=read_file, memo=memo)
+    # Patching needs every object's one version: with an object defined twice, translate in full.
+    patchable = view.changed is not None and len(view.objects) == len(view.serving)
+    translation = translate(view.objects, invalid=view.invalid, read_file=read_file, memo=memo,
+                            changed=view.changed if patchable else None, serving=view.serving)
     book = translation.status
     for key in sorted(view.invalid):
         errors = view.errors_by_key.get(key, [])

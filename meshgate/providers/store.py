@@ -57,6 +57,9 @@ class StoreView:
     errors_by_key: dict[ObjectKey, list[ConfigError]] = field(default_factory=dict)
     documents: int = 0  # how many documents the providers gave (0: the paths hold no objects)
     serving: dict[ObjectKey, StoredObject] = field(default_factory=dict)  # by key: current or last valid version
+    # Keys whose stored object (or validity) may differ from the previous update's: the objects of
+    # the files validated again, and of files gone. None: unknown (the first update).
+    changed: frozenset[ObjectKey] | None = None
 
     @property
     def versions(self) -> dict[ObjectKey, tuple[int, str, int]]:
@@ -86,6 +89,7 @@ class ObjectStore:
     def __init__(self) -> None:
         self._last_good: dict[ObjectKey, StoredObject] = {}
         self._files: dict[str, _FileEntry] = {}
+        self._updated = False  # an update happened: the next one can say what changed
 
     def _validate_file(self, docs: list[SourceDocument]) -> _FileEntry:
         from meshgate.api.config import parse_document
@@ -167,9 +171,18 @@ class ObjectStore:
         if len(self._last_good) > len(objects) or set(self._files) != set(files):
             for key in [k for k in self._last_good if k not in objects]:
                 del self._last_good[key]
+        changed: set[ObjectKey] = set()
+        for file in self._files.keys() | files.keys():
+            before, after = self._files.get(file), files.get(file)
+            if before is not after:
+                for entry in (before, after):
+                    if entry is not None:
+                        changed.update(k for k, _ in entry.objects)
+                        changed.update(entry.invalid)
         self._files = files
+        known, self._updated = self._updated, True
         return StoreView(
             objects=[(o.resource, o.doc) for o in [*objects.values(), *duplicates]],
             invalid=invalid, stale=stale, problems=problems, errors_by_key=errors_by_key, documents=count,
-            serving=objects,
+            serving=objects, changed=frozenset(changed) if known else None,
         )
