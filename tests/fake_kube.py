@@ -7,6 +7,9 @@ What a real kube-apiserver does and this one imitates (https://kubernetes.io/doc
 - objects by group/version/resource ("GVR", e.g. `gateway.networking.k8s.io/v1/httproutes`), with
   `metadata.uid`, `resourceVersion` (one counter for the whole server, as etcd's revision),
   `generation` (grows when anything but metadata and status changes) and `creationTimestamp`;
+- a resource served in several versions (ReferenceGrant v1 and v1beta1): one stored object, read
+  and watched under each version with that version's apiVersion; a version can stop (or start)
+  being served while the server runs (`remove_resource`, `add_resource`), and then answers 404;
 - list (`GET .../httproutes`) with the list's `resourceVersion`, `limit` + `continue` paging,
   `labelSelector` and `fieldSelector`;
 - watch (`?watch=true`): a chunked HTTP response of JSON lines `{"type": ADDED|MODIFIED|DELETED|
@@ -57,6 +60,12 @@ class ResourceType:
     def gvr(self) -> tuple[str, str, str]:
         return (self.group, self.version, self.plural)
 
+    @property
+    def storage(self) -> tuple[str, str]:
+        """Where its objects are kept: one stored object is served under every version of a
+        resource (as a CRD with several `served` versions is), each read with its own apiVersion."""
+        return (self.group, self.plural)
+
 
 GATEWAY = "gateway.networking.k8s.io"
 MESHGATE = "meshgate.io"
@@ -72,6 +81,8 @@ DEFAULT_RESOURCES = [
     ResourceType(GATEWAY, "v1", "gateways", "Gateway"),
     ResourceType(GATEWAY, "v1", "httproutes", "HTTPRoute"),
     ResourceType(GATEWAY, "v1", "grpcroutes", "GRPCRoute"),
+    # Gateway API v1.2+ serves ReferenceGrant as v1 and v1beta1 (the same objects under both).
+    ResourceType(GATEWAY, "v1", "referencegrants", "ReferenceGrant", status_subresource=False),
     ResourceType(GATEWAY, "v1beta1", "referencegrants", "ReferenceGrant", status_subresource=False),
     ResourceType(MESHGATE, "v1alpha1", "backends", "Backend"),
     ResourceType(MESHGATE, "v1alpha1", "httproutes", "HTTPRoute"),
@@ -113,11 +124,11 @@ class FakeKube:
     def __init__(self, resources: list[ResourceType] | None = None, *, history: int = 1000,
                  bookmark_interval: float = 1.0, token: str | None = None) -> None:
         self.types: dict[tuple[str, str, str], ResourceType] = {}
-        self.objects: dict[tuple[str, str, str], dict[tuple[str, str], dict]] = {}
+        self.objects: dict[tuple[str, str], dict[tuple[str, str], dict]] = {}  # by ResourceType.storage
         for rt in resources or DEFAULT_RESOURCES:
             self.add_resource(rt)
         self.revision = 1  # etcd's revision: every write bumps it; objects carry it as resourceVersion
-        self.history: deque[tuple[int, tuple, str, dict]] = deque(maxlen=history)  # (rv, gvr, type, object)
+        self.history: deque[tuple[int, tuple, str, dict]] = deque(maxlen=history)  # (rv, storage, type, object)
         self.oldest = 1  # watches from before this revision get 410 Gone
         self.bookmark_interval = bookmark_interval
         self.token = token
@@ -131,7 +142,14 @@ class FakeKube:
 
     def add_resource(self, rt: ResourceType) -> None:
         self.types[rt.gvr] = rt
-        self.objects.setdefault(rt.gvr, {})
+        self.objects.setdefault(rt.storage, {})
+
+    def remove_resource(self, rt: ResourceType) -> None:
+        """Stop serving one version (a CRD version set to `served: false`): its requests get 404,
+        and its open watches end. Objects stay, served by the resource's other versions."""
+        del self.types[rt.gvr]
+        for w in [w for w in self.watchers if w.rt == rt]:
+            w.queue.put_nowait(None)
 
     def type_of(self, api_version: str, kind: str) -> ResourceType:
         for rt in self.types.values():
@@ -145,12 +163,12 @@ class FakeKube:
 
     def _record(self, rt: ResourceType, event: str, obj: dict) -> None:
         rv = int(obj["metadata"]["resourceVersion"])
-        self.history.append((rv, rt.gvr, event, copy.deepcopy(obj)))
+        self.history.append((rv, rt.storage, event, copy.deepcopy(obj)))
         if len(self.history) == self.history.maxlen:
             self.oldest = self.history[0][0]
         for w in self.watchers:
-            if w.rt is rt and _matches(obj, w.namespace, w.labels, w.fields):
-                w.queue.put_nowait((event, obj))
+            if w.rt.storage == rt.storage and _matches(obj, w.namespace, w.labels, w.fields):
+                w.queue.put_nowait((event, _as_version(w.rt, obj)))
 
     def compact(self) -> None:
         """Forget the watch history (as etcd compaction does): every older watch gets 410 Gone."""
@@ -168,20 +186,20 @@ class FakeKube:
         key = (meta.get("namespace", ""), meta.get("name", ""))
         if not key[1]:
             raise ApiError(422, "Invalid", "metadata.name: Required value")
-        if key in self.objects[rt.gvr]:
+        if key in self.objects[rt.storage]:
             raise ApiError(409, "AlreadyExists", f'{rt.plural}.{rt.group} "{key[1]}" already exists')
         obj["apiVersion"], obj["kind"] = rt.api_version, rt.kind
         meta.update(uid=str(uuid.uuid4()), generation=1, resourceVersion=self._bump(),
                     creationTimestamp=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
         if rt.status_subresource:
             obj.pop("status", None)  # set through the status subresource only
-        self.objects[rt.gvr][key] = obj
+        self.objects[rt.storage][key] = obj
         self._record(rt, "ADDED", obj)
         return copy.deepcopy(obj)
 
     def get(self, rt: ResourceType, namespace: str, name: str) -> dict:
         try:
-            return self.objects[rt.gvr][(namespace if rt.namespaced else "", name)]
+            return self.objects[rt.storage][(namespace if rt.namespaced else "", name)]
         except KeyError:
             raise ApiError(404, "NotFound", f'{rt.plural}.{rt.group} "{name}" not found') from None
 
@@ -202,7 +220,8 @@ class FakeKube:
         else:
             keep = {k: current["metadata"][k] for k in ("uid", "creationTimestamp", "generation", "namespace", "name")
                     if k in current["metadata"]}
-            new = {**copy.deepcopy(obj), "apiVersion": rt.api_version, "kind": rt.kind}
+            # Kept in the version it was stored in, whichever version the write came through.
+            new = {**copy.deepcopy(obj), "apiVersion": current["apiVersion"], "kind": rt.kind}
             new["metadata"] = {**copy.deepcopy(obj.get("metadata", {})), **keep}
             if rt.status_subresource:
                 new.pop("status", None)
@@ -213,7 +232,7 @@ class FakeKube:
         if new == current:
             return copy.deepcopy(current)  # a no-op write changes nothing, not even resourceVersion
         new["metadata"]["resourceVersion"] = self._bump()
-        self.objects[rt.gvr][(current["metadata"].get("namespace", ""), current["metadata"]["name"])] = new
+        self.objects[rt.storage][(current["metadata"].get("namespace", ""), current["metadata"]["name"])] = new
         self._record(rt, "MODIFIED", new)
         return copy.deepcopy(new)
 
@@ -236,7 +255,7 @@ class FakeKube:
 
     def delete(self, rt: ResourceType, namespace: str, name: str) -> dict:
         obj = self.get(rt, namespace, name)
-        del self.objects[rt.gvr][(obj["metadata"].get("namespace", ""), name)]
+        del self.objects[rt.storage][(obj["metadata"].get("namespace", ""), name)]
         obj = copy.deepcopy(obj)
         obj["metadata"]["resourceVersion"] = self._bump()  # a delete is a write too
         self._record(rt, "DELETED", obj)
@@ -247,7 +266,7 @@ class FakeKube:
         rt = self.type_of(obj["apiVersion"], obj["kind"])
         meta = obj.get("metadata", {})
         key = (meta.get("namespace", "default") if rt.namespaced else "", meta["name"])
-        if key in self.objects[rt.gvr]:
+        if key in self.objects[rt.storage]:
             return self.update(obj, rt, check_version=False)
         return self.create(obj, rt)
 
@@ -385,7 +404,7 @@ class FakeKube:
             if revision < self.oldest:
                 raise ApiError(410, "Expired", "The provided continue parameter is too old to display a consistent "
                                "list result. You can start a new list without the continue parameter.")
-        items = sorted((k, o) for k, o in self.objects[rt.gvr].items() if _matches(o, namespace, labels, fields))
+        items = sorted((k, o) for k, o in self.objects[rt.storage].items() if _matches(o, namespace, labels, fields))
         if start_after is not None:
             items = [(k, o) for k, o in items if k > start_after]
         limit = int(q.get("limit", "0") or 0)
@@ -393,10 +412,10 @@ class FakeKube:
         if limit and len(items) > limit:
             items = items[:limit]
             meta["continue"] = base64.urlsafe_b64encode(json.dumps({"rv": revision, "after": list(items[-1][0])}).encode()).decode()
-            meta["remainingItemCount"] = len(self.objects[rt.gvr]) - limit
+            meta["remainingItemCount"] = len(self.objects[rt.storage]) - limit
         out = []
         for _, obj in items:
-            obj = copy.deepcopy(obj)
+            obj = _as_version(rt, obj)
             if not rt.group or rt.group in ("discovery.k8s.io", "coordination.k8s.io"):
                 # Built-in kinds' list items carry no apiVersion/kind (CRDs' do); clients add them.
                 obj.pop("apiVersion", None)
@@ -415,7 +434,8 @@ class FakeKube:
         backlog: list[tuple[str, dict]] = []
         if rv_text in ("", "0"):
             since = self.revision
-            backlog = [("ADDED", o) for _, o in sorted(self.objects[rt.gvr].items()) if _matches(o, namespace, labels, fields)]
+            backlog = [("ADDED", _as_version(rt, o)) for _, o in sorted(self.objects[rt.storage].items())
+                       if _matches(o, namespace, labels, fields)]
         else:
             try:
                 since = int(rv_text)
@@ -424,8 +444,8 @@ class FakeKube:
             if since < self.oldest - 1:
                 backlog = [("ERROR", status_object(410, "Expired", f"too old resource version: {since} ({self.oldest})"))]
             else:
-                backlog = [(e, o) for v, gvr, e, o in self.history
-                           if gvr == rt.gvr and v > since and _matches(o, namespace, labels, fields)]
+                backlog = [(e, _as_version(rt, o)) for v, storage, e, o in self.history
+                           if storage == rt.storage and v > since and _matches(o, namespace, labels, fields)]
         # Registered before the first await, so no event between the backlog and the stream is lost.
         self.watchers.append(watcher)
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
@@ -469,7 +489,7 @@ class FakeKube:
         if subresource is not None and (subresource != "status" or not rt.status_subresource):
             raise ApiError(404, "NotFound", "the server could not find the requested resource")
         if request.method == "GET":
-            return web.json_response(self.get(rt, namespace, name))
+            return web.json_response(_as_version(rt, self.get(rt, namespace, name)))
         if request.method == "PUT":
             body = await request.json()
             meta = body.setdefault("metadata", {})
@@ -478,10 +498,11 @@ class FakeKube:
             meta["name"] = name
             if rt.namespaced:
                 meta["namespace"] = namespace
-            return web.json_response(self.update(body, rt, subresource=subresource))
+            return web.json_response(_as_version(rt, self.update(body, rt, subresource=subresource)))
         if request.method == "PATCH":
             content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
-            return web.json_response(self.patch(rt, namespace, name, await request.json(), content_type, subresource))
+            patched = self.patch(rt, namespace, name, await request.json(), content_type, subresource)
+            return web.json_response(_as_version(rt, patched))
         if request.method == "DELETE" and subresource is None:
             self.delete(rt, namespace, name)
             return web.json_response({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"})
@@ -489,6 +510,14 @@ class FakeKube:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+
+
+def _as_version(rt: ResourceType, obj: dict) -> dict:
+    """A copy of a stored object as version `rt.version` serves it (only apiVersion differs here:
+    the versions meshgate reads have the same schema)."""
+    obj = copy.deepcopy(obj)
+    obj["apiVersion"] = rt.api_version
+    return obj
 
 
 def _flag(value: str | None) -> bool:

@@ -66,6 +66,8 @@ class Controller:
         out["gating"] = version is None
         errors = [*out["failing"].values(), self.elector.last_error, self.writer.last_error]
         out["last_error"] = next((e for e in errors if e), None)
+        # A version of a kind read in two (ReferenceGrant) that this API server doesn't serve.
+        out["not_served"] = sorted(i.kind.name for i in self.provider.informers if i.served is False and not i.last_error)
         out["leader"] = self.elector.as_json()
         out["status_writes"] = self.writer.writes
         return out

@@ -13,6 +13,10 @@ This is what client-go's reflector does, on top of `kubernetes-asyncio`:
 5. Any other error (connection refused, 5xx, 403 missing RBAC, 404 CRD not installed): wait with
    exponential back-off (jittered, capped at `max_backoff`) and list again. Every request has a
    client-side time limit, so a server that stops answering can't hang the loop.
+6. A kind read in two versions (ReferenceGrant `v1` and `v1beta1`: a cluster serves either or
+   both, depending on the Gateway API release installed): a 404 for one version while another
+   version (`other_versions`) is served is no error. This informer then holds nothing, counts as
+   listed, and asks again every `max_backoff` (the version may be installed later).
 
 Each change calls `on_change(key)` on the event loop; `objects` is the current copy.
 """
@@ -83,6 +87,11 @@ class Informer:
         self.resource_version: str | None = None
         self.last_error: str | None = None
         self.lists = 0  # how many lists were made (relists after 410 and errors included)
+        # Whether the API server serves this kind's version: None until the first list answers.
+        self.served: bool | None = None
+        self.answered = asyncio.Event()  # set once a list was answered (served or 404)
+        # Informers of the same kind in other versions (step 6 of the module doc), set by the provider.
+        self.other_versions: list[Informer] = []
 
     def _selectors(self) -> dict[str, str]:
         out = {}
@@ -105,12 +114,46 @@ class Informer:
             except _Gone:
                 log.info("watch expired, listing again", extra={"kind": self.kind.name})
                 continue
+            except ApiException as exc:
+                if exc.status != 404 or not self.other_versions or not await self._served_elsewhere():
+                    await self._back_off(exc, backoff)
+                    backoff = min(backoff * 2, self.max_backoff)
+                    continue
+                self._not_served()
+                await asyncio.sleep(self.max_backoff)
             except Exception as exc:  # noqa: BLE001 - anything else: back off and list again
-                self.last_error = _describe(exc)
-                log.warning("cannot list/watch; retrying", extra={
-                    "kind": self.kind.name, "error": self.last_error, "retry_in_s": round(backoff, 2)})
-                await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
+                await self._back_off(exc, backoff)
                 backoff = min(backoff * 2, self.max_backoff)
+
+    async def _back_off(self, exc: BaseException, backoff: float) -> None:
+        self.last_error = _describe(exc)
+        log.warning("cannot list/watch; retrying", extra={
+            "kind": self.kind.name, "error": self.last_error, "retry_in_s": round(backoff, 2)})
+        await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
+
+    async def _served_elsewhere(self) -> bool:
+        """Whether another version of this kind is served: waits (bounded) for their first answer,
+        so a 404 at start isn't reported as an error only because the other list was slower."""
+        pending = [i.answered.wait() for i in self.other_versions if not i.answered.is_set()]
+        if pending:
+            try:
+                await asyncio.wait_for(asyncio.gather(*pending), self.request_timeout)
+            except asyncio.TimeoutError:
+                pass
+        return any(i.served for i in self.other_versions)
+
+    def _not_served(self) -> None:
+        """This version is not served (404) but another is: hold nothing, and count as listed."""
+        if self.objects or self.resource_version is not None or not self.synced.is_set():  # once per outage
+            log.info("version not served by the API server; its other version is read", extra={
+                "kind": self.kind.name, "read": [i.kind.name for i in self.other_versions if i.served]})
+        self.served = False
+        self.answered.set()
+        self.last_error = None
+        previous, self.objects, self.resource_version = self.objects, {}, None
+        self.synced.set()
+        for key in previous:
+            self.on_change(key)
 
     async def _list(self) -> None:
         objects: dict[ObjectKey, dict] = {}
@@ -124,6 +167,9 @@ class Informer:
                 body = await response.read()
                 if response.status == 410:  # a `continue` token too old: start the list again
                     raise _Gone()
+                if response.status == 404:
+                    self.served = False
+                    self.answered.set()
                 if not 200 <= response.status <= 299:
                     raise ApiException(status=response.status, reason=_status_message(body, response.reason))
                 data = json.loads(body)
@@ -137,6 +183,8 @@ class Informer:
             if not token:
                 break
         self.lists += 1
+        self.served = True
+        self.answered.set()
         self.resource_version = str(data["metadata"]["resourceVersion"])
         previous, self.objects = self.objects, objects
         self.last_error = None

@@ -4,7 +4,7 @@
 What is watched (all namespaces):
 
 - Gateway API (`gateway.networking.k8s.io`): `GatewayClass`, `Gateway`, `HTTPRoute`, `GRPCRoute`,
-  `ReferenceGrant`. A Gateway is meshgate's only when its `gatewayClassName` names a GatewayClass
+  `ReferenceGrant` (v1 and v1beta1, whichever the cluster serves). A Gateway is meshgate's only when its `gatewayClassName` names a GatewayClass
   whose `spec.controllerName` is meshgate's (`CONTROLLER_NAME` by default): a cluster may run
   several gateway implementations side by side, each owning its classes.
 - meshgate's kinds (`meshgate.io/v1alpha1`, CRDs): Backend, HTTPRoute, ClientTrafficPolicy,
@@ -59,6 +59,11 @@ WATCHED: list[WatchedKind] = [
     WatchedKind(GATEWAY_API, "v1", "gateways", "Gateway"),
     WatchedKind(GATEWAY_API, "v1", "httproutes", "HTTPRoute"),
     WatchedKind(GATEWAY_API, "v1", "grpcroutes", "GRPCRoute"),
+    # ReferenceGrant is served as v1 by newer Gateway API releases, as v1beta1 by older ones, and
+    # as both in between (one stored object, read under either version): both are watched, a
+    # version the server doesn't serve is no error, and an object seen under both is one document
+    # (v1 first). See `_changed` and the informer's `other_versions`.
+    WatchedKind(GATEWAY_API, "v1", "referencegrants", "ReferenceGrant"),
     WatchedKind(GATEWAY_API, "v1beta1", "referencegrants", "ReferenceGrant"),
     WatchedKind(MESHGATE, "v1alpha1", "backends", "Backend"),
     WatchedKind(MESHGATE, "v1alpha1", "httproutes", "HTTPRoute"),
@@ -193,6 +198,9 @@ class KubernetesProvider:
                 self._services = informer
             elif kind is ENDPOINT_SLICES:
                 self._slices = informer
+        for informer in self.informers:
+            informer.other_versions = [i for i in self.informers if i.kind.plural == informer.kind.plural
+                                       and i.kind.group == informer.kind.group and i.kind.version != informer.kind.version]
         self._tasks = [asyncio.create_task(i.run(), name=f"informer {i.kind.name}") for i in self.informers]
         try:
             await asyncio.wait_for(asyncio.gather(*(i.synced.wait() for i in self.informers)), self.sync_timeout)
@@ -234,6 +242,12 @@ class KubernetesProvider:
             listener(kind, key)
         informer = self._by_kind[kind]
         obj = informer.objects.get(key)
+        if obj is None or informer.other_versions:
+            # One object may be held by several informers of its kind (ReferenceGrant's two
+            # versions; Secrets, asked for by type): it is one document, from the first that holds it.
+            kind, obj = next(((i.kind, i.objects[key]) for i in self.informers
+                              if i.kind.kind == kind.kind and i.kind.group == kind.group and key in i.objects),
+                             (kind, None))
         if kind is ENDPOINT_SLICES:
             self._slice_changed(namespace, name, obj)
             return
