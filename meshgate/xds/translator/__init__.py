@@ -92,6 +92,28 @@ class TranslateMemo:
     again."""
 
     routes: dict[int, tuple[ir.Route, bytes]] = field(default_factory=dict)
+    # Listener name -> (what its Listener message depends on, the message): a listener whose
+    # settings and filter-relevant routes are unchanged keeps its message, so the snapshot keeps
+    # its serialized form and version (and nothing scans every route's filters again).
+    listeners: dict[str, tuple[tuple, listener_pb2.Listener]] = field(default_factory=dict)
+
+
+def _filter_routes(listener: ir.Listener) -> tuple[ir.Route, ...]:
+    """The routes a listener's HTTP filter chain depends on: the filter modules' listener configs
+    read only these fields of a route (a route without any of them adds no filter)."""
+    return tuple(r for v in listener.virtual_hosts for r in v.routes
+                 if r.security is not None or r.shaping is not None or r.transcoding is not None
+                 or r.cors is not None or r.grpc)
+
+
+def _listener(listener: ir.Listener, options: TranslateOptions, memo: TranslateMemo | None) -> listener_pb2.Listener:
+    if memo is None:
+        return translate_listener(listener, options)
+    depends = (listener.port, listener.tls, listener.settings, options, _filter_routes(listener))
+    cached = memo.listeners.get(listener.name)
+    if cached is None or cached[0] != depends:
+        cached = memo.listeners[listener.name] = (depends, translate_listener(listener, options))
+    return cached[1]
 
 
 def translate(model: ir.IR, options: TranslateOptions = TranslateOptions(), memo: TranslateMemo | None = None) -> Resources:
@@ -105,11 +127,18 @@ def translate(model: ir.IR, options: TranslateOptions = TranslateOptions(), memo
     if options.tracing is not None and model.listeners:
         resources[CLUSTER][tracing.OTLP_CLUSTER] = tracing.otlp_cluster(options.tracing)  # where spans go
     for listener in model.listeners:
-        resources[LISTENER][listener.name] = translate_listener(listener, options)
+        resources[LISTENER][listener.name] = _listener(listener, options, memo)
         resources[ROUTE][listener.name] = translate_route_config(listener, memo, options.route_stats)
-    if memo is not None and len(memo.routes) > sum(len(v.routes) for l in model.listeners for v in l.virtual_hosts):
-        alive = {id(r) for l in model.listeners for v in l.virtual_hosts for r in v.routes}
-        memo.routes = {k: v for k, v in memo.routes.items() if k in alive}
+    if memo is not None:
+        # Forget routes gone, once they are a third of the memo (not on every edit: that would
+        # pass over every route each time).
+        count = sum(len(v.routes) for l in model.listeners for v in l.virtual_hosts)
+        if len(memo.routes) > count + count // 2 + 64:
+            alive = {id(r) for l in model.listeners for v in l.virtual_hosts for r in v.routes}
+            memo.routes = {k: v for k, v in memo.routes.items() if k in alive}
+        if len(memo.listeners) > len(model.listeners):
+            names = {l.name for l in model.listeners}
+            memo.listeners = {k: v for k, v in memo.listeners.items() if k in names}
     return resources
 
 
