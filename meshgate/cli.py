@@ -240,7 +240,7 @@ def _audit_log_unwritable(command: str, path: str | None) -> bool:
     return False
 
 
-_BUILT_IN_CHECKS = ("kubernetes", "edge_companion", "consul")
+_BUILT_IN_CHECKS = ("kubernetes", "edge_companion", "consul", "redis", "jwks:URI")
 
 
 def _health_checks_invalid(command: str, args: argparse.Namespace) -> bool:
@@ -254,7 +254,7 @@ def _health_checks_invalid(command: str, args: argparse.Namespace) -> bool:
         except ValueError as exc:
             print(f"meshgate {command}: --health-check {exc}", file=sys.stderr)
             return True
-        if spec.name in _BUILT_IN_CHECKS or spec.name in {s.name for s in specs}:
+        if spec.name in _BUILT_IN_CHECKS or spec.name.startswith("jwks:") or spec.name in {s.name for s in specs}:
             print(f"meshgate {command}: --health-check {text!r}: the name {spec.name!r} is taken "
                   f"(built in: {', '.join(_BUILT_IN_CHECKS)})", file=sys.stderr)
             return True

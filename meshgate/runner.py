@@ -24,6 +24,7 @@ from meshgate.api.models import Backend
 from meshgate.envoy.bootstrap import BootstrapOptions, render_bootstrap
 from meshgate.controlplane.pipeline import ControlPlane
 from meshgate.controlplane.health_checks import start_checks
+from meshgate.controlplane.dependencies import ConfigDependencies
 from meshgate.controlplane.spans import run_until_closed, start_spans
 from meshgate.otlp import service_name, start_metrics_push
 from meshgate.controlplane.status import ControlPlaneStatus
@@ -210,12 +211,15 @@ async def serve_xds(opts: RunOptions) -> int:
                                                   audit_log_path=opts.audit_log),
                          on_rejected=opts.print_errors, provider=provider)
     consul = _consul(plane, opts)
+    dependencies = ConfigDependencies(status)  # the IdP's JWKS, Redis: checked while the config uses them
+    plane.translation_listeners.append(dependencies.sync)
     status.extra["tracing"] = _tracing_status(opts.tracing)
     spans = start_spans(opts.tracing, status, plane)  # the control plane's own reload and push spans
     plane.reload()
     async with contextlib.AsyncExitStack() as stack:
         await run_until_closed(stack, spans)
         start_metrics_push(stack, status.metrics.registry, service_name(os.environ, "control-plane"))
+        stack.callback(dependencies.close)
         await start_checks(stack, status, opts.health_checks)
         if provider is not None:
             from meshgate.providers.kubernetes.controller import Controller
@@ -261,11 +265,14 @@ async def run_local(opts: RunOptions) -> int:
         on_rejected=opts.print_errors,
     )
     consul = _consul(plane, opts)  # Backends' spec.consul: their endpoints as EDS alone
+    dependencies = ConfigDependencies(status)  # the IdP's JWKS, Redis: checked while the config uses them
+    plane.translation_listeners.append(dependencies.sync)
     spans = start_spans(opts.tracing, status, plane)  # the control plane's own reload and push spans
     async with contextlib.AsyncExitStack() as stack:  # stops everything started, in reverse order
         await run_until_closed(stack, spans)
         # The control plane's own metrics over OTLP too (OTEL_EXPORTER_OTLP_[METRICS_]ENDPOINT).
         start_metrics_push(stack, status.metrics.registry, service_name(os.environ, "control-plane"))
+        stack.callback(dependencies.close)
         await start_checks(stack, status, opts.health_checks)
         stack.push_async_callback(upstreams.stop)
         stack.push_async_callback(consul.close)

@@ -7,9 +7,11 @@ restart."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -155,8 +157,17 @@ def acked_after(mg: Meshgate, version: str) -> float:
     return time.monotonic()
 
 
+def _readyz(mg) -> dict:  # noqa: ANN001
+    try:
+        with urllib.request.urlopen(f"{mg.status_url}/readyz", timeout=5) as resp:  # noqa: S310 - loopback
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return json.loads(exc.read())
+
+
 def test_traffic_follows_consul(env) -> None:
     agent, mg, http = env["agent"], env["mg"], env["http"]
+    assert _readyz(mg)["checks"]["dependencies"]["consul"]["ok"] is True  # synced, though nothing is registered
     # Nothing registered yet: the Backend has no endpoints (503 from Envoy), and says it's synced.
     assert request(http, "/web/x").status == 503
     agent.register(0)
@@ -194,6 +205,11 @@ def test_traffic_follows_consul(env) -> None:
         wait_until(lambda: backend_condition(mg)["status"] == "False", timeout=10, what="the Backend to go stale")
         condition = backend_condition(mg)
         assert condition["reason"] == "ConsulUnreachable" and "serving the 1 endpoint(s) last seen" in condition["message"]
+        # /readyz: Consul failing, the gateway degraded but ready (the last endpoints serve).
+        readyz = _readyz(mg)
+        consul = readyz["checks"]["dependencies"]["consul"]
+        assert readyz["ready"] is True and consul["ok"] is False and consul["gating"] is False, readyz
+        assert "ConsulUnreachable" in consul["message"], consul
         assert any(o["kind"] == "Backend" for o in mg.status()["objects"]), "a stale Backend is listed in /status"
         start = time.monotonic()
         wait_until(lambda: len(loop.since(start)) >= 20, timeout=10, what="requests while Consul is down")
@@ -205,4 +221,5 @@ def test_traffic_follows_consul(env) -> None:
     agent.call(agent.consul.restart(reset_index=True))
     wait_until(lambda: set(served_by(http, 6)) == {"web-1"}, timeout=15, what="recovery after the Consul restart")
     wait_until(lambda: backend_condition(mg)["status"] == "True", timeout=10, what="the Backend to be fresh again")
+    assert _readyz(mg)["checks"]["dependencies"]["consul"]["ok"] is True
     assert translations(mg) == before

@@ -12,10 +12,12 @@ Both trace to an OTLP receiver started here: the companion's spans continue Envo
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import time
+import urllib.error
 import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -45,7 +47,8 @@ def otlp():
 
 @pytest.fixture(scope="module")
 def gws(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer, otlp: OtlpReceiver):
-    env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{otlp.port}", "OTEL_SERVICE_NAME": "rl"}
+    env = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{otlp.port}", "OTEL_SERVICE_NAME": "rl",
+           "MESHGATE_DEPENDENCY_CHECK_INTERVAL": "0.2"}  # /readyz's view of Redis follows quickly
     yield from gateways_sharing(redis_server, CONFIG, tmp_path_factory, "global-rl", env)
 
 
@@ -148,10 +151,24 @@ def test_decisions_are_counted(gws: list[Meshgate]) -> None:
 # -- failure modes (last: they stop Redis, then a companion) --------------------------------------
 
 
+def _redis_check(mg: Meshgate) -> dict:
+    try:
+        with urllib.request.urlopen(f"{mg.status_url}/readyz", timeout=5) as resp:  # noqa: S310 - loopback
+            body = json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        body = json.loads(exc.read())
+    return {"ready": body["ready"], **body["checks"]["dependencies"]["redis"]}
+
+
 def test_redis_down_gives_the_configured_failure_mode(gws: list[Meshgate], redis_server: RedisServer) -> None:
     a, b = gws
+    check = wait_until(lambda: (c := _redis_check(a))["ok"] and c, timeout=10, what="the Redis check in /readyz")
+    assert check["gating"] is False and check["target"] == redis_server.url and check["ready"] is True
     redis_server.stop()  # our own redis-server, by PID
     try:
+        # /readyz says so, degraded and still ready: Envoy applies each limit's failure mode.
+        check = wait_until(lambda: not (c := _redis_check(a))["ok"] and c, timeout=10, what="the Redis check to fail")
+        assert check["ready"] is True and check["error"], check
         for mg in (a, b):
             # Fail open (the default, as Envoy): through, at once.
             r = _login(mg, f"dave-{os.getpid()}")
@@ -163,6 +180,7 @@ def test_redis_down_gives_the_configured_failure_mode(gws: list[Meshgate], redis
         assert re.search(r'meshgate_edge_rate_limit_decisions_total\{result="error"\} [1-9]', _metrics(a))
     finally:
         redis_server.start()  # the same port: the companions reconnect on their own
+    wait_until(lambda: _redis_check(a)["ok"], timeout=10, what="the Redis check to pass again")
     _fresh_window()
     user = f"erin-{os.getpid()}"
     wait_until(lambda: _login(a, user).headers.get("x-ratelimit-remaining") is not None, timeout=10,

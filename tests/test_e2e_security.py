@@ -17,6 +17,8 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
@@ -55,10 +57,17 @@ EC_KEY = ec.generate_private_key(ec.SECP256R1())
 
 class _JWKSServer(BaseHTTPRequestHandler):
     body = _jwks(("p1", PARTNER_1)).encode()
-    fetches = 0
+    fetches = 0  # by Envoy (the control plane's dependency probes say who they are)
+    failing = False  # answer 503: the IdP is down
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-        type(self).fetches += 1
+        if self.headers.get("User-Agent") != "meshgate-dependency-check":
+            type(self).fetches += 1
+        if type(self).failing:
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(self.body)))
@@ -74,7 +83,8 @@ def gw(tmp_path_factory: pytest.TempPathFactory):
     with ThreadedHTTPServer(_JWKSServer) as jwks_server:
         env = {"HTTP_PORT": str(free_port()), "APP_PORT": str(free_port()), "JWKS": _jwks(("k1", TRUSTED)),
                "PARTNER_JWKS_URL": f"http://127.0.0.1:{jwks_server.port}/.well-known/jwks.json",
-               **SECRETS, "ALICE_SHA": base64.b64encode(hashlib.sha1(PASSWORD.encode()).digest()).decode()}
+               **SECRETS, "ALICE_SHA": base64.b64encode(hashlib.sha1(PASSWORD.encode()).digest()).decode(),
+               "MESHGATE_DEPENDENCY_CHECK_INTERVAL": "0.2"}  # /readyz's view of the IdP follows quickly
         work = tmp_path_factory.mktemp("security")
         config = work / "config"
         shutil.copytree(CONFIG, config)
@@ -276,6 +286,33 @@ def test_a_rotated_remote_key_is_picked_up_without_a_restart(gw: Meshgate) -> No
     wait_until(lambda: request(gw.port, "/partners/x", headers={"x-partner-token": partner_token(PARTNER_1, "p1")})
                .status == 401, timeout=15, what="the retired key to stop working (for tokens not verified before)")
     assert gw.envoy_pid == pid
+
+
+def _readyz(gw: Meshgate) -> dict:
+    try:
+        with urllib.request.urlopen(f"{gw.status_url}/readyz", timeout=5) as resp:  # noqa: S310 - loopback
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return json.loads(exc.read())
+
+
+def test_the_idps_jwks_is_a_degrading_dependency_in_readyz(gw: Meshgate) -> None:
+    """/readyz checks each remote JWKS the config names; an IdP that is down degrades (Envoy
+    keeps the keys it fetched), it does not make the gateway unready."""
+    url = gw.env["PARTNER_JWKS_URL"]
+    check = wait_until(lambda: (c := _readyz(gw)["checks"]["dependencies"].get(f"jwks:{url}")) and c["ok"] and c,
+                       timeout=10, what="the JWKS check")
+    assert check["gating"] is False and check["message"].endswith("ok, 1 key(s)"), check
+    assert check["from"] == "the control plane" and check["last_check"] > 0
+    _JWKSServer.failing = True
+    try:
+        body = wait_until(lambda: (b := _readyz(gw)) and not b["checks"]["dependencies"][f"jwks:{url}"]["ok"] and b,
+                          timeout=10, what="the JWKS check to fail")
+        assert body["ready"] is True  # degraded, not unready
+        assert body["checks"]["dependencies"][f"jwks:{url}"]["error"] == "HTTP 503"
+    finally:
+        _JWKSServer.failing = False
+    wait_until(lambda: _readyz(gw)["checks"]["dependencies"][f"jwks:{url}"]["ok"], timeout=10, what="the IdP back")
 
 
 # -- API keys and basic auth ---------------------------------------------------------------------

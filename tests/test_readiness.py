@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 from ads_client import AdsClient, make_snapshot
 
+from meshgate.controlplane.readiness import readiness
 from meshgate.controlplane.status import ControlPlaneStatus
 from meshgate.controlplane.status_server import start_status_server
 from meshgate.xds.server import start_xds_server
@@ -109,3 +110,44 @@ async def test_readyz_detail_follows_config_envoys_and_dependencies(plane) -> No
     code, body = await get("/readyz")
     assert code == 503 and body["checks"]["dependencies"]["kubernetes"] == {"ok": False, "gating": True,
                                                                              "error": "check failed: boom"}
+
+
+# -- dependency checks that follow the config (meshgate.controlplane.dependencies) ---------------
+
+def _translation(jwks_uris=(), global_limit=False):  # noqa: ANN001, ANN202 - duck-typed IR
+    from types import SimpleNamespace as NS
+
+    routes = [NS(security=NS(jwt=NS(providers=[NS(jwks_uri=u)])), shaping=None) for u in jwks_uris]
+    return NS(ir=NS(listeners=[NS(virtual_hosts=[NS(routes=routes)])]))
+
+
+async def test_config_dependencies_come_and_go_with_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    from meshgate.controlplane import dependencies as deps
+    from meshgate.controlplane.status import ControlPlaneStatus
+
+    status = ControlPlaneStatus()
+    monkeypatch.setattr("meshgate.edge.config.global_rate_limits", lambda listeners: {})
+    plane = deps.ConfigDependencies(status, redis_url="redis://:hunter2@127.0.0.1:1/0", interval=60)
+    plane.sync(_translation(["http://127.0.0.1:1/a.json", "http://127.0.0.1:1/b.json"]))
+    assert set(status.dependencies) == {"jwks:http://127.0.0.1:1/a.json", "jwks:http://127.0.0.1:1/b.json"}
+    first = status.dependencies["jwks:http://127.0.0.1:1/a.json"]
+    plane.sync(_translation(["http://127.0.0.1:1/a.json"]))  # b dropped; a kept (the same check)
+    assert set(status.dependencies) == {"jwks:http://127.0.0.1:1/a.json"}
+    assert status.dependencies["jwks:http://127.0.0.1:1/a.json"] is first
+    monkeypatch.setattr("meshgate.edge.config.global_rate_limits", lambda listeners: {"r": object()})
+    plane.sync(_translation())
+    assert set(status.dependencies) == {"redis"}
+    await asyncio.sleep(0.2)  # the first probe: nothing listens on port 1
+    detail = readiness(status)["checks"]["dependencies"]["redis"]
+    assert detail["ok"] is False and detail["gating"] is False and "hunter2" not in str(detail)
+    assert detail["target"] == "redis://***@127.0.0.1:1/0"
+    plane.close()
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "5000"])
+def test_a_bad_dependency_interval_is_a_clear_error(value: str) -> None:
+    from meshgate.controlplane.dependencies import check_interval
+    from meshgate.errors import StartupError
+
+    with pytest.raises(StartupError, match=f"MESHGATE_DEPENDENCY_CHECK_INTERVAL={value}: expected seconds"):
+        check_interval({"MESHGATE_DEPENDENCY_CHECK_INTERVAL": value})

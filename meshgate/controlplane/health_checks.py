@@ -70,24 +70,34 @@ def parse_health_check(text: str) -> HealthCheckSpec:
     return HealthCheckSpec(name, url, gating=gating, interval=interval)
 
 
-class CustomCheck:
-    """One probe loop and its last result (a readiness Check: call it for /readyz's detail)."""
+class ProbeCheck:
+    """A probe run every `interval` seconds in the background and its last result (a readiness
+    Check: call it for /readyz's detail). `probe` is an async function returning a detail for
+    the message, raising on failure."""
 
-    def __init__(self, spec: HealthCheckSpec, timeout: float = TIMEOUT_S) -> None:
-        self.spec = spec
-        self.interval = spec.interval
-        self.timeout = timeout
+    def __init__(self, target: str, probe, *, gating: bool = True, interval: float = INTERVAL_S,  # noqa: ANN001
+                 timeout: float = TIMEOUT_S, where: str | None = None) -> None:
+        self.target = target
+        self._probe = probe
+        self.gating, self.interval, self.timeout = gating, interval, timeout
+        self.where = where  # where the probe runs from, when that matters to the reader
         self.ok = False
         self.error: str | None = "not checked yet"
+        self.detail = ""
         self.last_check: float | None = None
+        self.task: asyncio.Task | None = None
 
     def __call__(self) -> dict[str, Any]:
-        return {"ok": self.ok, "gating": self.spec.gating, "target": self.spec.url, "last_check": self.last_check,
-                "error": self.error, "message": f"{self.spec.url}: {self.error}" if self.error else f"{self.spec.url} ok"}
+        message = f"{self.target}: {self.error}" if self.error else f"{self.target} {self.detail or 'ok'}"
+        out = {"ok": self.ok, "gating": self.gating, "target": self.target, "last_check": self.last_check,
+               "error": self.error, "message": message}
+        if self.where:
+            out["from"] = self.where
+        return out
 
     async def probe(self) -> None:
         try:
-            await asyncio.wait_for(self._probe(), timeout=self.timeout)
+            self.detail = await asyncio.wait_for(self._probe(), timeout=self.timeout) or ""
             self.ok, self.error = True, None
         except asyncio.TimeoutError:
             self.ok, self.error = False, f"no answer within {self.timeout:g} s"
@@ -95,23 +105,37 @@ class CustomCheck:
             self.ok, self.error = False, str(exc) or type(exc).__name__
         self.last_check = time.time()
 
-    async def _probe(self) -> None:
-        parts = urlsplit(self.spec.url)
-        if parts.scheme == "tcp":
-            _reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-            writer.close()
-            await writer.wait_closed()
-            return
-        import aiohttp
-
-        async with aiohttp.ClientSession() as session, session.get(self.spec.url, allow_redirects=False) as resp:
-            if resp.status >= 400:
-                raise RuntimeError(f"HTTP {resp.status}")
-
     async def run(self) -> None:
         while True:
             await self.probe()
             await asyncio.sleep(self.interval)
+
+
+def url_probe(url: str):  # noqa: ANN201
+    """A probe of a `--health-check` URL: HTTP(S) GET answered below 400, or a TCP connection."""
+    async def probe() -> str:
+        parts = urlsplit(url)
+        if parts.scheme == "tcp":
+            _reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+            writer.close()
+            await writer.wait_closed()
+            return "ok"
+        import aiohttp
+
+        async with aiohttp.ClientSession() as session, session.get(url, allow_redirects=False) as resp:
+            if resp.status >= 400:
+                raise RuntimeError(f"HTTP {resp.status}")
+        return "ok"
+
+    return probe
+
+
+class CustomCheck(ProbeCheck):
+    """A `--health-check` (HealthCheckSpec)."""
+
+    def __init__(self, spec: HealthCheckSpec, timeout: float = TIMEOUT_S) -> None:
+        super().__init__(spec.url, url_probe(spec.url), gating=spec.gating, interval=spec.interval, timeout=timeout)
+        self.spec = spec
 
 
 async def start_checks(stack, status, specs: list[HealthCheckSpec]) -> None:  # noqa: ANN001

@@ -97,6 +97,7 @@ class ConsulEndpoints:
 
         status.objects = with_consul
         status.extra["consul"] = self.status_json
+        status.dependencies["consul"] = self.readiness  # /readyz, while some Backend names a service
         self.plane.on_translation = self.sync  # every translation applied, published or unchanged
 
     def sync(self, translation: Translation) -> None:
@@ -204,6 +205,17 @@ class ConsulEndpoints:
                     entry["conditions"] = [*entry["conditions"], condition]
                     entries.append(entry)
         return entries
+
+    def readiness(self) -> dict[str, Any] | None:
+        """Consul as a /readyz dependency: ok while every followed service is synced. Not gating:
+        a stale service keeps serving its last known endpoints (its Backend's status says so)."""
+        if not self.watches:
+            return None  # no Backend names a Consul service
+        failing = {w.query.describe(): f"{w.reason}: {w.message}" for w in self.watches.values() if w.reason != "Synced"}
+        message = (f"{len(self.watches)} service(s) synced" if not failing
+                   else "; ".join(f"{name}: {why}" for name, why in sorted(failing.items())))
+        return {"ok": not failing, "gating": False, "address": self.default_address, "services": len(self.watches),
+                "failing": failing, "message": message}
 
     def status_json(self) -> dict[str, Any]:
         return {"address": self.default_address, "token": self.token is not None,
