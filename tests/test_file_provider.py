@@ -471,6 +471,54 @@ async def test_a_file_written_in_two_halves_is_one_batch(tmp_path, watch, watchi
     assert await changes.next() == {sentinel}
 
 
+async def test_a_file_replaced_whole_settles_without_the_full_quiet_period(tmp_path, watch):
+    # An atomic save (written elsewhere, renamed into place) can't be half-written: it is reported
+    # after `replaced_settle`, not `settle` (here far longer than any wait of this test).
+    path = tmp_path / "a.yaml"
+    write(path, GATEWAY.format(port=1))
+    provider = FileProvider([str(tmp_path)], settle=3 * WAIT, max_settle=4 * WAIT, replaced_settle=0.01)
+    assert ports(provider) == [1]
+    changes = watch(provider)
+    await changes.start()
+    staging = tmp_path.parent / f"{tmp_path.name}-staging.yaml"
+    staging.write_text(GATEWAY.format(port=2))
+    os.replace(staging, path)
+    assert await changes.next_after_start() == {str(path)}
+    assert ports(provider) == [2]
+
+
+@pytest.mark.parametrize("pause_before_first_write", [False, True], ids=["written-at-once", "created-empty"])
+async def test_a_file_created_in_place_is_not_taken_for_replaced_whole(tmp_path, watch, pause_before_first_write):
+    # A new file written where it lives appears empty, and each write is an event: it gets the
+    # full quiet period, so a pause between its halves never publishes the first half.
+    path = tmp_path / "new.yaml"
+    write(tmp_path / "a.yaml", GATEWAY.format(port=1))
+    provider = FileProvider([str(tmp_path)], settle=0.3, stable_check=0.02, max_settle=10, replaced_settle=0.01)
+    provider.load()
+    changes = watch(provider)
+    await changes.start()
+    text = GATEWAY.format(port=2).replace("edge", "new")
+
+    def write_in_two_halves() -> None:
+        with open(path, "x") as stream:
+            if pause_before_first_write:
+                threading.Event().wait(0.1)  # the watch's batch closes on "added" alone
+            stream.write(text[: len(text) // 2])
+            stream.flush()
+            threading.Event().wait(0.1)
+            stream.write(text[len(text) // 2 :])
+
+    writer = threading.Thread(target=write_in_two_halves, daemon=True)
+    writer.start()
+    try:
+        batch = await changes.next_after_start()
+        on_delivery = path.read_text()
+    finally:
+        writer.join(WAIT)
+    assert batch == {str(path)}
+    assert on_delivery == text
+
+
 async def test_a_delete_then_recreate_save_is_one_change(tmp_path, watch):
     # Some tools save by deleting the file and writing a new one: the moment between the two must
     # not be published as "the file's objects are gone" (every route 404 until the new file).

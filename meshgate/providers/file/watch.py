@@ -18,14 +18,25 @@ than `settle`) is read only once complete. A deleted file is measured by its fol
 time (an unlink or rename moves it), so a delete-then-recreate save is one change. All within
 `max_settle`, so a file written without end still reloads (at most every `max_settle` seconds).
 With the defaults a change is reported ~50-60 ms after the last write.
+
+A file *replaced whole* settles sooner (`replaced_settle`, 10 ms): one that got its name by a
+rename (an editor's or a tool's atomic save, `os.replace`, a ConfigMap's file) and was not
+written under that name since. Its content was complete before it got its name, so there is no
+half to wait for. watchfiles reports a rename and a new file alike ("added", with the writes that
+follow merged in), so `RenameLog` asks inotify itself, for the same folders: `IN_MOVED_TO` is a
+rename into the folder, `IN_CREATE`, `IN_MODIFY` and `IN_ATTRIB` a file created or changed where
+it is. The kernel queues these as each call happens, so reading them when deciding misses none.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import ctypes
 import logging
 import os
+import stat
+import struct
 import threading
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
@@ -64,6 +75,7 @@ class FileProvider:
         settle: float = 0.05,
         stable_check: float = 0.01,
         max_settle: float = 2.0,
+        replaced_settle: float = 0.01,
     ) -> None:
         self.paths = list(paths)
         self.env = env
@@ -72,6 +84,7 @@ class FileProvider:
         self.settle = settle
         self.stable_check = stable_check
         self.max_settle = max_settle
+        self.replaced_settle = min(replaced_settle, settle)
         self.cache = DocumentCache()
         self._lock = threading.Lock()
         # Absolute path -> stamp, as the last load (or the last change batch) saw it. None until
@@ -139,6 +152,7 @@ class FileProvider:
                 except FileNotFoundError:  # a root vanished since it was listed: list again
                     await asyncio.sleep(self.stable_check)
                     continue
+                renames = RenameLog(roots) if self.replaced_settle < self.settle else None
                 with self._lock:
                     self._roots, self._targets, self._wake = roots, targets, wake
                 try:
@@ -158,7 +172,7 @@ class FileProvider:
                         events = {path for _, path in raw if self._relevant(path)}
                         if not events:
                             continue  # e.g. a log file written beside a config file
-                        batch = await self._settled(events, loop, executor)
+                        batch = await self._settled(events, loop, executor, renames)
                         if batch:
                             yield batch
                         if await self._roots_changed(roots, loop, executor):
@@ -168,6 +182,8 @@ class FileProvider:
                     wake.set()
                     # The executor's one thread closes the watcher after `watch` has returned.
                     executor.submit(watcher.close)
+                    if renames is not None:
+                        executor.submit(renames.close)
         finally:
             executor.shutdown(wait=False)
 
@@ -178,14 +194,16 @@ class FileProvider:
         return (await loop.run_in_executor(executor, self._watch_roots))[0] != roots
 
     async def _settled(
-        self, events: set[str], loop: asyncio.AbstractEventLoop, executor: concurrent.futures.Executor
+        self, events: set[str], loop: asyncio.AbstractEventLoop, executor: concurrent.futures.Executor,
+        renames: RenameLog | None = None,
     ) -> set[str]:
         """What changed, once the files involved have stopped changing; commits it as seen.
 
         Quiet is measured from the files' change times (see the module doc), not from when we
         happened to look: watchfiles' own quiet period only notices events on *new* paths (a
         second write to the same file does not extend it), and the first look after a (re)start
-        has no quiet period at all."""
+        has no quiet period at all. When every file involved was replaced whole (`renames`, see
+        the module doc), `replaced_settle` is enough."""
         deadline = time.monotonic() + self.max_settle
         involved = set(events)
         while True:
@@ -193,13 +211,19 @@ class FileProvider:
             if not involved:
                 break
             quiet = await loop.run_in_executor(executor, _quiet_for, involved)
-            if quiet >= self.settle:
+            # Asked after the stat above: a write before it is an event already queued.
+            whole = renames is not None and await loop.run_in_executor(
+                executor, lambda: renames.replaced_whole(involved) and _non_empty(involved))
+            needed = self.replaced_settle if whole else self.settle
+            if quiet >= needed:
                 break
             if time.monotonic() >= deadline:
                 log.warning("config files still changing after %.1f s; reloading anyway", self.max_settle)
                 break
-            await asyncio.sleep(max(self.settle - quiet, self.stable_check))
+            await asyncio.sleep(max(needed - quiet, self.stable_check))
         # Only stamps decide: an event already covered by an earlier look is not reported twice.
+        if renames is not None:
+            await loop.run_in_executor(executor, renames.take)
         return await loop.run_in_executor(executor, self._scan, True)
 
     def _scan(self, commit: bool) -> set[str]:
@@ -275,6 +299,93 @@ class FileProvider:
         # A new YAML file or subfolder in a config folder; anything else beside a config file
         # (or a link target) is not read.
         return parent in folders and (name.endswith(YAML_SUFFIXES) or os.path.isdir(path))
+
+
+class RenameLog:
+    """Which files got their name by a rename and were not written since, from inotify events on
+    the watched folders (Linux; elsewhere, or if inotify can't be set up, none: every change gets
+    the full quiet period)."""
+
+    _IN_MODIFY, _IN_ATTRIB, _IN_MOVED_TO, _IN_CREATE, _IN_Q_OVERFLOW = 0x2, 0x4, 0x80, 0x100, 0x4000
+    _IN_NONBLOCK, _IN_CLOEXEC = os.O_NONBLOCK, 0o2000000
+    _HEADER = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len (then the name)
+
+    def __init__(self, folders: Iterable[str]) -> None:
+        self._fd = -1
+        self._folders: dict[int, str] = {}  # watch descriptor -> folder
+        self._renamed: set[str] = set()  # renamed into place, not written since
+        self._written: set[str] = set()  # created or written where it is since the last `take`
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            self._fd = libc.inotify_init1(self._IN_NONBLOCK | self._IN_CLOEXEC)
+            if self._fd < 0:
+                return
+            mask = self._IN_MODIFY | self._IN_ATTRIB | self._IN_MOVED_TO | self._IN_CREATE
+            for folder in folders:
+                wd = libc.inotify_add_watch(self._fd, os.fsencode(folder), mask)
+                if wd >= 0:
+                    self._folders[wd] = folder
+        except (OSError, AttributeError):  # no inotify (not Linux): no fast path
+            self.close()
+
+    def _read(self) -> None:
+        while self._fd >= 0:
+            try:
+                data = os.read(self._fd, 1 << 16)
+            except BlockingIOError:
+                return
+            except OSError:
+                self.close()
+                return
+            offset = 0
+            while offset + self._HEADER.size <= len(data):
+                wd, mask, _, length = self._HEADER.unpack_from(data, offset)
+                name = data[offset + self._HEADER.size:offset + self._HEADER.size + length].rstrip(b"\0")
+                offset += self._HEADER.size + length
+                if mask & self._IN_Q_OVERFLOW:
+                    self._renamed.clear()  # events lost: trust none
+                    self._written.add("")
+                    continue
+                folder = self._folders.get(wd)
+                if folder is None or not name:
+                    continue
+                path = os.path.join(folder, os.fsdecode(name))
+                if mask & self._IN_MOVED_TO:
+                    self._renamed.add(path)
+                    self._written.discard(path)
+                elif mask & (self._IN_CREATE | self._IN_MODIFY | self._IN_ATTRIB):
+                    self._renamed.discard(path)
+                    self._written.add(path)
+
+    def replaced_whole(self, files: Iterable[str]) -> bool:
+        """Whether every one of `files` got its name by a rename and was not written since."""
+        self._read()
+        return self._fd >= 0 and "" not in self._written and all(
+            f in self._renamed or os.path.realpath(f) in self._renamed for f in files)
+
+    def take(self) -> None:
+        """Forget what was seen (the change it belonged to is reported)."""
+        self._read()
+        self._renamed.clear()
+        self._written.clear()
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = -1
+
+
+def _non_empty(files: Iterable[str]) -> bool:
+    """Every file exists as a regular file with content (a file created in place is empty until
+    its first write, which is an event of its own)."""
+    for file in files:
+        try:
+            st = os.stat(file)
+        except OSError:
+            return False
+        if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+            return False
+    return True
 
 
 def _quiet_for(files: Iterable[str]) -> float:
