@@ -132,6 +132,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--metrics-address", default="127.0.0.1:19003", metavar="HOST:PORT|off",
                    help="Prometheus metrics (/metrics; default 127.0.0.1:19003); 'off' for none")
     e.add_argument("--node-id", default="", help="xDS node.id (default meshgate-edge-HOSTNAME)")
+    e.add_argument("--xds-tls-cert", metavar="PEM", help="reach the ADS server over mutual TLS with this client "
+                   "certificate (and --xds-tls-key, --xds-ca); its name must be meshgate-edge, the companion's group")
+    e.add_argument("--xds-tls-key", metavar="PEM", help="the private key of --xds-tls-cert")
+    e.add_argument("--xds-ca", metavar="PEM", help="the CA that signed meshgate xds's server certificate")
+    e.add_argument("--xds-server-name", help="the name meshgate xds's certificate must carry (default: the --xds-address host)")
     e.add_argument("--replay-cache-size", type=int, default=100_000, help="nonces remembered (in memory)")
     e.add_argument("--redis-url", default=os.environ.get("MESHGATE_REDIS_URL", "redis://127.0.0.1:6379/0"),
                    help="the Redis of the global rate-limit counters, shared by every companion replica "
@@ -346,10 +351,24 @@ def cmd_edge(args: argparse.Namespace) -> int:
     from meshgate.logs import setup_logging
 
     setup_logging(args.log_level)
-    return asyncio.run(serve(EdgeOptions(
+    tls_flags = (args.xds_tls_cert, args.xds_tls_key, args.xds_ca)
+    if any(tls_flags) and not all(tls_flags):
+        print("meshgate edge: mutual TLS needs --xds-tls-cert, --xds-tls-key and --xds-ca together", file=sys.stderr)
+        return 2
+    if args.xds_server_name and not all(tls_flags):
+        print("meshgate edge: --xds-server-name is for mutual TLS (--xds-tls-cert, --xds-tls-key, --xds-ca)", file=sys.stderr)
+        return 2
+    options = EdgeOptions(
         xds_address=args.xds_address, address=args.address,
         metrics_address=None if args.metrics_address == "off" else args.metrics_address,
-        node_id=args.node_id, replay_cache_size=args.replay_cache_size, redis_url=args.redis_url)))
+        node_id=args.node_id, replay_cache_size=args.replay_cache_size, redis_url=args.redis_url,
+        xds_tls=tls_flags if all(tls_flags) else None, xds_server_name=args.xds_server_name)
+    try:
+        options.xds_credentials()  # the files are readable now, or say which is not
+    except OSError as exc:
+        print(f"meshgate edge: {exc}", file=sys.stderr)
+        return 2
+    return asyncio.run(serve(options))
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

@@ -63,7 +63,8 @@ def plane(tmp_path_factory: pytest.TempPathFactory):
     (work / "client-ca.pem").write_bytes(client_ca.cert_pem.bytes())
     server_crt, server_key = _pair(work, "server", ca.issue_cert("127.0.0.1"))
     certs = {"edge": _pair(work, "edge", client_ca.issue_cert("edge")),
-             "payments": _pair(work, "payments", client_ca.issue_cert("payments"))}
+             "payments": _pair(work, "payments", client_ca.issue_cert("payments")),
+             "meshgate-edge": _pair(work, "companion", client_ca.issue_cert("meshgate-edge"))}
     http, upstream, xds, status = free_port(), free_port(), free_port(), free_port()
     config = work / "config"
     config.mkdir()
@@ -147,6 +148,64 @@ async def test_a_certificate_for_another_group_gets_nothing(plane) -> None:
     assert await _ads(plane, "payments") == "PERMISSION_DENIED"
     assert "asks for group 'edge', its certificate names ['payments']" in (plane["work"] / "xds.stderr").read_text()
     assert await _ads(plane, "edge") == "OK"
+
+
+def _companion(plane, name: str, *tls: str) -> tuple[subprocess.Popen, int, Path]:
+    """`meshgate edge` against the TLS ADS port; its process, gRPC port and log."""
+    port = free_port()
+    log = plane["work"] / f"edge-{name}.log"
+    proc = subprocess.Popen([sys.executable, "-m", "meshgate", "edge", "--xds-address", f"127.0.0.1:{plane['xds']}",
+                             "--address", f"127.0.0.1:{port}", "--metrics-address", "off", "--node-id", f"edge-{name}",
+                             *tls], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("wb"))
+    return proc, port, log
+
+
+async def _companion_health(port: int) -> str:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+        except grpc.aio.AioRpcError as exc:
+            return exc.code().name
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+
+async def test_the_edge_companion_takes_its_config_over_mutual_tls(plane) -> None:
+    """The companion with a certificate naming its group (meshgate-edge) gets its config and
+    serves; with another group's certificate it gets nothing and says why in its log."""
+    ca = str(plane["work"] / "ca.pem")
+    crt, key = plane["certs"]["meshgate-edge"]
+    good, good_port, _ = _companion(plane, "good", "--xds-tls-cert", crt, "--xds-tls-key", key, "--xds-ca", ca)
+    crt, key = plane["certs"]["payments"]
+    bad, bad_port, bad_log = _companion(plane, "bad", "--xds-tls-cert", crt, "--xds-tls-key", key, "--xds-ca", ca)
+    try:
+        async def serving(port: int) -> bool:
+            return await _companion_health(port) == "SERVING"
+
+        for _ in range(200):  # bounded: 20 s
+            if await serving(good_port):
+                break
+            await asyncio.sleep(0.1)
+        assert await _companion_health(good_port) == "SERVING"
+        await asyncio.to_thread(wait_until, lambda: "PERMISSION_DENIED" in bad_log.read_text(), 15, 0.1,
+                                "the refused companion to log why")
+        assert await _companion_health(bad_port) == "NOT_SERVING"
+    finally:
+        for proc in (good, bad):
+            proc.send_signal(signal.SIGTERM)
+        assert good.wait(timeout=15) == 0 and bad.wait(timeout=15) == 0
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--xds-tls-cert", "x.crt"], "mutual TLS needs --xds-tls-cert, --xds-tls-key and --xds-ca together"),
+    (["--xds-server-name", "xds"], "--xds-server-name is for mutual TLS"),
+    (["--xds-tls-cert", "/nonexistent.crt", "--xds-tls-key", "k", "--xds-ca", "c"], "--xds-tls-cert /nonexistent.crt:"),
+])
+def test_bad_companion_tls_flags_are_refused(flags: list[str], message: str) -> None:
+    out = subprocess.run([sys.executable, "-m", "meshgate", "edge", "--metrics-address", "off", *flags], cwd=ROOT,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and message in out.stderr, out.stderr
 
 
 def test_a_plaintext_client_gets_nothing(plane) -> None:

@@ -68,6 +68,18 @@ class EdgeOptions:
     # Where the global rate-limit counters live (shared by every companion replica).
     redis_url: str = os.environ.get("MESHGATE_REDIS_URL", "redis://127.0.0.1:6379/0")
     redis_timeout_s: float = 0.05  # a Redis round trip slower than this fails the call (Envoy's failure mode)
+    # Mutual TLS to the ADS server (meshgate xds --xds-tls-*): (client cert, key, CA of the server's
+    # certificate), PEM files read at each connection so a rotated certificate is used at the next.
+    xds_tls: tuple[str, str, str] | None = None
+    xds_server_name: str | None = None  # the name the server's certificate carries, if not the address's host
+
+    def xds_credentials(self) -> grpc.ChannelCredentials | None:
+        """Channel credentials for the ADS stream (None: plaintext, loopback)."""
+        if self.xds_tls is None:
+            return None
+        cert, key, ca = (_read_pem(path, what) for path, what in zip(self.xds_tls, ("--xds-tls-cert", "--xds-tls-key",
+                                                                                     "--xds-ca")))
+        return grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
 
 
 class Metrics:
@@ -211,7 +223,7 @@ class Companion:
         backoff = 0.2
         while True:
             try:
-                async with grpc.aio.insecure_channel(self.options.xds_address, options=_CHANNEL_OPTIONS) as channel:
+                async with self._channel() as channel:
                     await self._stream(ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel), node)
                     backoff = 0.2
             except asyncio.CancelledError:
@@ -219,10 +231,21 @@ class Companion:
             except grpc.aio.AioRpcError as exc:
                 log.warning("control plane stream ended; reconnecting", extra={
                     "xds": self.options.xds_address, "code": exc.code().name, "in_s": backoff})
+            except OSError as exc:  # a certificate file gone or unreadable (mid-rotation): next time
+                log.warning("cannot read the ADS client certificate; retrying", extra={"error": str(exc), "in_s": backoff})
             except Exception:  # noqa: BLE001 - a bug must not end the companion's config updates
                 log.exception("control plane stream failed; reconnecting")
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 5.0)
+
+    def _channel(self) -> grpc.aio.Channel:
+        credentials = self.options.xds_credentials()  # read again at every connection: rotation
+        if credentials is None:
+            return grpc.aio.insecure_channel(self.options.xds_address, options=_CHANNEL_OPTIONS)
+        options = list(_CHANNEL_OPTIONS)
+        if self.options.xds_server_name:
+            options.append(("grpc.ssl_target_name_override", self.options.xds_server_name))
+        return grpc.aio.secure_channel(self.options.xds_address, credentials, options=options)
 
     async def _stream(self, stub: ads_pb2_grpc.AggregatedDiscoveryServiceStub, node: base_pb2.Node) -> None:
         requests: asyncio.Queue[discovery_pb2.DiscoveryRequest] = asyncio.Queue()
@@ -272,6 +295,17 @@ def _redis(options: EdgeOptions):  # noqa: ANN202 - a redis.asyncio.Redis
     return aioredis.Redis.from_url(options.redis_url, socket_timeout=options.redis_timeout_s,
                                    socket_connect_timeout=options.redis_timeout_s, retry=Retry(NoBackoff(), 0),
                                    health_check_interval=0)
+
+
+def _read_pem(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(1 << 20)
+    except OSError as exc:
+        raise OSError(f"{what} {path}: {exc.strerror or exc}") from None
+    if b"-----BEGIN " not in data:
+        raise OSError(f"{what} {path}: not a PEM file")
+    return data
 
 
 def _split(address: str) -> tuple[str, int]:
