@@ -4,12 +4,16 @@ reaches the upstream; a wrong key, tampered body, path, query or header, an old 
 replayed nonce each get 401 with a reason header that reveals no secret; a key rotated in the
 Secret takes effect on reload with nothing restarted; a killed companion gives exactly the
 configured failure mode (fail closed: 503 at once; fail open: through, marked unverified).
+RFC 9421 (`scheme: RFC9421`): requests signed by an independent client (`http-message-signatures`)
+with a shared key (hmac-sha256) and an ed25519 key pass; tampering, a replay, a body that isn't
+its content-digest's and missing coverage are refused.
 
 One `meshgate run` for the module; the companion-killing test runs last.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -20,17 +24,23 @@ from pathlib import Path
 
 import pytest
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from harness import Meshgate, free_port, get_json, pid_alive, request, wait_until, write
+from meshgate.edge.rfc9421 import public_key_bytes
 from meshgate.edge.signing import REASON_HEADER, sign_request
+from rfc9421_client import sign as sign_rfc9421
 
 CONFIG = Path(__file__).parent / "e2e" / "signing"
 KEY_1 = "k1-" + secrets.token_hex(16)
 SIGNED_HEADERS = ("host", "content-type")
+ED25519_KEY = Ed25519PrivateKey.generate()
 
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory):
-    env = {"HTTP_PORT": str(free_port()), "APP_PORT": str(free_port()), "KEY_1": KEY_1}
+    env = {"HTTP_PORT": str(free_port()), "APP_PORT": str(free_port()), "KEY_1": KEY_1,
+           "ED25519_PUBLIC": base64.b64encode(public_key_bytes(ED25519_KEY.public_key())).decode()}
     work = tmp_path_factory.mktemp("signing")
     config = work / "config"
     shutil.copytree(CONFIG, config)
@@ -187,6 +197,64 @@ def test_refusals_are_logged_with_the_request_id(gw: Meshgate) -> None:
     line = wait_until(lambda: next((line for line in log.read_text().splitlines() if entry["request_id"] in line), None),
                       timeout=5, what="the refusal in the companion's log")
     assert json.loads(line)["reason"] == "unknown-key" and json.loads(line)["key_id"] == "partner-9"
+
+
+# -- RFC 9421 ------------------------------------------------------------------------------------------
+
+RFC9421_COVERED = ("@method", "@authority", "@path", "@query", "content-type")
+
+
+def rfc9421_signed(gw: Meshgate, path: str, *, alg: str = "hmac-sha256", method: str = "GET", body: bytes | None = None,
+                   send_path: str | None = None, send_body: bytes | None = None, send_headers: dict | None = None,
+                   **sign_args):
+    """Sign with the independent client (as a partner would), then send (optionally changed)."""
+    key_id, key = ("partner-ed", ED25519_KEY) if alg == "ed25519" else ("partner-1", KEY_1.encode())
+    headers = sign_rfc9421(method=method, url=f"http://127.0.0.1:{gw.port}{path}", key_id=key_id, key=key, alg=alg,
+                           headers={"host": f"127.0.0.1:{gw.port}", "content-type": "application/json"}, body=body,
+                           **{"covered": RFC9421_COVERED, **sign_args})
+    headers.update(send_headers or {})
+    sent = {k: v for k, v in headers.items() if k != "host"}
+    return request(gw.port, send_path or path, method=method, headers=sent,
+                   body=send_body if send_body is not None else body, timeout=5)
+
+
+def _refused_rfc9421(r, reason: str) -> None:
+    _refused(r, reason)
+    assert r.headers["www-authenticate"] == "Signature"
+
+
+@pytest.mark.parametrize("alg", ["hmac-sha256", "ed25519"])
+def test_rfc9421_signed_requests_pass(gw: Meshgate, alg: str) -> None:
+    r = rfc9421_signed(gw, "/rfc9421/items?page=2", alg=alg)
+    assert r.status == 200, (r.status, r.body)
+    assert r.json["query"] == {"page": "2"} and "signature-input" in r.json["headers"]
+    body = b'{"amount": 42}'
+    r = rfc9421_signed(gw, "/rfc9421/payments", alg=alg, method="POST", body=body)
+    assert r.status == 200, (r.status, r.body)
+    assert r.json["body"] == body.decode()
+
+
+@pytest.mark.parametrize("alg", ["hmac-sha256", "ed25519"])
+def test_rfc9421_refusals(gw: Meshgate, alg: str) -> None:
+    _refused_rfc9421(request(gw.port, "/rfc9421/items"), "missing-signature")
+    _refused_rfc9421(rfc9421_signed(gw, "/rfc9421/items?limit=10", alg=alg, send_path="/rfc9421/items?limit=10000"),
+                     "bad-signature")
+    _refused_rfc9421(rfc9421_signed(gw, "/rfc9421/items", alg=alg, send_headers={"content-type": "text/plain"}),
+                     "bad-signature")
+    _refused_rfc9421(rfc9421_signed(gw, "/rfc9421/pay", alg=alg, method="POST", body=b'{"amount": 1}',
+                                    send_body=b'{"amount": 9}'), "bad-digest")
+    _refused_rfc9421(rfc9421_signed(gw, "/rfc9421/items", alg=alg, covered=("@method", "@authority", "@path")),
+                     "not-covered")
+    _refused_rfc9421(rfc9421_signed(gw, "/rfc9421/items", alg=alg, created=int(time.time()) - 600), "stale-timestamp")
+    nonce = secrets.token_urlsafe(18)
+    created = int(time.time())
+    assert rfc9421_signed(gw, "/rfc9421/items", alg=alg, nonce=nonce, created=created).status == 200
+    _refused_rfc9421(rfc9421_signed(gw, "/rfc9421/items", alg=alg, nonce=nonce, created=created), "replayed")
+
+
+def test_rfc9421_a_body_must_be_covered(gw: Meshgate) -> None:
+    # Signed without the body (no content-digest), then sent with one.
+    _refused_rfc9421(rfc9421_signed(gw, "/rfc9421/pay", method="POST", send_body=b'{"amount": 9}'), "not-covered")
 
 
 # -- key rotation ------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import json
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from meshgate.api.models import (
     MESHGATE_V1ALPHA1,
@@ -327,20 +327,40 @@ class OIDC(Model):
 
 
 class RequestSignature(Model):
-    """meshgate extension: HMAC-SHA256 request signatures, verified per request by meshgate's edge
-    companion (Envoy's `ext_authz` filter asks it). The signature covers the method, path,
-    query, the headers named here, a SHA-256 digest of the body and a timestamp, under a key id;
-    each nonce is accepted once. Slower than the Envoy-native checks: every request of the route
-    makes a gRPC call to Python (docs/security.md, "requestSignature")."""
+    """meshgate extension: request signatures, verified per request by meshgate's edge companion
+    (Envoy's `ext_authz` filter asks it). `scheme: Meshgate` (the default) is meshgate's own
+    HMAC-SHA256 scheme (x-meshgate-* headers) over the method, path, query, the headers named
+    here, a SHA-256 digest of the body and a timestamp, under a key id; `scheme: RFC9421` is RFC
+    9421 HTTP Message Signatures (`Signature-Input` / `Signature`, hmac-sha256 or ed25519, bodies
+    through RFC 9530 `content-digest`). Each nonce is accepted once. Slower than the Envoy-native
+    checks: every request of the route makes a gRPC call to Python (docs/security.md,
+    "requestSignature")."""
 
+    scheme: Literal["Meshgate", "RFC9421"] = Field(
+        "Meshgate", description="Meshgate: meshgate's x-meshgate-* HMAC scheme. RFC9421: HTTP Message Signatures "
+        "(RFC 9421), algorithms hmac-sha256 (keyRefs) and ed25519 (publicKeyRefs).")
+    public_key_refs: list[SecretObjectReference] = Field(
+        default_factory=list, max_length=16,
+        description="scheme RFC9421 only: Secrets holding ed25519 public keys: each data key is a key id, its value "
+        "the key in PEM (SubjectPublicKeyInfo) or the base64 of its 32 bytes.")
     key_refs: list[SecretObjectReference] = Field(
-        min_length=1, max_length=16,
-        description="Secrets holding the keys: each data key is a key id, its value the shared key (at least 16 "
-        "bytes). The keys go to the edge companion only, never to Envoy.")
+        default_factory=list, max_length=16, validate_default=True,
+        description="Secrets holding the shared keys (HMAC-SHA256): each data key is a key id, its value the key (at "
+        "least 16 bytes). The keys go to the edge companion only, never to Envoy.")
     headers: list[HeaderName] = Field(
         default_factory=list, max_length=16,
         description="Request headers the signature covers, in this order (`host` is the request's authority). "
-        "A request without one of them is refused.")
+        "A request without one of them is refused. RFC9421: the header fields a signature must cover (it may "
+        "cover no others than these and `content-digest`: the companion is sent only these).")
+    components: list[Literal["@method", "@target-uri", "@authority", "@scheme", "@request-target", "@path",
+                             "@query"]] | None = Field(
+        None, max_length=7, description="scheme RFC9421 only: the derived components a signature must cover "
+        "(default @method, @authority, @path, @query); it may cover the others of this list too.")
+    nonce_store: Literal["Memory", "Redis"] = Field(
+        "Memory", description="Where nonces seen are remembered: Memory, in each companion (a replay sent to "
+        "another companion replica passes); Redis, shared by every companion (the companion's Redis, "
+        "$MESHGATE_REDIS_URL), needed with more than one companion. Redis unreachable: the request is refused "
+        "with 503, or with failureModeAllow let through with `x-meshgate-replay-unchecked: true`.")
     max_clock_skew: Duration | None = Field(
         None, description="How far the signed timestamp may be from the gateway's clock, either way (default "
         "5m, at most 1h). Nonces are remembered that long.")
@@ -354,6 +374,14 @@ class RequestSignature(Model):
         None, description="When the companion can't be reached or doesn't answer in time: false (default) "
         "refuses the request with 503; true lets it through unverified, with `x-envoy-auth-failure-mode-allowed: "
         "true` added for the upstream.")
+
+    @field_validator("key_refs")
+    @classmethod
+    def _keys(cls, refs: list, info: ValidationInfo) -> list:
+        # (publicKeyRefs is declared first so that it is known here)
+        if not refs and not info.data.get("public_key_refs"):
+            raise ValueError("list should have at least 1 item (or publicKeyRefs, with scheme RFC9421), not 0")
+        return refs
 
     @field_validator("headers")
     @classmethod
@@ -374,6 +402,23 @@ class RequestSignature(Model):
             raise ValueError("maxClockSkew must be between 1s and 1h")
         return value
 
+    @model_validator(mode="after")
+    def _scheme(self) -> RequestSignature:
+        if self.scheme == "Meshgate":
+            if self.public_key_refs:
+                raise ValueError("publicKeyRefs (ed25519) needs scheme RFC9421: the Meshgate scheme is HMAC only")
+            if self.components is not None:
+                raise ValueError("components is for scheme RFC9421 (the Meshgate scheme always signs method, path, "
+                                 "query)")
+        else:
+            bad = sorted({"host", "signature", "signature-input"} & set(self.headers))
+            if bad:
+                raise ValueError(f"with scheme RFC9421, headers can't list {', '.join(bad)} (the authority is the "
+                                 "component @authority)")
+            if self.components is not None and len(set(self.components)) != len(self.components):
+                raise ValueError("components must be unique")
+        return self
+
 
 def check_http_url(url: str) -> str:
     m = re.fullmatch(r"(https?)://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?(/[^\s#]*)?", url)
@@ -392,8 +437,8 @@ class SecurityPolicySpec(Model):
     basic_auth: BasicAuth | None = None
     authorization: Authorization | None = None
     request_signature: RequestSignature | None = Field(
-        None, description="meshgate extension: HMAC request signatures, verified by the edge companion "
-        "(per-request Python; see docs/security.md).")
+        None, description="meshgate extension: request signatures (meshgate's HMAC scheme or RFC 9421), verified "
+        "by the edge companion (per-request Python; see docs/security.md).")
 
     @model_validator(mode="before")
     @classmethod

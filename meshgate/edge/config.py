@@ -12,8 +12,11 @@ protoc), with protobuf's well-known `Struct` for the settings:
     package meshgate.edge.v1;
     message SignatureConfig {
       string name = 1;                    // the policy name Envoy sends as a context extension
-      google.protobuf.Struct settings = 2; // {"headers": [..], "maxSkewSeconds": n, "signBody": b}
-      map<string, bytes> keys = 3;         // key id -> HMAC key
+      google.protobuf.Struct settings = 2; // {"headers": [..], "maxSkewSeconds": n, "signBody": b,
+                                           //  "scheme": "Meshgate"|"RFC9421", "nonceStore": "Memory"|"Redis",
+                                           //  "failureModeAllow": b, "components": [..],
+                                           //  "keyAlgorithms": {key id: "ed25519"}}
+      map<string, bytes> keys = 3;         // key id -> HMAC key, or an ed25519 public key's 32 bytes
     }
 
 One resource per policy, named by the policy. Keys are `bytes`, never in a Struct (a Struct
@@ -29,7 +32,7 @@ from google.protobuf import message_factory
 from google.protobuf.message import Message
 
 from meshgate import ir
-from meshgate.edge.signing import Policy
+from meshgate.edge.signing import NONCE_STORES, SCHEMES, Policy
 
 EDGE_GROUP = "meshgate-edge"  # the node group (node.cluster) of edge companions
 _PACKAGE = "meshgate.edge.v1"
@@ -147,7 +150,10 @@ def companion_resources(listeners: Iterable[ir.Listener]) -> dict[str, dict[str,
     for name, sig in sorted(signature_policies(listeners).items()):
         msg = SignatureConfig(name=name)
         msg.settings.update({"headers": list(sig.headers), "maxSkewSeconds": sig.max_skew_s,
-                             "signBody": sig.max_body_bytes > 0})
+                             "signBody": sig.max_body_bytes > 0, "scheme": sig.scheme, "nonceStore": sig.nonce_store,
+                             "failureModeAllow": sig.failure_mode_allow, "components": list(sig.components),
+                             # key id -> algorithm, for keys that aren't HMAC (ed25519 public keys)
+                             "keyAlgorithms": dict(sig.algorithms)})
         for key_id, key in sig.keys:
             msg.keys[key_id] = key
         out[name] = msg
@@ -159,10 +165,22 @@ def policies_from(resources: Mapping[str, Message]) -> dict[str, Policy]:
     out = {}
     for name, msg in resources.items():
         settings = msg.settings
-        out[name] = Policy(
-            name=name, keys=dict(msg.keys), headers=tuple(str(h) for h in settings["headers"]) if "headers" in settings
-            else (), max_skew_s=int(settings["maxSkewSeconds"]) if "maxSkewSeconds" in settings else 300,
-            sign_body=bool(settings["signBody"]) if "signBody" in settings else True)
+        scheme = str(settings["scheme"]) if "scheme" in settings else "Meshgate"
+        store = str(settings["nonceStore"]) if "nonceStore" in settings else "Memory"
+        if scheme not in SCHEMES or store not in NONCE_STORES:
+            raise ValueError(f"policy {name}: unknown scheme {scheme!r} or nonce store {store!r}")
+        algorithms = {str(k): str(v) for k, v in settings["keyAlgorithms"].items()} if "keyAlgorithms" in settings else {}
+        try:
+            out[name] = Policy(
+                name=name, keys=dict(msg.keys),
+                headers=tuple(str(h) for h in settings["headers"]) if "headers" in settings else (),
+                max_skew_s=int(settings["maxSkewSeconds"]) if "maxSkewSeconds" in settings else 300,
+                sign_body=bool(settings["signBody"]) if "signBody" in settings else True,
+                scheme=scheme, nonce_store=store, algorithms=algorithms,
+                components=tuple(str(c) for c in settings["components"]) if "components" in settings else (),
+                failure_mode_allow=bool(settings["failureModeAllow"]) if "failureModeAllow" in settings else False)
+        except ValueError as exc:  # an ed25519 key that isn't 32 bytes: NACKed, the last good config stays
+            raise ValueError(f"policy {name}: bad key: {type(exc).__name__}") from None
     return out
 
 

@@ -43,7 +43,7 @@ from meshgate.edge.config import (EDGE_GROUP, POLICY_KEY, RATE_LIMIT_CONFIG, ROU
                                   RateLimitConfig, SignatureConfig, policies_from)
 from meshgate.edge.quota import QUOTA_SERVICE, QuotaService
 from meshgate.edge.ratelimit import RATE_LIMIT_SERVICE, RateLimitService, rules_from
-from meshgate.edge.signing import REASON_HEADER, ReplayCache, Verifier
+from meshgate.edge.signing import REASON_HEADER, ReplayCache, Verdict, Verifier
 from meshgate.edge.tracing import log_ids, record, start_tracing, trace_of
 from meshgate.otlp import service_name, start_metrics_push
 
@@ -96,6 +96,13 @@ class Metrics:
         self.policies = Gauge("meshgate_edge_policies", "Signature policies in force", registry=self.registry)
         self.replay_entries = Gauge("meshgate_edge_replay_cache_entries", "Nonces remembered",
                                     registry=self.registry)
+        self.nonce_store = Counter("meshgate_edge_nonce_store_operations",
+                                   "Nonce claims in the shared store (nonceStore Redis) by result (claimed, replayed, "
+                                   "error)", ["result"], registry=self.registry)
+        self.nonce_store_latency = Histogram("meshgate_edge_nonce_store_seconds",
+                                             "Time of one nonce claim in the shared store (a Redis round trip)",
+                                             buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1),
+                                             registry=self.registry)
         self.rate_limit_decisions = Counter("meshgate_edge_rate_limit_decisions",
                                             "ShouldRateLimit answers by result (ok, over_limit, unlimited, error)",
                                             ["result"], registry=self.registry)
@@ -113,14 +120,26 @@ class Metrics:
         return child
 
 
-def _denied(reason: str) -> bytes:
-    """A CheckResponse refusing with 401 and the reason (a fixed word), serialized once."""
-    headers = [(REASON_HEADER, reason), ("www-authenticate", "MESHGATE-HMAC-SHA256")]
+# The auth scheme a 401 names, per signature scheme (RFC 9421 defines none: "Signature", as the
+# draft it replaced and most implementations use).
+_WWW_AUTHENTICATE = {"Meshgate": "MESHGATE-HMAC-SHA256", "RFC9421": "Signature"}
+STORE_UNAVAILABLE = "replay-store-unavailable"
+# Added for the upstream when the nonce store was down and the policy let the request through.
+REPLAY_UNCHECKED_HEADER = "x-meshgate-replay-unchecked"
+
+
+def _denied(reason: str, scheme: str = "Meshgate") -> bytes:
+    """A CheckResponse refusing with 401 and the reason (a fixed word), serialized once. The nonce
+    store unreachable is no fault of the client's: 503, as for an unreachable companion."""
+    if reason == STORE_UNAVAILABLE:
+        code, status, headers = code_pb2.UNAVAILABLE, http_status_pb2.ServiceUnavailable, [(REASON_HEADER, reason)]
+    else:
+        code, status = code_pb2.UNAUTHENTICATED, http_status_pb2.Unauthorized
+        headers = [(REASON_HEADER, reason), ("www-authenticate", _WWW_AUTHENTICATE.get(scheme, "Signature"))]
     response = external_auth_pb2.CheckResponse(
-        status=status_pb2.Status(code=code_pb2.UNAUTHENTICATED, message=reason),
+        status=status_pb2.Status(code=code, message=reason),
         denied_response=external_auth_pb2.DeniedHttpResponse(
-            status=http_status_pb2.HttpStatus(code=http_status_pb2.Unauthorized),
-            body=f"request signature refused: {reason}\n"))
+            status=http_status_pb2.HttpStatus(code=status), body=f"request signature refused: {reason}\n"))
     for key, value in headers:
         option = response.denied_response.headers.add()
         option.header.key, option.header.value = key, value
@@ -129,6 +148,10 @@ def _denied(reason: str) -> bytes:
 
 _OK = external_auth_pb2.CheckResponse(status=status_pb2.Status(code=code_pb2.OK),
                                       ok_response=external_auth_pb2.OkHttpResponse()).SerializeToString()
+_OK_UNCHECKED = external_auth_pb2.CheckResponse(
+    status=status_pb2.Status(code=code_pb2.OK),
+    ok_response=external_auth_pb2.OkHttpResponse(headers=[base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=REPLAY_UNCHECKED_HEADER, value="true"))])).SerializeToString()
 
 
 class Companion:
@@ -141,7 +164,7 @@ class Companion:
         self.health = health_aio.HealthServicer()
         self.version = ""  # the config version in force ("" before the first)
         self.ready = asyncio.Event()
-        self._denials: dict[str, bytes] = {}
+        self._denials: dict[tuple[str, str], bytes] = {}
         self.ratelimit = RateLimitService(_redis(options), self.metrics)
         self.quota = QuotaService(self.ratelimit.redis, self.metrics)
         self.versions: dict[str, str] = {}  # type URL -> version in force
@@ -158,7 +181,10 @@ class Companion:
         extensions = attributes.context_extensions
         route = extensions.get(ROUTE_KEY, "")
         verdict = self.verifier.verify(extensions.get(POLICY_KEY, ""), method=http.method, path=http.path,
-                                       headers=http.headers, body=http.raw_body, host=http.host)
+                                       headers=http.headers, body=http.raw_body, host=http.host, scheme=http.scheme)
+        unchecked = False
+        if verdict.claim is not None:  # nonceStore Redis: only routes with such a policy get here
+            verdict, unchecked = await self._claim(verdict)
         metrics = self.metrics
         spans = self.spans
         # Envoy's trace context: read for every call only when spans are exported; for a refusal's
@@ -169,14 +195,15 @@ class Companion:
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("request allowed", extra={"x_request_id": http.headers.get("x-request-id", ""),
                                                     "route": route, "key_id": verdict.key_id, **log_ids(trace)})
-            answer = _OK
+            answer = _OK_UNCHECKED if unchecked else _OK
         else:
             metrics.decision(route, "deny", verdict.reason).inc()
             log.info("request refused", extra={"x_request_id": http.headers.get("x-request-id", ""), "route": route,
                                                "reason": verdict.reason, "key_id": verdict.key_id, **log_ids(trace)})
-            answer = self._denials.get(verdict.reason)
+            scheme = verdict.policy.scheme if verdict.policy is not None else "Meshgate"
+            answer = self._denials.get((verdict.reason, scheme))
             if answer is None:
-                answer = self._denials[verdict.reason] = _denied(verdict.reason)
+                answer = self._denials[(verdict.reason, scheme)] = _denied(verdict.reason, scheme)
         elapsed = time.perf_counter() - started
         metrics.latency.observe(elapsed)
         if spans is not None:
@@ -185,6 +212,32 @@ class Companion:
                 "meshgate.reason": verdict.reason or "", "meshgate.key_id": verdict.key_id or "",
                 "guid:x-request-id": http.headers.get("x-request-id", "")})
         return answer
+
+    async def _claim(self, verdict: Verdict) -> tuple[Verdict, bool]:
+        """Claim a valid request's nonce in the shared store: SET NX with an expiry, one Redis
+        round trip; the key already there is a replay. Redis unreachable or slower than its
+        timeout: refused with 503, or (failureModeAllow) let through marked unchecked. Returns
+        the final verdict and whether it passed unchecked."""
+        claim = verdict.claim
+        assert claim is not None
+        started = time.perf_counter()
+        try:
+            # The client's own timeouts bound each socket operation; this bounds the whole call.
+            claimed = await asyncio.wait_for(self.ratelimit.redis.set(claim.key, b"1", nx=True, ex=claim.ttl_s),
+                                             self.options.redis_timeout_s * 4)
+        except Exception as exc:  # noqa: BLE001 - any Redis failure is the policy's failure mode
+            self.metrics.nonce_store.labels("error").inc()
+            log.warning("nonce store unavailable", extra={"error": f"{type(exc).__name__}: {exc}"})
+            if verdict.policy is not None and verdict.policy.failure_mode_allow:
+                return verdict, True
+            return Verdict(False, STORE_UNAVAILABLE, verdict.key_id, policy=verdict.policy), False
+        finally:
+            self.metrics.nonce_store_latency.observe(time.perf_counter() - started)
+        if not claimed:
+            self.metrics.nonce_store.labels("replayed").inc()
+            return Verdict(False, "replayed", verdict.key_id, policy=verdict.policy), False
+        self.metrics.nonce_store.labels("claimed").inc()
+        return verdict, False
 
     # -- config --------------------------------------------------------------------------------
     def apply(self, response: discovery_pb2.DiscoveryResponse) -> None:

@@ -23,6 +23,8 @@ from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from meshgate.edge import rfc9421
+
 ALGORITHM = "MESHGATE-HMAC-SHA256"
 # The request headers of the scheme (lower case, as Envoy hands them to ext_authz).
 KEY_ID_HEADER = "x-meshgate-key-id"
@@ -33,6 +35,8 @@ SIGNATURE_HEADER = "x-meshgate-signature"
 REASON_HEADER = "x-meshgate-signature-error"
 
 _NONCE_RE = re.compile(r"[A-Za-z0-9_-]{16,128}")
+# RFC 9421's nonce is any sf-string: visible ASCII here, and long enough to be unguessable.
+_RFC9421_NONCE_RE = re.compile(r"[!-~]{16,128}")
 _SIGNATURE_RE = re.compile(r"v1=([0-9a-f]{64})")
 _TIMESTAMP_RE = re.compile(r"[0-9]{1,12}")
 EMPTY_BODY_DIGEST = hashlib.sha256(b"").hexdigest()
@@ -48,7 +52,15 @@ REASONS = (
     "replayed",  # the nonce was used already (within the window)
     "unknown-policy",  # the companion has no policy of that name (config not there yet)
     "body-unavailable",  # Envoy did not send the whole body (the route's body limit is off)
+    # RFC 9421 (scheme RFC9421) only:
+    "not-covered",  # the signature doesn't cover a component the policy requires (or content-digest for a body)
+    "bad-digest",  # content-digest is not the digest of the body Envoy sent
+    "bad-algorithm",  # the `alg` parameter names another algorithm than the key's
+    # Either scheme, nonceStore Redis: the shared nonce store can't be reached (503, not 401).
+    "replay-store-unavailable",
 )
+SCHEMES = ("Meshgate", "RFC9421")
+NONCE_STORES = ("Memory", "Redis")
 
 
 def body_digest(body: bytes) -> str:
@@ -104,10 +116,33 @@ class Policy:
     """One requestSignature policy as the companion holds it (from the control plane)."""
 
     name: str
-    keys: Mapping[str, bytes]  # key id -> key
+    keys: Mapping[str, bytes]  # key id -> HMAC key, or an ed25519 public key's 32 raw bytes
     headers: tuple[str, ...] = ()  # signed headers, lower case, in signing order
     max_skew_s: int = 300
     sign_body: bool = True
+    scheme: str = "Meshgate"  # or "RFC9421"
+    components: tuple[str, ...] = ()  # RFC9421: derived components a signature must cover
+    algorithms: Mapping[str, str] = field(default_factory=dict)  # RFC9421: key id -> algorithm (default hmac-sha256)
+    nonce_store: str = "Memory"  # or "Redis": nonces shared by every companion
+    failure_mode_allow: bool = False  # what a request gets when the nonce store is unreachable
+    # Key objects ready to verify with (ed25519 public keys parsed once, not per request).
+    verify_keys: dict[str, object] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.verify_keys = {}
+        for key_id, key in self.keys.items():
+            if self.algorithms.get(key_id, rfc9421.HMAC_SHA256) == rfc9421.ED25519:
+                from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+                self.verify_keys[key_id] = Ed25519PublicKey.from_public_bytes(key)
+            else:
+                self.verify_keys[key_id] = key
+
+    @property
+    def replay_scope(self) -> str:
+        """What nonces are remembered under: the policy's namespace/name, without the digest of its
+        settings that ends its name (a changed setting must not forget the nonces seen)."""
+        return self.name.rsplit("/", 1)[0] if self.name.count("/") >= 2 else self.name
 
 
 class ReplayCache:
@@ -137,11 +172,26 @@ class ReplayCache:
         return len(self._seen)
 
 
+@dataclass(frozen=True, slots=True)
+class NonceClaim:
+    """A nonce still to be claimed in the shared store (nonceStore Redis) before the request passes:
+    `key` unseen, it is set with an expiry of `ttl_s` seconds (as long as its timestamp could be
+    accepted); already there, the request is a replay."""
+
+    key: str
+    ttl_s: int
+
+
+NONCE_KEY_PREFIX = "meshgate:nonce"
+
+
 @dataclass
 class Verdict:
     ok: bool
     reason: str = ""  # one of REASONS when not ok
     key_id: str = ""
+    claim: NonceClaim | None = None  # set when ok and the nonce is for the shared store to check
+    policy: Policy | None = None
 
 
 @dataclass
@@ -152,13 +202,17 @@ class Verifier:
     replay: ReplayCache = field(default_factory=ReplayCache)
 
     def verify(self, policy_name: str, *, method: str, path: str, headers: Mapping[str, str],
-               body: bytes | None, host: str | None = None, now: float | None = None) -> Verdict:
+               body: bytes | None, host: str | None = None, now: float | None = None,
+               scheme: str = "http") -> Verdict:
         """`path` is the request's :path (path and query); `headers` lower-case names; `host` the
         authority (signed as header `host`; from `headers` if None); `body` None when Envoy didn't
-        send it."""
+        send it; `scheme` the request's (RFC 9421's @scheme and @target-uri)."""
         policy = self.policies.get(policy_name)
         if policy is None:
             return Verdict(False, "unknown-policy")
+        if policy.scheme == "RFC9421":
+            return self._verify_rfc9421(policy, rfc9421.Request(method, path, host or headers.get("host", ""), scheme,
+                                                                headers, body), now)
         key_id, ts, nonce, signature = (headers.get(KEY_ID_HEADER), headers.get(TIMESTAMP_HEADER),
                                         headers.get(NONCE_HEADER), headers.get(SIGNATURE_HEADER))
         if key_id is None or ts is None or nonce is None or signature is None:
@@ -192,10 +246,67 @@ class Verifier:
         now = time.time() if now is None else now
         if abs(now - int(ts)) > policy.max_skew_s:
             return Verdict(False, "stale-timestamp", key_id)
-        if not self.replay.check_and_add(policy.name, key_id, nonce, int(ts) + policy.max_skew_s + 1, now):
-            return Verdict(False, "replayed", key_id)
-        return Verdict(True, "", key_id)
+        return self._replay(policy, key_id, nonce, int(ts), now)
+
+    def _replay(self, policy: Policy, key_id: str, nonce: str, created: int, now: float) -> Verdict:
+        """The last step of both schemes, for a valid signature within the window: the nonce must
+        be new. A nonce is remembered until its timestamp leaves the window (after that the clock
+        refuses it anyway)."""
+        expires = created + policy.max_skew_s + 1
+        if policy.nonce_store == "Redis":
+            from urllib.parse import quote
+
+            key = f"{NONCE_KEY_PREFIX}:{quote(policy.replay_scope, safe='')}:{quote(key_id, safe='')}:{quote(nonce, safe='')}"
+            return Verdict(True, "", key_id, NonceClaim(key, max(int(expires - now), 1)), policy)
+        if not self.replay.check_and_add(policy.replay_scope, key_id, nonce, expires, now):
+            return Verdict(False, "replayed", key_id, policy=policy)
+        return Verdict(True, "", key_id, policy=policy)
+
+    def _verify_rfc9421(self, policy: Policy, request: rfc9421.Request, now: float | None) -> Verdict:
+        """RFC 9421 (meshgate.edge.rfc9421): the first signature whose keyid is a key of the policy
+        is checked (one signature verification per request, whatever a client sends); it must
+        cover the policy's components and headers (and content-digest when there is a body to
+        sign), carry `created` and a `nonce`, and verify under that key."""
+        try:
+            signatures = rfc9421.signatures_of(request.headers)
+        except rfc9421.StructuredFieldError:
+            return Verdict(False, "malformed", policy=policy)
+        if not signatures:
+            return Verdict(False, "missing-signature", policy=policy)
+        signature = next((s for s in signatures if s.key_id is not None and s.key_id in policy.keys), None)
+        if signature is None:
+            named = next((s.key_id for s in signatures if s.key_id), None)
+            return Verdict(False, "unknown-key" if named else "malformed", (named or "")[:64], policy=policy)
+        key_id = signature.key_id or ""
+        algorithm = policy.algorithms.get(key_id, rfc9421.HMAC_SHA256)
+        params = signature.params
+        created, expires, nonce, alg = params.get("created"), params.get("expires"), params.get("nonce"), params.get("alg")
+        if (type(created) is not int or (expires is not None and type(expires) is not int)
+                or not isinstance(nonce, str) or not _RFC9421_NONCE_RE.fullmatch(nonce)
+                or (alg is not None and not isinstance(alg, str))):
+            return Verdict(False, "malformed", key_id, policy=policy)
+        if alg is not None and alg != algorithm:
+            return Verdict(False, "bad-algorithm", key_id, policy=policy)
+        covered = set(signature.components)
+        if policy.sign_body and request.body is None:
+            return Verdict(False, "body-unavailable", key_id, policy=policy)
+        body_covered = policy.sign_body and bool(request.body)
+        if (any(c not in covered for c in policy.components) or any(h not in covered for h in policy.headers)
+                or (body_covered and rfc9421.CONTENT_DIGEST_HEADER not in covered)):
+            return Verdict(False, "not-covered", key_id, policy=policy)
+        base = rfc9421.signature_base(signature, request)
+        if isinstance(base, str):
+            return Verdict(False, "missing-header", key_id, policy=policy)
+        if not rfc9421.verify_signature(algorithm, policy.verify_keys[key_id], base, signature.value):
+            return Verdict(False, "bad-signature", key_id, policy=policy)
+        if (policy.sign_body and rfc9421.CONTENT_DIGEST_HEADER in covered
+                and not rfc9421.digest_matches(request.headers[rfc9421.CONTENT_DIGEST_HEADER], request.body or b"")):
+            return Verdict(False, "bad-digest", key_id, policy=policy)
+        now = time.time() if now is None else now
+        if abs(now - created) > policy.max_skew_s or (expires is not None and now > expires):
+            return Verdict(False, "stale-timestamp", key_id, policy=policy)
+        return self._replay(policy, key_id, nonce, created, now)
 
 
-__all__ = ["ALGORITHM", "Policy", "REASONS", "ReplayCache", "Verdict", "Verifier", "canonical_text", "sign",
-           "sign_request"]
+__all__ = ["ALGORITHM", "NONCE_STORES", "NonceClaim", "Policy", "REASONS", "ReplayCache", "SCHEMES", "Verdict",
+           "Verifier", "canonical_text", "sign", "sign_request"]

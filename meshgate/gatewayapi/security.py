@@ -171,6 +171,8 @@ class SecurityPolicies:
 
     def _signature(self, spec: Mapping[str, Any], chain: tuple, problems: list[str]) -> ir.RequestSignature:
         """requestSignature: keys from Secrets (like apiKeyAuth's), for the edge companion only."""
+        from meshgate.edge.rfc9421 import ED25519, load_public_key, public_key_bytes
+
         policy = self._source(chain, "request_signature")
         keys: dict[str, bytes] = {}
         for i, ref in enumerate(spec.get("key_refs", ())):
@@ -183,6 +185,24 @@ class SecurityPolicies:
                                      where, problems)
                     continue
                 keys.setdefault(key_id, key.encode())  # a key id in two Secrets: the first one's key
+        algorithms: dict[str, str] = {}
+        for i, ref in enumerate(spec.get("public_key_refs", ())):
+            # ed25519 public keys (RFC9421): parsed here, so a bad one is this policy's error, and
+            # the companion gets the 32 raw bytes.
+            where = ("spec", "requestSignature", "publicKeyRefs", i)
+            secret = self._secret(policy, ref, where, problems)
+            for key_id, text in _secret_values(secret).items() if secret is not None else ():
+                if key_id in keys:
+                    self._unresolved(policy, f"key id {key_id!r} is both a shared key and a public key", where,
+                                     problems)
+                    continue
+                try:
+                    keys[key_id] = public_key_bytes(load_public_key(text))
+                except ValueError as exc:
+                    self._unresolved(policy, f"public key {key_id!r} is not an ed25519 public key: {exc}", where,
+                                     problems)
+                    continue
+                algorithms[key_id] = ED25519
         settings = dict(
             headers=tuple(spec.get("headers", ())),
             max_skew_s=int(duration_seconds(spec["max_clock_skew"])) if "max_clock_skew" in spec else 300,
@@ -190,12 +210,18 @@ class SecurityPolicies:
             timeout_s=duration_seconds(spec["timeout"]) if "timeout" in spec else 0.5,
             failure_mode_allow=bool(spec.get("failure_mode_allow", False)),
         )
+        extra = dict(scheme=spec.get("scheme", "Meshgate"), nonce_store=spec.get("nonce_store", "Memory"))
+        if extra["scheme"] == "RFC9421":
+            extra["components"] = tuple(spec.get("components") or ("@method", "@authority", "@path", "@query"))
         # Named after the policy and its settings, not its keys: a rotated key changes the
         # companion's config only, and Envoy's stays the same (nothing to re-push, nothing of the
-        # key in Envoy's config).
-        name = f"{policy.metadata.namespace}/{policy.metadata.name}/{_digest(tuple(sorted(settings.items())))}"
+        # key in Envoy's config). Settings left at their defaults are not in the digest, so adding
+        # a setting doesn't rename every policy.
+        named = {**settings, **{k: v for k, v in extra.items() if v not in ("Meshgate", "Memory")}}
+        name = f"{policy.metadata.namespace}/{policy.metadata.name}/{_digest(tuple(sorted(named.items())))}"
         self._companion_cluster()
-        return ir.RequestSignature(policy=name, keys=tuple(sorted(keys.items())), **settings)
+        return ir.RequestSignature(policy=name, keys=tuple(sorted(keys.items())),
+                                   algorithms=tuple(sorted(algorithms.items())), **settings, **extra)
 
     def _companion_cluster(self) -> None:
         """The cluster through which Envoy calls the edge companion (gRPC): EDS, with a default

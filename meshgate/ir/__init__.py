@@ -234,6 +234,10 @@ class RequestSignature:
     max_body_bytes: int = 65536  # 0: the body is not signed
     timeout_s: float = 0.5
     failure_mode_allow: bool = False
+    scheme: str = "Meshgate"  # or "RFC9421" (HTTP Message Signatures)
+    components: tuple[str, ...] = ()  # RFC9421: derived components a signature must cover
+    algorithms: tuple[tuple[str, str], ...] = ()  # RFC9421: (key id, "ed25519") for public keys; others HMAC
+    nonce_store: str = "Memory"  # or "Redis": nonces shared by every companion
 
 
 @dataclass(slots=True, unsafe_hash=True)

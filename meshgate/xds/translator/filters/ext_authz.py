@@ -34,6 +34,7 @@ DISABLED_BY_DEFAULT = True  # routes with requestSignature enable their instance
 # Headers Envoy sends to the companion besides the signed ones: the scheme's, and the request id
 # its logs carry. Sending only these keeps each CheckRequest small.
 _ALWAYS_SENT = (KEY_ID_HEADER, TIMESTAMP_HEADER, NONCE_HEADER, SIGNATURE_HEADER, "x-request-id")
+_RFC9421_SENT = ("signature-input", "signature", "content-digest")
 
 
 def _settings(sig: ir.RequestSignature) -> tuple[bool, int, int]:
@@ -54,6 +55,8 @@ def listener_filters(listener: ir.Listener) -> list[tuple[str, ext_authz_pb2.Ext
             if sig is not None:
                 found.setdefault(_name(sig), sig)
                 headers.setdefault(_name(sig), set()).update(sig.headers)
+                if sig.scheme == "RFC9421":  # RFC 9421's two fields, and the body's digest (RFC 9530)
+                    headers[_name(sig)].update(_RFC9421_SENT)
     return [(n, _config(found[n], headers[n])) for n in sorted(found)]
 
 
