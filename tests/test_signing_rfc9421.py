@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -306,3 +307,27 @@ async def test_the_nonce_claim_and_its_failure_mode(redis_server, allow: bool) -
         assert verdict.ok and unchecked
     else:
         assert (verdict.ok, verdict.reason) == (False, STORE_UNAVAILABLE)
+
+
+# -- the policy's keys, as the control plane resolves them -------------------------------------------------
+
+
+def test_a_bad_public_key_is_the_policys_error_naming_the_key_id_not_its_value(tmp_path) -> None:
+    from meshgate.api.config import load_translation
+    from meshgate.edge.config import SIGNATURE_CONFIG, companion_resources
+
+    golden = (Path(__file__).parent / "golden" / "translate" / "security-signature-rfc9421.in.yaml").read_text()
+    bad = "not-an-ed25519-key-" + "x" * 20
+    config = tmp_path / "config.yaml"
+    config.write_text(golden.replace("partner-ed: JrQLj5P_89iXES9-vFgrIy29clF9CC_oPPsw3c5D0bs",
+                                     f"partner-ed: {ED25519_PUBLIC_JWK_X}\n  partner-bad: {bad}"))
+    translation, problems = load_translation([str(config)], environ={})
+    text = "\n".join(str(p) for p in problems)
+    assert "public key 'partner-bad' is not an ed25519 public key" in text and bad not in text
+    assert f"{config}:" in text and "publicKeyRefs" in text  # file, line and field
+    # The good keys still go to the companion: the HMAC key as is, the ed25519 key as its 32 bytes.
+    (policy,) = companion_resources(translation.ir.listeners)[SIGNATURE_CONFIG].values()
+    assert dict(policy.keys) == {"partner-1": b"golden-signing-key-0123456789",
+                                 "partner-ed": _b64url(ED25519_PUBLIC_JWK_X)}
+    assert policy.settings["keyAlgorithms"] == {"partner-ed": "ed25519"}
+    assert (policy.settings["scheme"], policy.settings["nonceStore"]) == ("RFC9421", "Redis")
