@@ -110,6 +110,14 @@ KIND_NOTES: dict[tuple[str, str], str] = {
         "`tls.crt` and `tls.key`, in `data` (base64) or `stringData` (plain text, wins over `data`). The "
         "placeholder below validates on its own; a Gateway that uses it needs a real certificate and key."
     ),
+    ("v1", "ConfigMap"): (
+        "Text values other objects name, as in Envoy Gateway: a Backend's `tls.caCertificateRefs` entry with "
+        "`kind: ConfigMap` reads key `ca.crt`; a SecurityPolicy JWT provider's `localJWKS` of `type: ValueRef` "
+        "reads key `jwks`; a BackendTrafficPolicy `responseOverride` body of `type: ValueRef` reads key "
+        "`response.body` (for these two, without that key the first key, alphabetically). The ConfigMap is in "
+        "the referring object's namespace. A change to it takes effect on the next reload (in Kubernetes: "
+        "when the API server reports it). `binaryData` (base64) is read too. See [Kubernetes](kubernetes.md#configmaps)."
+    ),
     (models.GATEWAY_API_V1, "ReferenceGrant"): (
         "Also accepted as `apiVersion: gateway.networking.k8s.io/v1beta1`. Deleting a grant takes effect on "
         "the next reload: the references it admitted become unresolved (their share of requests gets HTTP 500).\n\n"
@@ -355,6 +363,15 @@ spec:
   loadBalancer:
     type: LeastRequest
   connectTimeout: 2s
+""",
+    ("v1", "ConfigMap"): """\
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: error-pages
+data:
+  response.body: |
+    {"error": "the service is unavailable, try again in a minute"}
 """,
     ("v1", "Secret"): """\
 apiVersion: v1

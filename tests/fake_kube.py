@@ -74,6 +74,7 @@ MESHGATE = "meshgate.io"
 DEFAULT_RESOURCES = [
     ResourceType("", "v1", "services", "Service"),
     ResourceType("", "v1", "secrets", "Secret", status_subresource=False),
+    ResourceType("", "v1", "configmaps", "ConfigMap", status_subresource=False),
     ResourceType("", "v1", "namespaces", "Namespace", namespaced=False),
     ResourceType("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice", status_subresource=False),
     ResourceType("coordination.k8s.io", "v1", "leases", "Lease", status_subresource=False),

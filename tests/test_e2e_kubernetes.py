@@ -168,3 +168,46 @@ def test_traffic_follows_the_cluster(env) -> None:
     assert lease["spec"]["holderIdentity"]
     cluster.do(kube.remove, GW, "HTTPRoute", "app")
     wait_until(lambda: request(http, "/v2/x").status == 404, timeout=10, what="the deleted route to stop serving")
+
+
+def test_an_error_page_from_a_config_map_changes_live(env) -> None:
+    """A BackendTrafficPolicy's responseOverride body from a ConfigMap (`valueRef`, as in Envoy
+    Gateway): Envoy serves the ConfigMap's value, and an edit to the ConfigMap reaches Envoy
+    without touching the policy."""
+    http, cluster, kube = env["http"], env["cluster"], env["kube"]
+    # A Service with no endpoints: Envoy answers 503 itself, which the policy's page replaces.
+    cluster.do(kube.create, {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "down"},
+                             "spec": {"ports": [{"name": "http", "port": 80}]}})
+    cluster.do(kube.create, {"apiVersion": GW, "kind": "HTTPRoute", "metadata": {"name": "pages"},
+                             "spec": {"parentRefs": [{"name": "edge"}],
+                                      "rules": [{"matches": [{"path": {"value": "/down"}}],
+                                                 "backendRefs": [{"name": "down", "port": 80}]}]}})
+    cluster.do(kube.create, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "error-pages"},
+                             "data": {"response.body": '{"error": "down for maintenance"}'}})
+    cluster.do(kube.create, {"apiVersion": "meshgate.io/v1alpha1", "kind": "BackendTrafficPolicy",
+                             "metadata": {"name": "pages"},
+                             "spec": {"targetRefs": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "pages"}],
+                                      "responseOverride": [{
+                                          "match": {"statusCodes": [{"type": "Value", "value": 503}]},
+                                          "response": {"contentType": "application/json", "body": {
+                                              "type": "ValueRef", "valueRef": {"group": "", "kind": "ConfigMap", "name": "error-pages"}}}}]}})
+    wait_until(lambda: request(http, "/down").body == b'{"error": "down for maintenance"}', timeout=15,
+               what="the ConfigMap's page")
+    reply = request(http, "/down")
+    assert reply.status == 503 and reply.headers["content-type"] == "application/json"
+
+    cluster.do(kube.apply, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "error-pages"},
+                            "data": {"response.body": '{"error": "back at noon"}'}})
+    wait_until(lambda: request(http, "/down").body == b'{"error": "back at noon"}', timeout=10,
+               what="the edited ConfigMap's page")
+
+    # The ConfigMap deleted: the policy says so in its status, and Envoy's own 503 goes out.
+    cluster.do(kube.remove, "v1", "ConfigMap", "error-pages")
+    wait_until(lambda: request(http, "/down").body != b'{"error": "back at noon"}', timeout=10,
+               what="the page to go with its ConfigMap")
+    assert request(http, "/down").status == 503
+    objects = {(o["kind"], o["name"]): o for o in
+               json.loads(urllib.request.urlopen(f"{env['status']}/status/objects", timeout=5).read())}
+    conditions = {c["type"]: c for c in objects[("BackendTrafficPolicy", "pages")]["conditions"]}
+    assert conditions["ResolvedRefs"]["status"] == "False"
+    assert "ConfigMap default/error-pages not found" in conditions["ResolvedRefs"]["message"]

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from meshgate.api.models import Duration, HeaderName, Model, _check_regex, duration_seconds
+from meshgate.api.models import ConfigMapReference, Duration, HeaderName, Model, _check_regex, duration_seconds
 from meshgate.api.policies import Size, _check_size, _reject_unsupported, size_bytes
 
 # -- rateLimit --------------------------------------------------------------------------------
@@ -341,16 +341,24 @@ class CustomResponseMatch(Model):
     status_codes: list[StatusCodeMatch] = Field(min_length=1, max_length=50)
 
 
+# The ConfigMap key a response body valueRef reads (else the ConfigMap's only or first key), as in Envoy Gateway.
+BODY_CONFIG_MAP_KEY = "response.body"
+
+
 class CustomResponseBody(Model):
     type: Literal["Inline", "ValueRef"] = "Inline"
     inline: str | None = Field(None, max_length=65536)
+    value_ref: ConfigMapReference | None = Field(
+        None, description=f"A ConfigMap in the policy's namespace holding the body under key `{BODY_CONFIG_MAP_KEY}` "
+        "(else its first key, alphabetically); a change to it takes effect live.")
 
     @model_validator(mode="after")
     def _inline(self) -> CustomResponseBody:
         if self.type == "ValueRef":
-            raise ValueError("type ValueRef (a ConfigMap) is not supported by meshgate yet; use type Inline")
-        if self.inline is None:
-            raise ValueError("type Inline needs inline")
+            if self.value_ref is None or self.inline is not None:
+                raise ValueError("type ValueRef needs valueRef (and no inline)")
+        elif self.inline is None or self.value_ref is not None:
+            raise ValueError("type Inline needs inline (and no valueRef)")
         return self
 
 

@@ -279,7 +279,8 @@ def rbac(namespace: str = "meshgate", name: str = "meshgate") -> list[dict[str, 
         {"apiGroups": [mg], "resources": [f"{r}/status" for r in plurals], "verbs": ["patch"]},
         # Secrets are asked for with a field selector (TLS and Opaque only); RBAC can't narrow by type.
         # Namespaces for their labels (Gateway listeners' allowedRoutes namespace selectors).
-        {"apiGroups": [""], "resources": ["secrets", "services", "namespaces"], "verbs": ["list", "watch"]},
+        # ConfigMaps: all are listed (RBAC can't narrow by name), only those meshgate objects name are kept.
+        {"apiGroups": [""], "resources": ["configmaps", "secrets", "services", "namespaces"], "verbs": ["list", "watch"]},
         {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
     ]
     labels = {"app.kubernetes.io/part-of": "meshgate"}

@@ -13,6 +13,7 @@ Every model forbids unknown fields, so a typo is an error with its file and line
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import re
 from typing import Annotated, Any, Literal, Union
@@ -898,7 +899,7 @@ BACKEND_TLS_FILE_OPTIONS = (CA_FILE_OPTION, CLIENT_CERT_FILE_OPTION, CLIENT_KEY_
 
 
 class CACertificateRef(Model):
-    """Gateway API's LocalObjectReference to the CA bundle: a Secret with key `ca.crt`."""
+    """Gateway API's LocalObjectReference to the CA bundle: a Secret or a ConfigMap with key `ca.crt`."""
 
     group: Literal[""] = ""
     kind: str = "Secret"
@@ -906,11 +907,24 @@ class CACertificateRef(Model):
 
     @field_validator("kind")
     @classmethod
-    def _secret_only(cls, value: str) -> str:
-        if value == "ConfigMap":
-            raise ValueError("ConfigMap CA bundles are not supported by meshgate yet: put ca.crt in a Secret")
-        if value != "Secret":
-            raise ValueError(f"kind {clip(value)} can't hold a CA bundle: use a Secret with key ca.crt")
+    def _secret_or_config_map(cls, value: str) -> str:
+        if value not in ("Secret", "ConfigMap"):
+            raise ValueError(f"kind {clip(value)} can't hold a CA bundle: use a Secret or a ConfigMap with key ca.crt")
+        return value
+
+
+class ConfigMapReference(Model):
+    """A `valueRef` (Gateway API LocalObjectReference): a ConfigMap in the referring object's namespace."""
+
+    group: Literal["", "v1"] = ""
+    kind: str = "ConfigMap"
+    name: ObjectName
+
+    @field_validator("kind")
+    @classmethod
+    def _config_map_only(cls, value: str) -> str:
+        if value != "ConfigMap":
+            raise ValueError(f"kind {clip(value)}: only a ConfigMap can be a valueRef")
         return value
 
 
@@ -1074,6 +1088,31 @@ class Secret(Resource):
     string_data: dict[str, str] = Field(default_factory=dict)
 
 
+class ConfigMap(Resource):
+    """v1 ConfigMap: text values (`data`) that policies and Backends name (a CA bundle `ca.crt`, a
+    JWKS, an error page's body), in the manner of Envoy Gateway. `binaryData` (base64) is read too."""
+
+    api_version: Literal["v1"]
+    kind: Literal["ConfigMap"]
+    data: dict[str, str] = Field(default_factory=dict, description="Key to text value.")
+    binary_data: dict[str, str] = Field(default_factory=dict, description="Key to base64 value (read as UTF-8 text).")
+    immutable: bool | None = Field(None, description="Accepted (a cluster's flag); meshgate reads a ConfigMap either way.")
+
+    def value(self, key: str) -> str | None:
+        """The value of `key` (from data, else binaryData decoded as UTF-8), or None."""
+        if key in self.data:
+            return self.data[key]
+        if key in self.binary_data:
+            try:
+                return base64.b64decode(self.binary_data[key], validate=True).decode()
+            except (ValueError, UnicodeDecodeError):
+                return None
+        return None
+
+    def keys(self) -> list[str]:
+        return sorted({*self.data, *self.binary_data})
+
+
 # ---------------------------------------------------------------------------------------------
 # ReferenceGrant: lets objects of one namespace reference objects of another (tenancy boundary)
 
@@ -1121,6 +1160,7 @@ KINDS: dict[tuple[str, str], type[Resource]] = {
     (MESHGATE_V1ALPHA1, "HTTPRoute"): MeshgateHTTPRoute,
     (MESHGATE_V1ALPHA1, "Backend"): Backend,
     ("v1", "Secret"): Secret,
+    ("v1", "ConfigMap"): ConfigMap,
     ("v1", "Namespace"): Namespace,
     ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant"): ReferenceGrant,
     (GATEWAY_API_V1, "ReferenceGrant"): ReferenceGrant,

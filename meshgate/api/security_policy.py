@@ -21,6 +21,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from meshgate.api.models import (
     MESHGATE_V1ALPHA1,
+    ConfigMapReference,
     Duration,
     HeaderName,
     Method,
@@ -74,33 +75,44 @@ class RemoteJWKS(Model):
         return check_http_url(uri)
 
 
+# The ConfigMap key a localJWKS valueRef reads (else the ConfigMap's only or first key), as in Envoy Gateway.
+JWKS_CONFIG_MAP_KEY = "jwks"
+
+
+def jwks_problem(text: str, what: str = "inline") -> str | None:
+    """Why `text` is not a public JSON Web Key Set Envoy can use, or None."""
+    try:
+        keys = json.loads(text)
+    except ValueError as exc:
+        return f"{what} is not JSON: {exc}"
+    if not isinstance(keys, dict) or not isinstance(keys.get("keys"), list) or not keys["keys"]:
+        return f'{what} must be a JSON Web Key Set: {{"keys": [ ... ]}} with at least one key'
+    for key in keys["keys"]:
+        if not isinstance(key, dict) or not isinstance(key.get("kty"), str):
+            return 'every key of the set needs "kty"'
+        if any(k in key for k in ("d", "p", "q", "dp", "dq", "qi", "k")) and key.get("kty") != "oct":
+            return "the key set holds a private key: give Envoy the public keys only"
+    return None
+
+
 class LocalJWKS(Model):
     type: Literal["Inline", "ValueRef"] = "Inline"
     inline: str | None = Field(None, max_length=65536, description="The JSON Web Key Set, as JSON.")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _unsupported(cls, data: Any) -> Any:
-        return _reject_unsupported(data, {"valueRef": "ConfigMaps come with the Kubernetes provider; use inline"},
-                                   "localJWKS")
+    value_ref: ConfigMapReference | None = Field(
+        None, description=f"A ConfigMap in the policy's namespace holding the key set under key `{JWKS_CONFIG_MAP_KEY}` "
+        "(else its first key, alphabetically); a change to it takes effect live.")
 
     @model_validator(mode="after")
     def _jwks(self) -> LocalJWKS:
         if self.type == "ValueRef":
-            raise ValueError("type ValueRef (a ConfigMap) is not supported by meshgate yet; use type Inline")
-        if self.inline is None:
-            raise ValueError("type Inline needs inline")
-        try:
-            keys = json.loads(self.inline)
-        except ValueError as exc:
-            raise ValueError(f"inline is not JSON: {exc}") from None
-        if not isinstance(keys, dict) or not isinstance(keys.get("keys"), list) or not keys["keys"]:
-            raise ValueError('inline must be a JSON Web Key Set: {"keys": [ ... ]} with at least one key')
-        for key in keys["keys"]:
-            if not isinstance(key, dict) or not isinstance(key.get("kty"), str):
-                raise ValueError('every key of the set needs "kty"')
-            if any(k in key for k in ("d", "p", "q", "dp", "dq", "qi", "k")) and key.get("kty") != "oct":
-                raise ValueError("the key set holds a private key: give Envoy the public keys only")
+            if self.value_ref is None or self.inline is not None:
+                raise ValueError("type ValueRef needs valueRef (and no inline)")
+            return self
+        if self.inline is None or self.value_ref is not None:
+            raise ValueError("type Inline needs inline (and no valueRef)")
+        problem = jwks_problem(self.inline)
+        if problem:
+            raise ValueError(problem)
         return self
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from meshgate import ir
 from meshgate.api.models import CA_FILE_OPTION, CLIENT_CERT_FILE_OPTION, CLIENT_KEY_FILE_OPTION, Backend
 from meshgate.gatewayapi.checks import ca_bundle_problem, pem_problem
+from meshgate.gatewayapi.config_maps import ca_bundle
 from meshgate.gatewayapi.status import Condition, object_key
 from meshgate.providers.file import FileReadError
 
@@ -70,6 +71,13 @@ def resolve_backend_tls(t: _Translator, backend: Backend, secrets: Secrets) -> t
     if tls.ca_certificate_refs:
         pems = []
         for i, ref in enumerate(tls.ca_certificate_refs):
+            if ref.kind == "ConfigMap":  # a CA bundle is no secret: Kubernetes users often keep it in a ConfigMap
+                pem, why = ca_bundle(t, ns, ref.name)
+                if pem is None:
+                    bad(("caCertificateRefs", i, "name"), "InvalidCACertificateRef", why)
+                else:
+                    pems.append(pem)
+                continue
             secret = t.secrets.get((ns, ref.name))
             if secret is None:
                 bad(("caCertificateRefs", i, "name"), "InvalidCACertificateRef", t._missing("", "Secret", ns, ref.name))
@@ -82,7 +90,8 @@ def resolve_backend_tls(t: _Translator, backend: Backend, secrets: Secrets) -> t
             pems.append(pem)
         if len(pems) == len(tls.ca_certificate_refs):
             ca_pem = b"\n".join(p.rstrip(b"\n") for p in pems) + b"\n"
-            ca_name = "ca/secret/" + ",".join(f"{ns}/{r.name}" for r in tls.ca_certificate_refs)
+            ca_name = "ca/secret/" + ",".join(f"{ns}/{r.name}" if r.kind == "Secret" else f"configmap:{ns}/{r.name}"
+                                              for r in tls.ca_certificate_refs)
             where_ca: tuple = ("caCertificateRefs",)
     elif tls.well_known_ca_certificates == "System":
         path = system_ca_file()

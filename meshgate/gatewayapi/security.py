@@ -114,7 +114,7 @@ class SecurityPolicies:
         signature = spec.get("request_signature")
         return ir.Security(
             signature=self._signature(signature, chain, problems) if signature is not None else None,
-            jwt=self._jwt(jwt) if jwt else None,
+            jwt=self._jwt(jwt, chain, problems) if jwt else None,
             oidc=self._oidc(oidc, chain, problems) if oidc is not None else None,
             api_key=self._api_key(api_key, chain, problems) if api_key is not None else None,
             basic=self._basic(basic, chain, problems) if basic is not None else None,
@@ -285,7 +285,14 @@ class SecurityPolicies:
                 break
         return ir.BasicAuth(htpasswd="\n".join(lines) + "\n")
 
-    def _jwt(self, jwt: Mapping[str, Any]) -> ir.JwtRequirement:
+    def _jwt(self, jwt: Mapping[str, Any], chain: tuple, problems: list[str]) -> ir.JwtRequirement | None:
+        # A localJWKS whose ConfigMap couldn't be read is still a valueRef (config_maps.py said why
+        # in the policy's status): nothing to verify tokens with, so the routes answer 500.
+        unread = [p["name"] for p in jwt["providers"] if (p.get("local_jwks") or {}).get("type") == "ValueRef"]
+        if unread:
+            problems.append(f"{self._source(chain, 'jwt').ref}: the JWKS of provider {', '.join(unread)} can't be "
+                            "read from its ConfigMap")
+            return None
         providers = tuple(self._provider(p) for p in jwt["providers"])
         optional = bool(jwt.get("optional", False))
         return ir.JwtRequirement(name=f"jwt-{_digest((providers, optional))}", providers=providers, optional=optional)

@@ -42,6 +42,7 @@ from meshgate.api.models import (
     ReferenceGrant,
     Resource,
     Secret,
+    ConfigMap,
 )
 from meshgate.api.policies import ClientTrafficPolicy
 from meshgate.api.backend_traffic_policy import BackendTrafficPolicy
@@ -52,6 +53,7 @@ from meshgate.gatewayapi.security import SecurityPolicies
 from meshgate.api.security_policy import SecurityPolicy
 from meshgate.gatewayapi.checks import effective_hostnames, match_identity, pem_problem
 from meshgate.gatewayapi.backend_tls import resolve_backend_tls
+from meshgate.gatewayapi.config_maps import inline_value_refs
 from meshgate.gatewayapi import failover
 from meshgate.gatewayapi import global_ratelimit
 from meshgate.gatewayapi import incremental
@@ -160,6 +162,8 @@ class _Translator:
         self.routes: list[AnyRoute] = []
         self.backends: dict[tuple[str, str], Backend] = {}
         self.secrets: dict[tuple[str, str], Secret] = {}
+        self.config_maps: dict[tuple[str, str], ConfigMap] = {}  # what valueRefs name (config_maps.py)
+        self.inlined: list[Resource] = []  # policies replaced by a copy with their ConfigMap values inline
         self.grants: list[ReferenceGrant] = []
         self.namespace_labels: dict[str, dict[str, str]] = {}  # from Namespace objects (allowedRoutes selectors)
         self.policies: list[Resource] = []
@@ -230,6 +234,8 @@ class _Translator:
             self.backends[ns_name] = resource
         elif isinstance(resource, Secret):
             self.secrets[ns_name] = resource
+        elif isinstance(resource, ConfigMap):
+            self.config_maps[ns_name] = resource
         elif isinstance(resource, ReferenceGrant):
             self.grants.append(resource)
         elif isinstance(resource, Namespace):
@@ -491,6 +497,7 @@ class _Translator:
         self.gateway_by_name = {(g.metadata.namespace, g.metadata.name): g for g in self.gateways}
         self.programmed_ids = {(id(g), id(l)) for g, l in programmed}
         self._settle_context(programmed)
+        inline_value_refs(self)  # ConfigMap valueRefs -> inline values, before policies attach
         settings = policies.client_settings(self, programmed)
         traffic = BackendTraffic(self)  # BackendTrafficPolicies: statuses now, routes below
         security = SecurityPolicies(self)  # SecurityPolicies: likewise, per listener

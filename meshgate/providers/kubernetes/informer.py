@@ -19,6 +19,11 @@ This is what client-go's reflector does, on top of `kubernetes-asyncio`:
    listed, and asks again every `max_backoff` (the version may be installed later).
 
 Each change calls `on_change(key)` on the event loop; `objects` is the current copy.
+
+With `keep` (a predicate on (namespace, name)), the copy is bounded: objects it refuses are not
+held (only their keys, in `dropped`), so a kind the cluster has thousands of (ConfigMaps) costs
+only the few meshgate uses. Whoever widens `keep` to a key in `dropped` must list again
+(`Informer.run` afresh), since the object's content was never kept.
 """
 
 from __future__ import annotations
@@ -74,8 +79,10 @@ class Informer:
 
     def __init__(self, kind: WatchedKind, list_function: Callable[..., Any], on_change: Callable[[ObjectKey], None], *,
                  watch_timeout: int = 300, request_timeout: float = 30.0, min_backoff: float = 0.5,
-                 max_backoff: float = 30.0) -> None:
+                 max_backoff: float = 30.0, keep: Callable[[ObjectKey], bool] | None = None) -> None:
         self.kind = kind
+        self.keep = keep
+        self.dropped: set[ObjectKey] = set()  # keys of objects `keep` refused (their content not held)
         self.list_function = list_function
         self.on_change = on_change
         self.watch_timeout = watch_timeout
@@ -157,6 +164,7 @@ class Informer:
 
     async def _list(self) -> None:
         objects: dict[ObjectKey, dict] = {}
+        dropped_all: set[ObjectKey] = set()
         token: str | None = None
         while True:
             kwargs: dict[str, Any] = {"limit": PAGE_SIZE, **self._selectors()}
@@ -179,6 +187,11 @@ class Informer:
                 # Lists of built-in kinds leave apiVersion and kind out of their items.
                 item["apiVersion"], item["kind"] = self.kind.api_version, self.kind.kind
                 objects[_key(item)] = item
+            if self.keep is not None:
+                dropped = {k for k in objects if not self.keep(k)}
+                for k in dropped:
+                    del objects[k]
+                dropped_all |= dropped
             token = (data.get("metadata") or {}).get("continue")
             if not token:
                 break
@@ -186,6 +199,8 @@ class Informer:
         self.served = True
         self.answered.set()
         self.resource_version = str(data["metadata"]["resourceVersion"])
+        if self.keep is not None:
+            self.dropped = dropped_all
         previous, self.objects = self.objects, objects
         self.last_error = None
         self.synced.set()
@@ -212,9 +227,15 @@ class Informer:
                     obj["apiVersion"], obj["kind"] = self.kind.api_version, self.kind.kind
                     key = _key(obj)
                     if kind == "DELETED":
+                        self.dropped.discard(key)
+                        if self.objects.pop(key, None) is not None:
+                            self.on_change(key)
+                    elif self.keep is not None and not self.keep(key):
+                        self.dropped.add(key)
                         if self.objects.pop(key, None) is not None:
                             self.on_change(key)
                     elif kind in ("ADDED", "MODIFIED"):
+                        self.dropped.discard(key)
                         if self.objects.get(key) != obj:
                             self.objects[key] = obj
                             self.on_change(key)

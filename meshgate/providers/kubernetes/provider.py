@@ -11,6 +11,8 @@ What is watched (all namespaces):
   BackendTrafficPolicy, SecurityPolicy, GRPCJSONTranscoder.
 - Secrets of type `kubernetes.io/tls` and `Opaque` only (a field selector, so the server never
   sends service-account tokens or Helm releases).
+- ConfigMaps, of which only those meshgate objects name are held (`config_map_refs`): a bounded
+  cache, listed again when an object comes to name one that exists but wasn't held.
 - Services, and EndpointSlices (those labelled `kubernetes.io/service-name`). Slices are not
   documents: their ready endpoints go to the control plane as EDS alone (`EndpointSource`), so a
   pod coming or going re-translates nothing.
@@ -51,6 +53,10 @@ GATEWAY_API = "gateway.networking.k8s.io"
 MESHGATE = "meshgate.io"
 GATEWAY_CLASS = WatchedKind(GATEWAY_API, "v1", "gatewayclasses", "GatewayClass")
 SERVICES = WatchedKind("", "v1", "services", "Service")
+# ConfigMaps: every namespace has a few nobody wrote for meshgate (`kube-root-ca.crt`, which the
+# API server puts in each one, is left out by the field selector), and a cluster may hold
+# thousands more. Their informer keeps only those meshgate objects name (see `_keep_config_map`).
+CONFIG_MAPS = WatchedKind("", "v1", "configmaps", "ConfigMap", field_selector="metadata.name!=kube-root-ca.crt")
 ENDPOINT_SLICES = WatchedKind("discovery.k8s.io", "v1", "endpointslices", "EndpointSlice",
                               label_selector=SERVICE_NAME_LABEL)
 
@@ -76,6 +82,7 @@ WATCHED: list[WatchedKind] = [
     WatchedKind("", "v1", "secrets", "Secret", field_selector="type=Opaque"),
     SERVICES,
     ENDPOINT_SLICES,
+    CONFIG_MAPS,
 ]
 
 # Written by `kubectl apply`: a copy of the whole object, no use to meshgate.
@@ -89,6 +96,22 @@ def origin_of(kind: WatchedKind, namespace: str, name: str) -> str:
     # meshgate's HTTPRoute shares its kind with Gateway API's: say which one.
     label = f"{kind.kind}.{kind.group}" if kind.group == MESHGATE and kind.kind == "HTTPRoute" else kind.kind
     return f"kubernetes:{label} {namespace}/{name}" if namespace else f"kubernetes:{label} {name}"
+
+
+def config_map_refs(data: Any, namespace: str) -> frozenset[tuple[str, str]]:
+    """(namespace, name) of every ConfigMap a document names: any `{kind: ConfigMap, name: ...}`
+    in it (a Backend's `caCertificateRefs`, a policy's `valueRef`); always in its own namespace."""
+    found: set[tuple[str, str]] = set()
+    stack = [data]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            if value.get("kind") == "ConfigMap" and isinstance(value.get("name"), str):
+                found.add((namespace, value["name"]))
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
+    return frozenset(found)
 
 
 def document_data(kind: WatchedKind, obj: dict) -> dict[str, Any]:
@@ -159,6 +182,12 @@ class KubernetesProvider:
         # Called with (kind, (namespace, name)) on every object change, status-only ones included
         # (the status writer listens: someone else may have overwritten a status).
         self.object_listeners: list = []
+        # ConfigMaps: only the named ones are held (a bounded cache). Per meshgate document, the
+        # ConfigMaps it names; and how many documents name each one.
+        self._config_maps: Informer | None = None
+        self._refs_of: dict[DocKey, frozenset[tuple[str, str]]] = {}
+        self._referenced: dict[tuple[str, str], int] = {}
+        self._relist_pending = False
 
     @property
     def api(self) -> Any:
@@ -186,10 +215,13 @@ class KubernetesProvider:
                 list_function = core.list_namespace
             elif kind.plural == "endpointslices":
                 list_function = discovery.list_endpoint_slice_for_all_namespaces
+            elif kind.plural == "configmaps":
+                list_function = core.list_config_map_for_all_namespaces
             else:  # CRDs (Gateway API's included), namespaced or not, in every namespace
                 list_function = functools.partial(custom.list_cluster_custom_object, kind.group, kind.version, kind.plural)
             informer = Informer(kind, list_function, functools.partial(self._changed, kind),
-                                watch_timeout=self.watch_timeout, max_backoff=self.max_backoff)
+                                watch_timeout=self.watch_timeout, max_backoff=self.max_backoff,
+                                keep=self._keep_config_map if kind is CONFIG_MAPS else None)
             self._by_kind[kind] = informer
             self.informers.append(informer)
             if kind is GATEWAY_CLASS:
@@ -198,17 +230,33 @@ class KubernetesProvider:
                 self._services = informer
             elif kind is ENDPOINT_SLICES:
                 self._slices = informer
+            elif kind is CONFIG_MAPS:
+                self._config_maps = informer
         for informer in self.informers:
             informer.other_versions = [i for i in self.informers if i.kind.plural == informer.kind.plural
                                        and i.kind.group == informer.kind.group and i.kind.version != informer.kind.version]
-        self._tasks = [asyncio.create_task(i.run(), name=f"informer {i.kind.name}") for i in self.informers]
-        try:
-            await asyncio.wait_for(asyncio.gather(*(i.synced.wait() for i in self.informers)), self.sync_timeout)
-        except asyncio.TimeoutError:
+        # ConfigMaps last: which ones to keep depends on the objects naming them, listed first.
+        first = [i for i in self.informers if i is not self._config_maps]
+        self._tasks = [asyncio.create_task(i.run(), name=f"informer {i.kind.name}") for i in first]
+        deadline = asyncio.get_running_loop().time() + self.sync_timeout
+        await self._wait_synced(first, deadline)
+        if self._config_maps is not None:
+            self._tasks.append(asyncio.create_task(self._config_maps.run(), name=f"informer {CONFIG_MAPS.name}"))
+        if await self._wait_synced(self.informers, deadline):
             missing = {i.kind.name: i.last_error or "no answer" for i in self.informers if not i.synced.is_set()}
             log.warning("some kinds could not be listed yet; serving what could, and retrying",
                         extra={"kinds": missing})
         self._recompute_endpoints()
+
+    @staticmethod
+    async def _wait_synced(informers: list[Informer], deadline: float) -> bool:
+        """Wait until `informers` have listed, at most until `deadline`; True if some have not."""
+        try:
+            await asyncio.wait_for(asyncio.gather(*(i.synced.wait() for i in informers)),
+                                   max(0.0, deadline - asyncio.get_running_loop().time()))
+            return False
+        except asyncio.TimeoutError:
+            return True
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -264,17 +312,66 @@ class KubernetesProvider:
             with self._lock:
                 if obj is None:
                     self._docs.pop(doc_key, None)
+                    data = None
                 else:
                     data = document_data(kind, obj)
                     previous = self._docs.get(doc_key)
                     if previous is not None and previous.data == data:
                         return  # e.g. only status or resourceVersion moved
                     self._docs[doc_key] = SourceDocument(origin, NO_LINE, data, {})
+            if kind.group == MESHGATE:
+                self._names_config_maps(doc_key, config_map_refs(data, namespace or "default") if data else frozenset())
             if kind is SERVICES:
                 self._endpoints_dirty.add((namespace, name))
                 self._endpoints_event.set()
         self._config_pending.add(origin)
         self._config_event.set()
+
+    # -- ConfigMaps: a bounded cache ------------------------------------------------------------
+
+    def _keep_config_map(self, key: ObjectKey) -> bool:
+        namespace, name = key
+        return (namespace or "default", name) in self._referenced
+
+    def _names_config_maps(self, doc_key: DocKey, refs: frozenset[tuple[str, str]]) -> None:
+        """Count the ConfigMaps a document names now. One named anew that the informer dropped
+        (it existed, but nobody named it then) needs a list to be read; one no longer named by
+        anybody is let go."""
+        before = self._refs_of.pop(doc_key, frozenset())
+        if refs:
+            self._refs_of[doc_key] = refs
+        if refs == before:
+            return
+        for ref in refs - before:
+            self._referenced[ref] = self._referenced.get(ref, 0) + 1
+        for ref in before - refs:
+            self._referenced[ref] -= 1
+            if not self._referenced[ref]:
+                del self._referenced[ref]
+        informer = self._config_maps
+        if informer is None:
+            return
+        if any(key in informer.dropped for key in refs - before):
+            self._relist_config_maps()
+        for key in [k for k in informer.objects if not self._keep_config_map(k)]:
+            del informer.objects[key]
+            informer.dropped.add(key)
+            self._changed(CONFIG_MAPS, key)
+
+    def _relist_config_maps(self) -> None:
+        """List the ConfigMaps again (once, however many references appeared at once)."""
+        if self._relist_pending or self._config_maps is None:
+            return
+        self._relist_pending = True
+
+        def restart() -> None:
+            self._relist_pending = False
+            for n, task in enumerate(self._tasks):
+                if task.get_name() == f"informer {CONFIG_MAPS.name}":
+                    task.cancel()
+                    self._tasks[n] = asyncio.create_task(self._config_maps.run(), name=task.get_name())
+
+        asyncio.get_running_loop().call_soon(restart)
 
     # -- endpoints -----------------------------------------------------------------------------
 
