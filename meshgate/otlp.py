@@ -186,18 +186,10 @@ class SpanQueue(_Exporter):
 
 def metric_interval(environ: Mapping[str, str]) -> float:
     """Seconds between metric pushes: OTEL_METRIC_EXPORT_INTERVAL (milliseconds, as in the SDK)."""
-    from meshgate.errors import StartupError
+    from meshgate.environment import env_number
 
-    text = environ.get("OTEL_METRIC_EXPORT_INTERVAL", "").strip()
-    if not text:
-        return DEFAULT_METRIC_INTERVAL_S
-    try:
-        millis = float(text)
-    except ValueError:
-        millis = -1.0
-    if not math.isfinite(millis) or millis < 100:
-        raise StartupError(f"OTEL_METRIC_EXPORT_INTERVAL={text}: expected milliseconds, at least 100")
-    return millis / 1000
+    return env_number(environ, "OTEL_METRIC_EXPORT_INTERVAL", DEFAULT_METRIC_INTERVAL_S * 1000, 100, 86_400_000,
+                      "milliseconds, at least 100") / 1000
 
 
 class MetricsPusher(_Exporter):

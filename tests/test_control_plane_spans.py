@@ -6,30 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from concurrent.futures import ThreadPoolExecutor
 
-import grpc
 import pytest
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from harness import free_port, wait_until
 from meshgate.controlplane import spans as spans_module
 from meshgate.controlplane.spans import ControlPlaneSpans
-from test_e2e_observability import OtlpReceiver, _attributes
+from otlp_receiver import OtlpReceiver, otlp_receiver
+from otlp_receiver import attributes as _attributes
 
 LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
 
 
 @pytest.fixture()
 def otlp():
-    receiver = OtlpReceiver()
-    server = grpc.server(ThreadPoolExecutor(max_workers=2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
-    receiver.port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield receiver
-    server.stop(grace=1).wait(5)
+    with otlp_receiver() as receiver:
+        yield receiver
 
 
 async def test_a_nack_is_an_error_span_with_envoys_reason(otlp: OtlpReceiver) -> None:

@@ -20,29 +20,22 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import grpc
 import pytest
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
 from harness import Meshgate, pid_alive, request, wait_until
+from otlp_receiver import OtlpReceiver, otlp_receiver
+from otlp_receiver import attributes as _attributes
 from redis_server import RedisServer, gateways_sharing, redis_server  # noqa: F401 - the module fixture
-from test_e2e_observability import OtlpReceiver, _attributes
 
 CONFIG = Path(__file__).parent / "e2e" / "global_ratelimit"
 
 
 @pytest.fixture(scope="module")
 def otlp():
-    receiver = OtlpReceiver()
-    server = grpc.server(ThreadPoolExecutor(max_workers=2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
-    receiver.port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield receiver
-    server.stop(grace=1).wait(5)
+    with otlp_receiver() as receiver:
+        yield receiver
 
 
 @pytest.fixture(scope="module")

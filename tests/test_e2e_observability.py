@@ -13,75 +13,27 @@ import json
 import re
 import shutil
 import subprocess
-import threading
 import urllib.error
 import urllib.request
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import grpc
 import pytest
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness import Meshgate, free_port, request, wait_until
+from otlp_receiver import OtlpReceiver, otlp_receiver
+from otlp_receiver import attributes as _attributes
 
 CONFIG = Path(__file__).parent / "e2e" / "observability"
 HOST = "api.example.com"
 SIGNING_KEY = "k-" + uuid.uuid4().hex
 
 
-class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
-    """A real OTLP/gRPC trace receiver: keeps every export request Envoy sends."""
-
-    def __init__(self) -> None:
-        self.requests: list[trace_service_pb2.ExportTraceServiceRequest] = []
-        self._lock = threading.Lock()
-
-    def Export(self, request, context):  # noqa: N802 - the gRPC method's name
-        with self._lock:
-            self.requests.append(request)
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-    def spans(self) -> list[tuple[dict[str, str], object]]:
-        """(resource attributes, span) of every span received so far."""
-        with self._lock:
-            requests = list(self.requests)
-        return [({a.key: a.value.string_value for a in rs.resource.attributes}, span)
-                for r in requests for rs in r.resource_spans for ss in rs.scope_spans for span in ss.spans]
-
-
-class OtlpMetricsReceiver(metrics_service_pb2_grpc.MetricsServiceServicer):
-    """A real OTLP/gRPC metrics receiver: keeps every export request Envoy's stat sink sends."""
-
-    def __init__(self) -> None:
-        self.requests: list = []
-
-    def Export(self, request, context):  # noqa: N802 - the gRPC method's name
-        self.requests.append(request)
-        return metrics_service_pb2.ExportMetricsServiceResponse()
-
-    def metrics(self, service: str | None = None) -> list:
-        """Every metric received (of the resource `service.name` = `service`, if given)."""
-        return [m for r in list(self.requests) for rm in r.resource_metrics
-                if service is None or {a.key: a.value.string_value for a in rm.resource.attributes}.get(
-                    "service.name") == service
-                for sm in rm.scope_metrics for m in sm.metrics]
-
-
 @pytest.fixture(scope="module")
 def otlp():
-    receiver = OtlpReceiver()
-    receiver.metrics = OtlpMetricsReceiver()
-    server = grpc.server(ThreadPoolExecutor(max_workers=2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
-    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(receiver.metrics, server)
-    receiver.port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield receiver
-    server.stop(grace=1).wait(5)
+    with otlp_receiver() as receiver:
+        yield receiver
 
 
 @pytest.fixture(scope="module")
@@ -212,14 +164,6 @@ def test_promtool_checks_both(gw: Meshgate) -> None:
 
 
 # -- traces -------------------------------------------------------------------------------------------
-
-
-def _attributes(span) -> dict[str, str]:
-    def value(v):
-        kind = v.WhichOneof("value")
-        return str(getattr(v, kind)) if kind else ""
-
-    return {a.key: value(a.value) for a in span.attributes}
 
 
 def _span_of(otlp: OtlpReceiver, trace_id: str):

@@ -5,28 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from concurrent.futures import ThreadPoolExecutor
 
-import grpc
 import pytest
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary
 
 from harness import wait_until
 from meshgate.errors import StartupError
 from meshgate.otlp import MetricsPusher, metric_interval, parse_traceparent, start_metrics_push
-from test_e2e_observability import OtlpMetricsReceiver
+from otlp_receiver import OtlpMetricsReceiver, otlp_receiver
 
 
 @pytest.fixture()
 def receiver():
-    receiver = OtlpMetricsReceiver()
-    server = grpc.server(ThreadPoolExecutor(max_workers=2))
-    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(receiver, server)
-    receiver.port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield receiver
-    server.stop(grace=1).wait(5)
+    with otlp_receiver() as otlp:
+        yield otlp.metrics
 
 
 def _registry() -> CollectorRegistry:

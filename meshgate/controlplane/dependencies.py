@@ -127,18 +127,9 @@ class ConfigDependencies:
 
 def check_interval(environ) -> float:  # noqa: ANN001
     """MESHGATE_DEPENDENCY_CHECK_INTERVAL (seconds, 0.1 to 3600), else INTERVAL_S."""
-    from meshgate.errors import StartupError
+    from meshgate.environment import env_number
 
-    text = environ.get("MESHGATE_DEPENDENCY_CHECK_INTERVAL", "").strip()
-    if not text:
-        return INTERVAL_S
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.1 <= value <= 3600:
-        raise StartupError(f"MESHGATE_DEPENDENCY_CHECK_INTERVAL={text}: expected seconds, 0.1 to 3600")
-    return value
+    return env_number(environ, "MESHGATE_DEPENDENCY_CHECK_INTERVAL", INTERVAL_S, 0.1, 3600, "seconds, 0.1 to 3600")
 
 
 def _redact(url: str) -> str:
