@@ -937,3 +937,31 @@ def test_flow_shapes_agree_with_the_yaml_path(tmp_path, monkeypatch):
         fast, slow = both_paths(tmp_path, text, monkeypatch, environ={"A": "1"})
         assert fast == slow, f"seed {seed}:\n{text}"
     assert any(type(entry) is tuple for entry in fast_yaml._FLOW_SHAPES.values())
+
+
+def test_a_file_read_again_keeps_its_unchanged_documents(tmp_path):
+    """An edit to one document of a file: the others keep their document objects (and so their
+    validated objects and translations downstream), unless they moved to other lines."""
+    from meshgate.providers.file import FileProvider
+
+    def doc(name: str, port: int, comment: str = "") -> str:
+        return (f"apiVersion: meshgate.io/v1alpha1\nkind: Backend\nmetadata: {{name: {name}}}\n{comment}"
+                f"spec:\n  endpoints: [{{address: 127.0.0.1, port: {port}}}]\n")
+
+    path = tmp_path / "backends.yaml"
+
+    def write(*docs: str) -> list:
+        path.with_suffix(".tmp").write_text("---\n".join(docs))
+        os.replace(path.with_suffix(".tmp"), path)  # a new inode: read again whatever the clock
+        return provider.load().documents
+
+    provider = FileProvider([str(tmp_path)])
+    a, b, c = write(doc("a", 1), doc("b", 2), doc("c", 3))
+    a2, b2, c2 = write(doc("a", 1), doc("b", 20), doc("c", 3))
+    assert a2 is a and c2 is c and b2 is not b
+    assert b2.data["spec"]["endpoints"][0]["port"] == 20
+    # One more line in the first document: the others moved, so their lines are read anew.
+    a3, b3, c3 = write(doc("a", 1, "# a comment\n"), doc("b", 20), doc("c", 3))
+    assert a3 is not a2 and b3 is not b2 and c3 is not c2
+    assert [d.line for d in (a3, b3, c3)] == [1, 8, 14]
+    assert c3.locate(("spec", "endpoints", 0)) == (str(path), 18)

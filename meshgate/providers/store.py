@@ -79,6 +79,22 @@ class _FileEntry:
     errors_by_key: dict[ObjectKey, list[ConfigError]]
 
 
+@dataclass
+class _Merged:
+    """The last update's merge of every file, patched by the next update when only objects of
+    some files changed (same keys, in the same order, all valid): no pass over every object."""
+
+    files: list[str]
+    load_errors: list[ConfigError]
+    objects: dict[ObjectKey, StoredObject]
+    pairs: list[tuple[Resource, SourceDocument]]  # StoreView.objects
+    index: dict[ObjectKey, int]  # key -> its place in `pairs`
+    invalid: set[ObjectKey]
+    stale: dict[ObjectKey, int]
+    problems: list[ConfigError]
+    errors_by_key: dict[ObjectKey, list[ConfigError]]
+
+
 class ObjectStore:
     """Validated objects by key, with generations and last valid versions (see module doc).
 
@@ -90,6 +106,7 @@ class ObjectStore:
         self._last_good: dict[ObjectKey, StoredObject] = {}
         self._files: dict[str, _FileEntry] = {}
         self._updated = False  # an update happened: the next one can say what changed
+        self._merged: _Merged | None = None
 
     def _validate_file(self, docs: list[SourceDocument]) -> _FileEntry:
         from meshgate.api.config import parse_document
@@ -139,6 +156,9 @@ class ObjectStore:
                 keys = [k for k, _ in previous.objects] + previous.invalid
                 files[file] = _FileEntry([], [], keys, [], {})
 
+        patched = self._patch(files, load_errors, count)
+        if patched is not None:
+            return patched
         objects: dict[ObjectKey, StoredObject] = {}
         duplicates: list[StoredObject] = []
         invalid: set[ObjectKey] = set()
@@ -171,18 +191,56 @@ class ObjectStore:
         if len(self._last_good) > len(objects) or set(self._files) != set(files):
             for key in [k for k in self._last_good if k not in objects]:
                 del self._last_good[key]
+        changed = self._changed(files)
+        self._files = files
+        known, self._updated = self._updated, True
+        pairs = [(o.resource, o.doc) for o in [*objects.values(), *duplicates]]
+        self._merged = None if duplicates else _Merged(
+            list(files), load_errors, objects, pairs, {k: i for i, k in enumerate(objects)}, invalid, stale,
+            problems, errors_by_key)
+        return StoreView(
+            objects=pairs, invalid=set(invalid), stale=dict(stale), problems=list(problems),
+            errors_by_key=dict(errors_by_key), documents=count, serving=objects,
+            changed=frozenset(changed) if known else None,
+        )
+
+    def _changed(self, files: dict[str, _FileEntry]) -> set[ObjectKey]:
+        """The keys of the objects of files validated again (or gone), but those that are the
+        very same validated object (a document the loader kept: its text didn't change)."""
         changed: set[ObjectKey] = set()
         for file in self._files.keys() | files.keys():
             before, after = self._files.get(file), files.get(file)
             if before is not after:
+                same = ({k for (k, a), (_, b) in zip(before.objects, after.objects) if a.resource is b.resource}
+                        if before is not None and after is not None else set())
                 for entry in (before, after):
                     if entry is not None:
-                        changed.update(k for k, _ in entry.objects)
+                        changed.update(k for k, _ in entry.objects if k not in same)
                         changed.update(entry.invalid)
+        return changed
+
+    def _patch(self, files: dict[str, _FileEntry], load_errors: list[ConfigError], count: int) -> StoreView | None:
+        """The view, from the last merge, when the files validated again hold the same keys in
+        the same order, all valid before and after; else None (merge every file)."""
+        merged = self._merged
+        if merged is None or list(files) != merged.files or load_errors != merged.load_errors:
+            return None
+        edited = [(self._files[f], entry) for f, entry in files.items() if self._files[f] is not entry]
+        for before, after in edited:
+            if (before.invalid or after.invalid or before.errors or after.errors
+                    or [k for k, _ in before.objects] != [k for k, _ in after.objects]):
+                return None
+        changed = self._changed(files)
+        objects, pairs = dict(merged.objects), list(merged.pairs)
+        for _, after in edited:
+            for key, stored in after.objects:
+                objects[key] = stored
+                pairs[merged.index[key]] = (stored.resource, stored.doc)
+                self._last_good[key] = stored
         self._files = files
-        known, self._updated = self._updated, True
+        merged.objects, merged.pairs = objects, pairs
         return StoreView(
-            objects=[(o.resource, o.doc) for o in [*objects.values(), *duplicates]],
-            invalid=invalid, stale=stale, problems=problems, errors_by_key=errors_by_key, documents=count,
-            serving=objects, changed=frozenset(changed) if known else None,
+            objects=pairs, invalid=set(merged.invalid), stale=dict(merged.stale), problems=list(merged.problems),
+            errors_by_key=dict(merged.errors_by_key), documents=count, serving=objects,
+            changed=frozenset(changed),
         )

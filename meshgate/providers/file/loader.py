@@ -207,6 +207,8 @@ class DocumentCache:
         if cached is not None and cached[0] == stamp:
             return cached[1]
         result = _read_file(file, environ, max_bytes)
+        if cached is not None:
+            _keep_unchanged(cached[1], result)
         self._files[file] = (stamp, result)
         return result
 
@@ -215,6 +217,18 @@ class DocumentCache:
         keep = set(files)
         for file in [f for f in self._files if f not in keep]:
             del self._files[file]
+
+
+def _keep_unchanged(before: _FileResult, after: _FileResult) -> None:
+    """In a file read again, keep the document objects of its documents whose text and line are
+    unchanged (with their validated object, `parsed`): an edit to one document of a file then
+    costs the rest of the file nothing downstream (the store and the translators reuse what they
+    built for those objects). Only documents read by the fast path know their text."""
+    for i, ((new, ok), (previous, _)) in enumerate(zip(after.documents, before.documents)):
+        region = new.__dict__.get("_region")
+        if (region is not None and region == previous.__dict__.get("_region") and new.line == previous.line
+                and new.file == previous.file and new.data == previous.data):
+            after.documents[i] = (previous, ok)
 
 
 def file_stamp(file: str) -> tuple[int, int, int] | None:
@@ -390,10 +404,15 @@ def _read_file(file: str, environ: Mapping[str, str], max_bytes: int = DEFAULT_M
         found = fast_yaml.parse(text)
         if found is not None:
             source = _FilePositions(file, text)
+            lines = text.split("\n")
             documents = []
             for index, (line, data) in enumerate(found):
                 document = SourceDocument(file, line, data)
                 document.__dict__["_source"] = (source, index)
+                # Its text (up to the next document's first line): equal text at the same line
+                # gives equal data and positions, so a re-read can keep the document (_keep_unchanged).
+                end = found[index + 1][0] - 1 if index + 1 < len(found) else len(lines)
+                document.__dict__["_region"] = "\n".join(lines[line - 1:end])
                 documents.append((document, True))
             return _FileResult(documents, [], True)
     return _read_text(file, text, environ)

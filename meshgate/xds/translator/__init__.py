@@ -133,7 +133,7 @@ def translate(model: ir.IR, options: TranslateOptions = TranslateOptions(), memo
         # Forget routes gone, once they are a third of the memo (not on every edit: that would
         # pass over every route each time).
         count = sum(len(v.routes) for l in model.listeners for v in l.virtual_hosts)
-        if len(memo.routes) > count + count // 2 + 64:
+        if len(memo.routes) > count + count // 2 + 16:
             alive = {id(r) for l in model.listeners for v in l.virtual_hosts for r in v.routes}
             memo.routes = {k: v for k, v in memo.routes.items() if k in alive}
         if len(memo.listeners) > len(model.listeners):
