@@ -21,7 +21,10 @@ What a real kube-apiserver does and this one imitates (https://kubernetes.io/doc
   patch (merge patch, strategic merge treated as merge, JSON patch), delete; the `status`
   subresource (`.../NAME/status`) changes only `status`, and the main resource never changes it.
 
-Not imitated: authentication beyond one optional bearer token, admission, field managers
+TLS (an `ssl_context`, as a pod's in-cluster config requires `https`) and one bearer token (which a
+test may change, as a rotation); every request's Authorization header is kept (`tokens_seen`).
+
+Not imitated: authentication beyond that token, admission, field managers
 (server-side apply), consistent snapshots for paged lists (a continued page reads current state).
 The store is general (any GVR can be added with `add_resource`) so that Lease and other kinds can
 be served later.
@@ -123,7 +126,7 @@ class FakeKube:
     (as `kubectl` would) and the client sees the same watch events."""
 
     def __init__(self, resources: list[ResourceType] | None = None, *, history: int = 1000,
-                 bookmark_interval: float = 1.0, token: str | None = None) -> None:
+                 bookmark_interval: float = 1.0, token: str | None = None, ssl_context: Any = None) -> None:
         self.types: dict[tuple[str, str, str], ResourceType] = {}
         self.objects: dict[tuple[str, str], dict[tuple[str, str], dict]] = {}  # by ResourceType.storage
         for rt in resources or DEFAULT_RESOURCES:
@@ -132,7 +135,9 @@ class FakeKube:
         self.history: deque[tuple[int, tuple, str, dict]] = deque(maxlen=history)  # (rv, storage, type, object)
         self.oldest = 1  # watches from before this revision get 410 Gone
         self.bookmark_interval = bookmark_interval
-        self.token = token
+        self.token = token  # the bearer token accepted (None: any); a test may change it (rotation)
+        self.ssl_context = ssl_context
+        self.tokens_seen: list[str | None] = []  # the Authorization header of each request
         self.watchers: list[_Watcher] = []
         self.requests: list[tuple[str, str]] = []  # (method, path?query), for tests to look at
         self.port = 0
@@ -298,10 +303,11 @@ class FakeKube:
         return app
 
     async def start(self, port: int = 0) -> FakeKube:
-        """Listen on 127.0.0.1 (`port` 0: any free port; a restart passes the old one)."""
+        """Listen on 127.0.0.1 (`port` 0: any free port; a restart passes the old one), over TLS
+        when the server was given an `ssl_context` (as a real API server always is)."""
         self._runner = web.AppRunner(self.app(), handle_signals=False, shutdown_timeout=0.5)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", port or self.port, reuse_address=True)
+        site = web.TCPSite(self._runner, "127.0.0.1", port or self.port, reuse_address=True, ssl_context=self.ssl_context)
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         return self
@@ -317,7 +323,7 @@ class FakeKube:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{self.port}"
 
     def kubeconfig(self) -> str:
         """A kubeconfig (YAML) whose current context points at this server."""
@@ -332,6 +338,7 @@ class FakeKube:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         self.requests.append((request.method, request.path_qs))
+        self.tokens_seen.append(request.headers.get("Authorization"))
         if self.token and request.headers.get("Authorization") != f"Bearer {self.token}":
             return _status_response(401, "Unauthorized", "Unauthorized")
         try:

@@ -29,20 +29,18 @@ from datetime import datetime, timezone
 from typing import Any
 
 from meshgate.providers.kubernetes.informer import _describe
+from meshgate.providers.kubernetes.provider import service_account_file
 
 log = logging.getLogger("meshgate.providers.kubernetes.leader")
 
 __all__ = ["LeaderElector", "default_namespace"]
-
-SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-
 
 def default_namespace() -> str:
     """The control plane's namespace: $POD_NAMESPACE, else the pod's service account's, else default."""
     if os.environ.get("POD_NAMESPACE"):
         return os.environ["POD_NAMESPACE"]
     try:
-        with open(SERVICE_ACCOUNT_NAMESPACE) as f:
+        with open(service_account_file("namespace")) as f:
             return f.read().strip() or "default"
     except OSError:
         return "default"

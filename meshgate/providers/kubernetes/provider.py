@@ -127,9 +127,24 @@ def document_data(kind: WatchedKind, obj: dict) -> dict[str, Any]:
     return data
 
 
+# Where Kubernetes mounts a pod's service account: `token` (a bearer token the kubelet rotates,
+# replacing the file), `ca.crt` (the API server's CA), `namespace`. $MESHGATE_SERVICE_ACCOUNT_DIR
+# points elsewhere: tests (tests/test_kubernetes_incluster.py), or a service account mounted at
+# another path; unset (production), the standard path.
+SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+SERVICE_ACCOUNT_DIR_ENV = "MESHGATE_SERVICE_ACCOUNT_DIR"
+
+
+def service_account_file(name: str) -> str:
+    return os.path.join(os.environ.get(SERVICE_ACCOUNT_DIR_ENV) or SERVICE_ACCOUNT_DIR, name)
+
+
 async def api_client(kubeconfig: str | None = None, context: str | None = None):  # noqa: ANN201
     """A `kubernetes_asyncio` ApiClient: from a kubeconfig file (`kubeconfig`, else $KUBECONFIG),
-    else in-cluster (the pod's service account token and CA, and $KUBERNETES_SERVICE_HOST)."""
+    else in-cluster (the pod's service account token and CA, and $KUBERNETES_SERVICE_HOST/PORT).
+
+    In-cluster, the client reads the token file again once it is a minute old (before a request,
+    `refresh_api_key_hook`), so a token the kubelet rotated is used from then on, with no restart."""
     from kubernetes_asyncio import client, config
     from kubernetes_asyncio.config import ConfigException
 
@@ -139,9 +154,12 @@ async def api_client(kubeconfig: str | None = None, context: str | None = None):
         if path:
             await config.load_kube_config(config_file=path, context=context, client_configuration=configuration)
         else:
-            config.load_incluster_config(client_configuration=configuration)
+            config.load_incluster_config(client_configuration=configuration,
+                                         token_filename=service_account_file("token"),
+                                         cert_filename=service_account_file("ca.crt"))
     except (ConfigException, OSError, TypeError, ValueError) as exc:
-        where = f"kubeconfig {path}" if path else "in-cluster config (no --kubeconfig, no $KUBECONFIG)"
+        where = f"kubeconfig {path}" if path else (
+            f"in-cluster config (no --kubeconfig, no $KUBECONFIG; service account in {os.path.dirname(service_account_file('token'))})")
         raise StartupError(f"cannot load the {where}: {exc}") from None
     return client.ApiClient(configuration)
 
