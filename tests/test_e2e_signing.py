@@ -252,6 +252,13 @@ def test_rfc9421_refusals(gw: Meshgate, alg: str) -> None:
     _refused_rfc9421(rfc9421_signed(gw, "/rfc9421/items", alg=alg, nonce=nonce, created=created), "replayed")
 
 
+def test_rfc9421_every_derived_component_resolves_as_the_client_computed_it(gw: Meshgate) -> None:
+    # The client's @target-uri, @scheme and @request-target are those Envoy hands the companion.
+    covered = (*RFC9421_COVERED, "@target-uri", "@scheme", "@request-target")
+    r = rfc9421_signed(gw, "/rfc9421/all?a=1&b=%20x", alg="ed25519", covered=covered)
+    assert r.status == 200, (r.status, r.body)
+
+
 def test_rfc9421_a_body_must_be_covered(gw: Meshgate) -> None:
     # Signed without the body (no content-digest), then sent with one.
     _refused_rfc9421(rfc9421_signed(gw, "/rfc9421/pay", method="POST", send_body=b'{"amount": 9}'), "not-covered")
