@@ -64,8 +64,20 @@ def discover(paths: Sequence[str], env: str | None) -> Discovery:
     candidates: list[tuple[str, bool]] = []  # (file, named by the user rather than found)
     seen: set[str] = set()
 
+    real_dirs: dict[str, str] = {}
+
+    def realpath(file: str) -> str:
+        # os.path.realpath checks every component of every file; a folder's is resolved once,
+        # and only a file that is itself a link is resolved in full.
+        folder, name = os.path.split(file)
+        real_dir = real_dirs.get(folder)
+        if real_dir is None:
+            real_dir = real_dirs[folder] = os.path.realpath(folder)
+        real = os.path.join(real_dir, name)
+        return os.path.realpath(file) if not name or os.path.islink(real) else real
+
     def add(file: str, explicit: bool) -> None:
-        real = os.path.realpath(file)
+        real = realpath(file)
         if real not in seen:
             seen.add(real)
             candidates.append((file, explicit))
@@ -80,7 +92,7 @@ def discover(paths: Sequence[str], env: str | None) -> Discovery:
             errors.append(ConfigError(path, 0, "", "no such file or directory"))
 
     found.bases = bases = [file for file, _ in candidates if _overlay_target(file) is None]
-    base_by_real = {os.path.realpath(base): base for base in bases}
+    base_by_real = {realpath(base): base for base in bases}
 
     # Overlays that were named or found but cannot apply: say so rather than ignore a file the
     # user pointed at, or an overlay for the requested environment.

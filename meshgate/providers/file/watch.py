@@ -73,7 +73,7 @@ class FileProvider:
         *,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         settle: float = 0.05,
-        stable_check: float = 0.01,
+        stable_check: float = 0.005,
         max_settle: float = 2.0,
         replaced_settle: float = 0.01,
     ) -> None:
