@@ -98,12 +98,17 @@ class TranslateMemo:
     listeners: dict[str, tuple[tuple, listener_pb2.Listener]] = field(default_factory=dict)
 
 
+def _has_filter_settings(route: ir.Route) -> bool:
+    """Whether some HTTP filter is configured for this route: the filter modules (listener and
+    per-route configs) read only these fields of a route; a route with none of them gets no
+    per-route filter config and adds no filter to its listener."""
+    return (route.security is not None or route.shaping is not None or route.transcoding is not None
+            or route.cors is not None or route.grpc)
+
+
 def _filter_routes(listener: ir.Listener) -> tuple[ir.Route, ...]:
-    """The routes a listener's HTTP filter chain depends on: the filter modules' listener configs
-    read only these fields of a route (a route without any of them adds no filter)."""
-    return tuple(r for v in listener.virtual_hosts for r in v.routes
-                 if r.security is not None or r.shaping is not None or r.transcoding is not None
-                 or r.cors is not None or r.grpc)
+    """The routes a listener's HTTP filter chain depends on."""
+    return tuple(r for v in listener.virtual_hosts for r in v.routes if _has_filter_settings(r))
 
 
 def _listener(listener: ir.Listener, options: TranslateOptions, memo: TranslateMemo | None) -> listener_pb2.Listener:
@@ -124,8 +129,10 @@ def translate(model: ir.IR, options: TranslateOptions = TranslateOptions(), memo
         resources[CLUSTER][cluster.name] = translate_cluster(cluster)
         if not cluster.dns:
             resources[ENDPOINT][cluster.name] = translate_endpoints(cluster)
-    if options.tracing is not None and model.listeners:
-        resources[CLUSTER][tracing.OTLP_CLUSTER] = tracing.otlp_cluster(options.tracing)  # where spans go
+    for listener in model.listeners:  # where spans go: the environment's collector, or a Gateway's
+        traced = tracing.listener_tracing(listener.settings.tracing, options.tracing)
+        if traced is not None and traced.cluster not in resources[CLUSTER]:
+            resources[CLUSTER][traced.cluster] = tracing.otlp_cluster(traced)
     for listener in model.listeners:
         resources[LISTENER][listener.name] = _listener(listener, options, memo)
         resources[ROUTE][listener.name] = translate_route_config(listener, memo, options.route_stats)
@@ -274,8 +281,9 @@ def _connection_manager(listener: ir.Listener, options: TranslateOptions) -> hcm
     h2.initial_stream_window_size.value = s.http2_initial_stream_window_bytes
     h2.initial_connection_window_size.value = s.http2_initial_connection_window_bytes
     websocket.set_upgrades(hcm, listener)  # WebSocket over HTTP/1.1 and HTTP/2 (RFC 8441)
-    if options.tracing is not None:
-        tracing.set_tracing(hcm, options.tracing)  # OpenTelemetry spans, traceparent upstream
+    traced = tracing.listener_tracing(s.tracing, options.tracing)
+    if traced is not None:
+        tracing.set_tracing(hcm, traced)  # OpenTelemetry spans, traceparent upstream
     if options.access_log_path:
         log = file_pb2.FileAccessLog(path=options.access_log_path)
         fmt = struct_pb2.Struct()
@@ -403,9 +411,10 @@ def translate_route(route: ir.Route, route_stats: bool = True) -> rc.Route:
     for name, value in route.response_headers.add:
         out.response_headers_to_add.append(_header(name, value, overwrite=False))
     out.response_headers_to_remove.extend(route.response_headers.remove)
-    for module in HTTP_FILTERS:
-        for name, config in _route_filters(module, route):
-            out.typed_per_filter_config[name].Pack(config, deterministic=True)
+    if _has_filter_settings(route):
+        for module in HTTP_FILTERS:
+            for name, config in _route_filters(module, route):
+                out.typed_per_filter_config[name].Pack(config, deterministic=True)
     return out
 
 
