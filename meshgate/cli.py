@@ -52,6 +52,13 @@ def _parser() -> argparse.ArgumentParser:
                          help="status/metrics HTTP address, host:port (default 127.0.0.1:19000)")
         cmd.add_argument("--group", default="edge", help="node group (Envoy node.cluster) to serve")
         cmd.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+        cmd.add_argument("--max-objects-per-namespace", type=_limit, default=None, metavar="N",
+                         help="per-tenant limit: at most N objects (Gateways, routes, Backends, policies, ...) per "
+                              "namespace are programmed, the oldest; the rest get Accepted=False "
+                              "NamespaceLimitExceeded (default: no limit; docs/architecture.md#tenants)")
+        cmd.add_argument("--max-routes-per-namespace", type=_limit, default=None, metavar="N",
+                         help="per-tenant limit: at most N routes per namespace are programmed, the oldest "
+                              "(default: no limit)")
         cmd.add_argument("--route-stats", default="on", choices=["on", "off"],
                          help="Envoy statistics per route rule (default on; each rule costs Envoy memory and "
                               "reload time: turn off for configs of many thousands of rules)")
@@ -205,6 +212,17 @@ def cmd_translate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _limit(text: str) -> int:
+    """A per-tenant limit: a whole number, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a limit: give at least 1, or leave the flag out for none")
+    return value
+
+
 def _run_options(args: argparse.Namespace):
     from meshgate.runner import RunOptions
 
@@ -225,6 +243,8 @@ def _run_options(args: argparse.Namespace):
 
         metric_interval(os.environ)  # the control plane pushes its own every OTEL_METRIC_EXPORT_INTERVAL: checked now
     opts.route_stats = args.route_stats == "on"
+    opts.max_objects_per_namespace = args.max_objects_per_namespace
+    opts.max_routes_per_namespace = args.max_routes_per_namespace
     opts.audit_log = args.audit_log
     opts.health_checks = list(getattr(args, "health_checks", []))  # parsed by _health_checks_invalid
     return opts

@@ -70,6 +70,9 @@ class RunOptions:
     # Envoy's OpenTelemetry tracing (from OTEL_* environment variables, see translator/tracing.py); None = off.
     tracing: TracingOptions | None = None
     route_stats: bool = True  # per-rule statistics in Envoy (TranslateOptions.route_stats)
+    # Per-tenant limits (meshgate.gatewayapi.tenant_limits); None = no limit.
+    max_objects_per_namespace: int | None = None
+    max_routes_per_namespace: int | None = None
     # Envoy's metrics also pushed over OTLP/gRPC to (host, port) (BootstrapOptions.otlp_metrics); None = not.
     otlp_metrics: tuple[str, int] | None = None
     audit_log: str | None = None  # `--audit-log PATH` (TranslateOptions.audit_log_path); None = none
@@ -184,6 +187,14 @@ async def _start_servers(stack: contextlib.AsyncExitStack, opts: RunOptions, cac
     return xds_port, status_port
 
 
+def _tenant_limits(opts: RunOptions, status: ControlPlaneStatus):  # noqa: ANN202
+    """`--max-objects-per-namespace`, `--max-routes-per-namespace`, with their gauge in /metrics."""
+    from meshgate.gatewayapi.tenant_limits import NamespaceLimits
+
+    return NamespaceLimits(opts.max_objects_per_namespace, opts.max_routes_per_namespace,
+                           registry=status.metrics.registry)
+
+
 def _consul(plane: ControlPlane, opts: RunOptions):  # noqa: ANN202
     """The follower of Backends' Consul services (it connects only when a Backend names one)."""
     from meshgate.providers.consul import ConsulEndpoints, read_token
@@ -210,6 +221,7 @@ async def serve_xds(opts: RunOptions) -> int:
                                                   tracing=opts.tracing, route_stats=opts.route_stats,
                                                   audit_log_path=opts.audit_log),
                          on_rejected=opts.print_errors, provider=provider)
+    plane.tenant_limits = _tenant_limits(opts, status)
     consul = _consul(plane, opts)
     dependencies = ConfigDependencies(status)  # the IdP's JWKS, Redis: checked while the config uses them
     plane.translation_listeners.append(dependencies.sync)
@@ -264,6 +276,7 @@ async def run_local(opts: RunOptions) -> int:
         on_config=on_config,
         on_rejected=opts.print_errors,
     )
+    plane.tenant_limits = _tenant_limits(opts, status)
     consul = _consul(plane, opts)  # Backends' spec.consul: their endpoints as EDS alone
     dependencies = ConfigDependencies(status)  # the IdP's JWKS, Redis: checked while the config uses them
     plane.translation_listeners.append(dependencies.sync)
