@@ -105,6 +105,15 @@ KIND_NOTES: dict[tuple[str, str], str] = {
         "(at most 1 MiB) and sent to Envoy inline. A rule whose transcoder is missing or invalid answers "
         "HTTP 500. See [gRPC-JSON transcoding](grpc.md#grpc-json-transcoding)."
     ),
+    (models.MESHGATE_V1ALPHA1, "EnvoyProxy"): (
+        "Envoy Gateway's `EnvoyProxy`, for what meshgate has of it: `spec.telemetry.tracing`. A Gateway names it "
+        "in `spec.infrastructure.parametersRef` (`group: meshgate.io`, `kind: EnvoyProxy`, same namespace); that "
+        "Gateway's listeners then trace to this collector, at this rate, with these tags, instead of the "
+        "`OTEL_EXPORTER_OTLP_*` environment's settings. A parametersRef to a missing EnvoyProxy leaves the Gateway "
+        "`Accepted=False` (`InvalidParameters`), its listeners served without it. Envoy Gateway's deployment "
+        "fields (`provider`, `bootstrap`, ...) are refused: meshgate configures Envoys, it does not deploy them. "
+        "See [observability](observability.md#a-gateways-own-tracer-envoyproxy)."
+    ),
     ("v1", "Secret"): (
         "Holds a certificate for an HTTPS listener that names it in `tls.certificateRefs`. The keys are "
         "`tls.crt` and `tls.key`, in `data` (base64) or `stringData` (plain text, wins over `data`). The "
@@ -334,6 +343,19 @@ kind: Backend
 metadata: {name: users}
 spec:
   endpoints: [{address: 127.0.0.1, port: 9003}]
+""",
+    (models.MESHGATE_V1ALPHA1, "EnvoyProxy"): """\
+apiVersion: meshgate.io/v1alpha1
+kind: EnvoyProxy
+metadata: {name: traced}
+spec:
+  telemetry:
+    tracing:
+      samplingRate: 10
+      provider: {type: OpenTelemetry, host: otel-collector.observability, port: 4317}
+      customTags:
+        env: {type: Literal, literal: {value: production}}
+        tenant: {type: RequestHeader, requestHeader: {name: x-tenant, defaultValue: none}}
 """,
     (models.MESHGATE_V1ALPHA1, "GRPCJSONTranscoder"): """\
 apiVersion: meshgate.io/v1alpha1

@@ -91,6 +91,7 @@ def test_schema_lists_every_kind() -> None:
         "meshgate.io/v1alpha1/Backend", "meshgate.io/v1alpha1/HTTPRoute", "v1/Secret",
         "meshgate.io/v1alpha1/GRPCJSONTranscoder", "meshgate.io/v1alpha1/BackendTrafficPolicy",
         "meshgate.io/v1alpha1/SecurityPolicy", "v1/Namespace", "v1/Service", "discovery.k8s.io/v1/EndpointSlice",
+        "v1/ConfigMap", "meshgate.io/v1alpha1/EnvoyProxy",
     }
     backend = json.loads(meshgate("schema", "Backend").stdout)["meshgate.io/v1alpha1/Backend"]
     assert "endpoints" in backend["$defs"]["BackendSpec"]["properties"]

@@ -38,8 +38,8 @@ def test_cli_prints_the_same_manifests() -> None:
 
 def test_one_crd_per_kind_with_status_subresource_and_columns() -> None:
     by_kind = {c["spec"]["names"]["kind"]: c for c in crds()}
-    assert sorted(by_kind) == ["Backend", "BackendTrafficPolicy", "ClientTrafficPolicy", "GRPCJSONTranscoder",
-                               "HTTPRoute", "SecurityPolicy"] == meshgate_kinds()
+    assert sorted(by_kind) == ["Backend", "BackendTrafficPolicy", "ClientTrafficPolicy", "EnvoyProxy",
+                               "GRPCJSONTranscoder", "HTTPRoute", "SecurityPolicy"] == meshgate_kinds()
     for kind, c in by_kind.items():
         [version] = c["spec"]["versions"]
         assert c["metadata"]["name"] == f"{c['spec']['names']['plural']}.meshgate.io"

@@ -40,12 +40,15 @@ def otlp():
 def gw(tmp_path_factory: pytest.TempPathFactory, otlp: OtlpReceiver):
     work = tmp_path_factory.mktemp("observability")
     env = {"HTTP_PORT": str(free_port()), "ECHO_PORT": str(free_port()), "SIGNING_KEY": SIGNING_KEY,
+           "PARTNER_PORT": str(free_port()), "OTLP_PORT": str(otlp.port),
            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp.port}", "OTEL_SERVICE_NAME": "meshgate-test",
            "OTEL_METRIC_EXPORT_INTERVAL": "500"}  # the Python processes' metric pushes, every 0.5 s
     mg = Meshgate([str(CONFIG)], work, env=env).start()
     mg.http = int(env["HTTP_PORT"])
     mg.access_log = work / "state" / "access.log"
     mg.edge_log = work / "state" / "edge.log"
+    mg.partner = int(env["PARTNER_PORT"])
+    mg.config_dir = CONFIG
     yield mg
     assert mg.stop() == 0, mg.output()
 
@@ -195,6 +198,23 @@ def test_an_incoming_traceparent_is_continued(gw: Meshgate, otlp: OtlpReceiver) 
     assert r.json["headers"]["traceparent"].split("-")[1] == trace_id
     _, span = _span_of(otlp, trace_id)
     assert span.parent_span_id.hex() == parent
+
+
+def test_a_gateways_envoy_proxy_sets_its_own_tracer(gw: Meshgate, otlp: OtlpReceiver) -> None:
+    """The partner Gateway's EnvoyProxy: its spans carry its service name and custom tags (a
+    literal, a request header), beside the other Gateway's spans under the environment's name."""
+    trace_id, parent = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    r = request(gw.partner, "/p", headers={"traceparent": f"00-{trace_id}-{parent}-01", "x-tenant": "acme"})
+    assert r.status == 200 and r.json["headers"]["traceparent"].split("-")[1] == trace_id
+    resource, span = _span_of(otlp, trace_id)
+    assert resource["service.name"] == "partner-gateway"
+    tags = _attributes(span)
+    assert tags["env"] == "production" and tags["tenant"] == "acme", tags
+    assert tags["meshgate.route"].startswith("httproute/default/partner/")
+    # A request without the header gets the tag's default.
+    other = uuid.uuid4().hex
+    assert request(gw.partner, "/p", headers={"traceparent": f"00-{other}-{parent}-01"}).status == 200
+    assert _attributes(_span_of(otlp, other)[1])["tenant"] == "none"
 
 
 def test_status_and_summary_name_the_trace_exporter(gw: Meshgate, otlp: OtlpReceiver) -> None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from pydantic import ValidationError
 
 from meshgate.providers.file.loader import DocumentCache, SourceDocument, load_documents
+from meshgate.api.envoy_proxy import ENVOY_PROXY_KINDS
 from meshgate.api.messages import describe_unknown_kind, describe_validation_error
 from meshgate.api.models import KINDS as _MODEL_KINDS
 from meshgate.api.models import Resource
@@ -28,7 +29,8 @@ if TYPE_CHECKING:
     from meshgate.gatewayapi import Translation
 
 # (apiVersion, kind) -> model, for every kind meshgate reads.
-KINDS: dict[tuple[str, str], type[Resource]] = {**_MODEL_KINDS, **POLICY_KINDS, **TRANSCODING_KINDS, **SERVICE_KINDS}
+KINDS: dict[tuple[str, str], type[Resource]] = {**_MODEL_KINDS, **POLICY_KINDS, **TRANSCODING_KINDS, **SERVICE_KINDS,
+                                                 **ENVOY_PROXY_KINDS}
 
 
 def load_config(

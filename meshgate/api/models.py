@@ -327,9 +327,36 @@ class Listener(Model):
         return self
 
 
+class ParametersReference(Model):
+    """Gateway API `LocalParametersReference`: an object of this namespace with settings for
+    the Gateway (for meshgate: an EnvoyProxy)."""
+
+    group: Literal["meshgate.io"] = Field(description="meshgate.io (Envoy Gateway's gateway.envoyproxy.io: change the group)")
+    kind: Literal["EnvoyProxy"]
+    name: ObjectName
+
+
+class GatewayInfrastructure(Model):
+    """Gateway API `GatewayInfrastructure`: for meshgate, only `parametersRef`."""
+
+    parameters_ref: ParametersReference | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unsupported(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in ("labels", "annotations"):
+                if key in data:
+                    raise ValueError(f"infrastructure.{key} is not supported: meshgate does not create the "
+                                     "Envoys' Kubernetes objects (meshgate bootstrap configures Envoys you run)")
+        return data
+
+
 class GatewaySpec(Model):
     gateway_class_name: str = "meshgate"
     listeners: list[Listener] = Field(min_length=1, max_length=64)
+    infrastructure: GatewayInfrastructure | None = Field(
+        None, description="`parametersRef` names an EnvoyProxy of this namespace (tracing settings)")
 
     @field_validator("listeners")
     @classmethod

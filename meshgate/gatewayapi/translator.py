@@ -61,6 +61,7 @@ from meshgate.gatewayapi.failover import FailoverResolver
 from meshgate.gatewayapi.routes import backend_cluster, build_routes
 from meshgate.gatewayapi.services import ServiceIndex
 from meshgate.api.service import EndpointSlice, Service
+from meshgate.gatewayapi import envoy_proxy
 from meshgate.gatewayapi.transcoding import TranscoderResolver
 from meshgate.gatewayapi.status import Condition, ObjectKey, ObjectStatus, StatusBook, object_key
 from meshgate.providers.store import StoreView
@@ -499,6 +500,7 @@ class _Translator:
         self._settle_context(programmed)
         inline_value_refs(self)  # ConfigMap valueRefs -> inline values, before policies attach
         settings = policies.client_settings(self, programmed)
+        settings = envoy_proxy.apply(self, programmed, settings)  # Gateways' EnvoyProxy (tracing)
         traffic = BackendTraffic(self)  # BackendTrafficPolicies: statuses now, routes below
         security = SecurityPolicies(self)  # SecurityPolicies: likewise, per listener
         return programmed, cert_of, secrets, settings, traffic, security

@@ -333,6 +333,18 @@ class TLSServerName:
     secret: str  # name of a `Secret` in `IR.secrets`
 
 
+@dataclass(slots=True, unsafe_hash=True)
+class Tracing:
+    """A Gateway's own tracer (its EnvoyProxy's `telemetry.tracing`): where spans go, how many."""
+
+    host: str  # the OTLP/gRPC collector
+    port: int
+    sampling_percent: float
+    service_name: str | None = None  # None: the environment's (OTEL_SERVICE_NAME) or `meshgate`
+    # (tag, kind, value or variable/header name, default): kind Literal | Environment | RequestHeader
+    custom_tags: tuple[tuple[str, str, str, str | None], ...] = ()
+
+
 @dataclass(slots=True, unsafe_hash=True)  # hashable: it is a shared default value
 class ClientSettings:
     """How a listener treats its clients (ClientTrafficPolicy, resolved; every value set).
@@ -362,6 +374,8 @@ class ClientSettings:
     http2_initial_connection_window_bytes: int = 1048576
     # -- health check answered by Envoy itself (path), None: none
     health_check_path: str | None = None
+    # -- the Gateway's EnvoyProxy tracing; None: the environment's (OTEL_EXPORTER_OTLP_*), if any
+    tracing: Tracing | None = None
 
 
 @dataclass(slots=True)

@@ -8,7 +8,7 @@ What is watched (all namespaces):
   whose `spec.controllerName` is meshgate's (`CONTROLLER_NAME` by default): a cluster may run
   several gateway implementations side by side, each owning its classes.
 - meshgate's kinds (`meshgate.io/v1alpha1`, CRDs): Backend, HTTPRoute, ClientTrafficPolicy,
-  BackendTrafficPolicy, SecurityPolicy, GRPCJSONTranscoder.
+  BackendTrafficPolicy, SecurityPolicy, GRPCJSONTranscoder, EnvoyProxy.
 - Secrets of type `kubernetes.io/tls` and `Opaque` only (a field selector, so the server never
   sends service-account tokens or Helm releases).
 - ConfigMaps, of which only those meshgate objects name are held (`config_map_refs`): a bounded
@@ -77,6 +77,7 @@ WATCHED: list[WatchedKind] = [
     WatchedKind(MESHGATE, "v1alpha1", "backendtrafficpolicies", "BackendTrafficPolicy"),
     WatchedKind(MESHGATE, "v1alpha1", "securitypolicies", "SecurityPolicy"),
     WatchedKind(MESHGATE, "v1alpha1", "grpcjsontranscoders", "GRPCJSONTranscoder"),
+    WatchedKind(MESHGATE, "v1alpha1", "envoyproxies", "EnvoyProxy"),  # Gateways' infrastructure.parametersRef
     WatchedKind("", "v1", "namespaces", "Namespace"),  # their labels: allowedRoutes selectors
     WatchedKind("", "v1", "secrets", "Secret", field_selector="type=kubernetes.io/tls"),
     WatchedKind("", "v1", "secrets", "Secret", field_selector="type=Opaque"),

@@ -39,6 +39,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from envoy.type.tracing.v3 import custom_tag_pb2
 from google.protobuf import duration_pb2
 
+from meshgate import ir
 from meshgate.errors import StartupError
 
 OTLP_CLUSTER = "meshgate/otlp"  # never a Backend's name: those are backend/NAMESPACE/NAME
@@ -61,6 +62,9 @@ class TracingOptions:
     port: int
     sampling_percent: float = 100.0
     service_name: str = "meshgate"
+    # A Gateway's EnvoyProxy tags: (tag, Literal | Environment | RequestHeader, value or name, default)
+    custom_tags: tuple[tuple[str, str, str, str | None], ...] = ()
+    cluster: str = OTLP_CLUSTER  # the cluster of the collector (one per collector a Gateway names)
 
     @property
     def endpoint(self) -> str:
@@ -106,11 +110,22 @@ def tracing_from_env(environ: Mapping[str, str]) -> TracingOptions | None:
                           service_name=environ.get("OTEL_SERVICE_NAME", "").strip() or "meshgate")
 
 
+def listener_tracing(gateway: ir.Tracing | None, environment: TracingOptions | None) -> TracingOptions | None:
+    """The tracer of one listener: its Gateway's EnvoyProxy (`ir.ClientSettings.tracing`) if it
+    names one, else the environment's (OTEL_EXPORTER_OTLP_*), else none."""
+    if gateway is None:
+        return environment
+    return TracingOptions(
+        host=gateway.host, port=gateway.port, sampling_percent=gateway.sampling_percent,
+        service_name=gateway.service_name or (environment.service_name if environment else "meshgate"),
+        custom_tags=gateway.custom_tags, cluster=f"{OTLP_CLUSTER}/{gateway.host}/{gateway.port}")
+
+
 def set_tracing(hcm: hcm_pb2.HttpConnectionManager, options: TracingOptions) -> None:
     """Turn on tracing in a listener's HTTP connection manager."""
     tracing = hcm.tracing
     config = opentelemetry_pb2.OpenTelemetryConfig(service_name=options.service_name)
-    config.grpc_service.envoy_grpc.cluster_name = OTLP_CLUSTER
+    config.grpc_service.envoy_grpc.cluster_name = options.cluster
     config.grpc_service.timeout.CopyFrom(duration_pb2.Duration(seconds=5))
     tracing.provider.name = "envoy.tracers.opentelemetry"
     tracing.provider.typed_config.Pack(config, deterministic=True)
@@ -120,11 +135,20 @@ def set_tracing(hcm: hcm_pb2.HttpConnectionManager, options: TracingOptions) -> 
     tracing.random_sampling.value = options.sampling_percent
     for name, value in CUSTOM_TAGS.items():
         tracing.custom_tags.append(custom_tag_pb2.CustomTag(tag=name, value=value))
+    for name, kind, value, default in options.custom_tags:
+        tag = custom_tag_pb2.CustomTag(tag=name)
+        if kind == "Literal":
+            tag.literal.value = value
+        elif kind == "Environment":  # read by Envoy from its own process environment
+            tag.environment.name, tag.environment.default_value = value, default or ""
+        else:
+            tag.request_header.name, tag.request_header.default_value = value, default or ""
+        tracing.custom_tags.append(tag)
 
 
 def otlp_cluster(options: TracingOptions) -> cluster_pb2.Cluster:
     """The cluster Envoy sends OTLP/gRPC (HTTP/2) to, with its endpoint inline (no EDS)."""
-    cluster = cluster_pb2.Cluster(name=OTLP_CLUSTER)
+    cluster = cluster_pb2.Cluster(name=options.cluster)
     cluster.connect_timeout.CopyFrom(duration_pb2.Duration(seconds=1))
     try:
         ipaddress.ip_address(options.host)
@@ -132,7 +156,7 @@ def otlp_cluster(options: TracingOptions) -> cluster_pb2.Cluster:
     except ValueError:
         cluster.type = cluster_pb2.Cluster.STRICT_DNS  # a host name: Envoy resolves (and re-resolves) it
         cluster.dns_lookup_family = cluster_pb2.Cluster.V4_PREFERRED
-    cluster.load_assignment.CopyFrom(endpoint_pb2.ClusterLoadAssignment(cluster_name=OTLP_CLUSTER))
+    cluster.load_assignment.CopyFrom(endpoint_pb2.ClusterLoadAssignment(cluster_name=options.cluster))
     cluster.load_assignment.endpoints.add().lb_endpoints.add(endpoint=endpoint_components_pb2.Endpoint(
         address=address_pb2.Address(socket_address=address_pb2.SocketAddress(address=options.host, port_value=options.port))))
     protocol = http_protocol_options_pb2.HttpProtocolOptions()
