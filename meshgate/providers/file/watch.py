@@ -17,10 +17,10 @@ after a fixed series of looks, and a file still being written (two halves with a
 than `settle`) is read only once complete. A deleted file is measured by its folder's change
 time (an unlink or rename moves it), so a delete-then-recreate save is one change. All within
 `max_settle`, so a file written without end still reloads (at most every `max_settle` seconds).
-With the defaults a change is reported ~50-60 ms after the last write.
+With the defaults a change is reported ~50-60 ms after the last write (~15-20 ms for a file replaced whole, below).
 
 A file *replaced whole* settles sooner (`replaced_settle`, 10 ms): one that got its name by a
-rename (an editor's or a tool's atomic save, `os.replace`, a ConfigMap's file) and was not
+rename (an editor's or a tool's atomic save, `os.replace`) and was not
 written under that name since. Its content was complete before it got its name, so there is no
 half to wait for. watchfiles reports a rename and a new file alike ("added", with the writes that
 follow merged in), so `RenameLog` asks inotify itself, for the same folders: `IN_MOVED_TO` is a
