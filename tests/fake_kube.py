@@ -94,6 +94,7 @@ DEFAULT_RESOURCES = [
     ResourceType(MESHGATE, "v1alpha1", "backendtrafficpolicies", "BackendTrafficPolicy"),
     ResourceType(MESHGATE, "v1alpha1", "securitypolicies", "SecurityPolicy"),
     ResourceType(MESHGATE, "v1alpha1", "grpcjsontranscoders", "GRPCJSONTranscoder"),
+    ResourceType(MESHGATE, "v1alpha1", "envoyproxies", "EnvoyProxy"),
 ]
 
 
