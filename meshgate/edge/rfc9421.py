@@ -58,6 +58,8 @@ _KEY_RE = re.compile(r"[a-z*][a-z0-9_.*-]*")
 _TOKEN_RE = re.compile(r"[A-Za-z*][!#$%&'*+.^_`|~0-9A-Za-z:/-]*")
 _NUMBER_RE = re.compile(r"-?[0-9]{1,15}(\.[0-9]{1,3})?")
 _BASE64_RE = re.compile(r"[A-Za-z0-9+/=]*")
+_STRING_RE = re.compile(r'"((?:[ !#-\[\]-~]|\\["\\])*)"')
+_UNESCAPE_RE = re.compile(r"\\(.)")
 
 
 class _Parser:
@@ -168,24 +170,13 @@ class _Parser:
         return Token(m.group())
 
     def _string(self) -> str:
-        out = []
-        i = self.i + 1
-        while i < len(self.s):
-            c = self.s[i]
-            if c == "\\":
-                if self.s[i + 1:i + 2] not in ('"', "\\"):
-                    raise StructuredFieldError("bad escape in a string")
-                out.append(self.s[i + 1])
-                i += 2
-            elif c == '"':
-                self.i = i + 1
-                return "".join(out)
-            elif not " " <= c <= "~":
-                raise StructuredFieldError("bad character in a string")
-            else:
-                out.append(c)
-                i += 1
-        raise StructuredFieldError("unterminated string")
+        # One regex match, not a loop per character: printable ASCII, with \" and \\ escapes.
+        m = _STRING_RE.match(self.s, self.i)
+        if m is None:
+            raise StructuredFieldError("bad string")
+        self.i = m.end()
+        value = m.group(1)
+        return _UNESCAPE_RE.sub(r"\1", value) if "\\" in value else value
 
 
 def parse_dictionary(text: str) -> dict[str, tuple[object, dict]]:
