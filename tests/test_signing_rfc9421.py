@@ -331,3 +331,17 @@ def test_a_bad_public_key_is_the_policys_error_naming_the_key_id_not_its_value(t
                                  "partner-ed": _b64url(ED25519_PUBLIC_JWK_X)}
     assert policy.settings["keyAlgorithms"] == {"partner-ed": "ed25519"}
     assert (policy.settings["scheme"], policy.settings["nonceStore"]) == ("RFC9421", "Redis")
+
+
+def test_readyz_checks_redis_while_a_policy_keeps_its_nonces_there(tmp_path) -> None:
+    from meshgate.api.config import load_translation
+    from meshgate.controlplane.dependencies import ConfigDependencies
+
+    golden = (Path(__file__).parent / "golden" / "translate" / "security-signature-rfc9421.in.yaml").read_text()
+    for store, expected in (("Redis", True), ("Memory", False)):
+        config = tmp_path / f"{store}.yaml"
+        config.write_text(golden.replace("nonceStore: Redis", f"nonceStore: {store}"))
+        translation, problems = load_translation([str(config)], environ={})
+        assert not problems
+        wanted = ConfigDependencies(status=None, redis_url="redis://127.0.0.1:1/0").wanted(translation)
+        assert ("redis" in wanted) is expected

@@ -7,8 +7,9 @@ What a config uses, the control plane checks, each in the background with its la
   (through a cluster meshgate creates) and keeps the last one it got, so a failing IdP is
   *degraded*, not unready: `gating: false`.
 - `redis`: the Redis the edge companion counts global rate limits in (`MESHGATE_REDIS_URL`),
-  while some route has a global rate limit. A PING answered is ok. Not gating either: while it
-  is down, Envoy applies each limit's failure mode.
+  while some route has a global rate limit or a requestSignature with `nonceStore: Redis` (its
+  nonces are there too). A PING answered is ok. Not gating either: while it is down, Envoy
+  applies each limit's failure mode, the companion each signature policy's.
 
 Checks come and go with the config: a reload that drops the last remote JWKS drops its check.
 The probe runs from the control plane's network position, which may differ from Envoy's (a
@@ -96,11 +97,12 @@ class ConfigDependencies:
         self.checks: dict[str, ProbeCheck] = {}
 
     def wanted(self, translation) -> dict[str, Any]:  # noqa: ANN001 - a gatewayapi.Translation
-        from meshgate.edge.config import global_rate_limits
+        from meshgate.edge.config import global_rate_limits, signature_policies
 
         listeners = tuple(translation.ir.listeners)
         out = {f"jwks:{uri}": (uri, _jwks_probe(uri)) for uri in sorted(jwks_uris(listeners))}
-        if global_rate_limits(listeners):
+        # The same Redis holds the nonces of requestSignature policies with nonceStore Redis.
+        if global_rate_limits(listeners) or any(s.nonce_store == "Redis" for s in signature_policies(listeners).values()):
             out["redis"] = (_redact(self.redis_url), _redis_probe(self.redis_url))
         return out
 
