@@ -6,7 +6,7 @@ Secret takes effect on reload with nothing restarted; a killed companion gives e
 configured failure mode (fail closed: 503 at once; fail open: through, marked unverified).
 RFC 9421 (`scheme: RFC9421`): requests signed by an independent client (`http-message-signatures`)
 with a shared key (hmac-sha256) and an ed25519 key pass; tampering, a replay, a body that isn't
-its content-digest's and missing coverage are refused.
+its content-digest's and missing coverage are refused. Signed WebSocket upgrades, with either scheme.
 
 One `meshgate run` for the module; the companion-killing test runs last.
 """
@@ -17,12 +17,16 @@ import base64
 import json
 import os
 import secrets
+import asyncio
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+import websockets
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -39,14 +43,18 @@ ED25519_KEY = Ed25519PrivateKey.generate()
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory):
-    env = {"HTTP_PORT": str(free_port()), "APP_PORT": str(free_port()), "KEY_1": KEY_1,
+    env = {"HTTP_PORT": str(free_port()), "APP_PORT": str(free_port()), "WS_PORT": str(free_port()), "KEY_1": KEY_1,
            "ED25519_PUBLIC": base64.b64encode(public_key_bytes(ED25519_KEY.public_key())).decode()}
     work = tmp_path_factory.mktemp("signing")
     config = work / "config"
     shutil.copytree(CONFIG, config)
     mg = Meshgate([str(config)], work, env=env)
     mg.config_dir = config
+    # The WebSocket upstream of the signed upgrades (tests/ws_upstream.py), stopped by its Popen.
+    upstream = subprocess.Popen([sys.executable, str(Path(__file__).parent / "ws_upstream.py"), env["WS_PORT"]],
+                                stdout=subprocess.PIPE, stderr=(work / "ws.stderr").open("wb"), stdin=subprocess.DEVNULL)
     try:
+        assert upstream.stdout.readline() == b"ready\n", (work / "ws.stderr").read_text()
         mg.start()
         mg.port = int(env["HTTP_PORT"])
         yield mg
@@ -57,6 +65,12 @@ def gw(tmp_path_factory: pytest.TempPathFactory):
             assert key not in text and key not in mg.output()  # no key in any log
     finally:
         mg.stop()
+        upstream.terminate()
+        try:
+            upstream.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            upstream.kill()
+            upstream.wait(timeout=5)
 
 
 ROTATED = "k2-" + secrets.token_hex(16)
@@ -262,6 +276,44 @@ def test_rfc9421_every_derived_component_resolves_as_the_client_computed_it(gw: 
 def test_rfc9421_a_body_must_be_covered(gw: Meshgate) -> None:
     # Signed without the body (no content-digest), then sent with one.
     _refused_rfc9421(rfc9421_signed(gw, "/rfc9421/pay", method="POST", send_body=b'{"amount": 9}'), "not-covered")
+
+
+# -- signed WebSocket upgrades -----------------------------------------------------------------------
+
+
+async def _echo_over(url: str, headers: dict[str, str]) -> str:
+    async with websockets.connect(url, additional_headers=headers, open_timeout=5, close_timeout=5) as ws:
+        await ws.send("hello")
+        return await asyncio.wait_for(ws.recv(), 5)
+
+
+def _upgrade_refused(url: str, headers: dict[str, str]) -> tuple[int, str]:
+    async def attempt() -> tuple[int, str]:
+        try:
+            async with websockets.connect(url, additional_headers=headers, open_timeout=5):
+                return 101, ""
+        except websockets.InvalidStatus as exc:
+            return exc.response.status_code, exc.response.headers.get(REASON_HEADER, "")
+    return asyncio.run(attempt())
+
+
+def test_a_signed_websocket_upgrade(gw: Meshgate) -> None:
+    host = f"127.0.0.1:{gw.port}"
+    url = f"ws://{host}/ws/echo"
+    # meshgate's scheme: the upgrade GET is signed (host covered; no body).
+    signed = sign_request("partner-1", KEY_1.encode(), method="GET", path_and_query="/ws/echo", headers={"host": host},
+                          signed_headers=("host",))
+    assert asyncio.run(_echo_over(url, signed)) == "hello"
+    assert _upgrade_refused(url, signed) == (401, "replayed")
+    assert _upgrade_refused(url, {}) == (401, "missing-signature")
+    # RFC 9421 with the ed25519 key.
+    url = f"ws://{host}/ws/echo?scheme=rfc9421"
+    signed = sign_rfc9421(method="GET", url=f"http://{host}/ws/echo?scheme=rfc9421", key_id="partner-ed",
+                          key=ED25519_KEY, alg="ed25519", headers={"host": host})
+    assert asyncio.run(_echo_over(url, {k: v for k, v in signed.items() if k != "host"})) == "hello"
+    tampered = sign_rfc9421(method="GET", url=f"http://{host}/ws/other?scheme=rfc9421", key_id="partner-ed",
+                            key=ED25519_KEY, alg="ed25519", headers={"host": host})
+    assert _upgrade_refused(url, {k: v for k, v in tampered.items() if k != "host"}) == (401, "bad-signature")
 
 
 # -- key rotation ------------------------------------------------------------------------------------
