@@ -26,6 +26,7 @@ from meshgate.controlplane.pipeline import ControlPlane
 from meshgate.controlplane.health_checks import start_checks
 from meshgate.controlplane.dependencies import ConfigDependencies
 from meshgate.controlplane.spans import run_until_closed, start_spans
+from meshgate.controlplane.upstreams import UpstreamHealth
 from meshgate.otlp import service_name, start_metrics_push
 from meshgate.controlplane.status import ControlPlaneStatus
 from meshgate.controlplane.readiness import kubernetes_check, process_check
@@ -329,6 +330,11 @@ async def run_local(opts: RunOptions) -> int:
             raise StartupError(f"Envoy did not start: {_envoy_reason(str(exc))} (full log: {envoy.log_path})") from None
         status.extra["envoy"] = lambda: {"pid": envoy.pid, "restarts": envoy.restarts, "admin": envoy.admin_url,
                                          "log": str(envoy.log_path), "access_log": access_log}
+        # /readyz: each Backend's healthy endpoints as this Envoy sees them (not gating).
+        upstreams = status.dependencies["upstreams"] = UpstreamHealth(lambda: envoy.admin_url if envoy.pid else None,
+                                                                      interval=dependencies.interval)
+        upstreams.task = asyncio.create_task(upstreams.run(), name="upstream health")
+        stack.callback(upstreams.task.cancel)
         status.extra["status_url"] = f"http://{opts.status_host}:{status_port}"
         metrics = {"control_plane": f"http://{opts.status_host}:{status_port}/metrics"}
         if opts.stats_port is not None:

@@ -311,8 +311,10 @@ def test_readyz_details_each_part(gw: Meshgate) -> None:
     node = nodes["edge-local"]
     assert node["live"] is True and node["in_sync"] is True and node["node_id"] == "edge-local"
     assert checks["envoys"]["local"] == {"pid": gw.envoy_pid, "live": True, "restarts": 0}
-    assert set(checks["dependencies"]) == {"edge_companion"}  # a signed route: the companion is in use
+    # A signed route: the companion is in use; and each Backend's health as Envoy sees it.
+    assert set(checks["dependencies"]) == {"edge_companion", "upstreams"}
     assert checks["dependencies"]["edge_companion"]["ok"] is True, checks["dependencies"]
+    assert all(c["healthy"] >= 1 for c in checks["dependencies"]["upstreams"]["clusters"].values()), checks
     with urllib.request.urlopen(f"{gw.status_url}/healthz", timeout=5) as resp:  # noqa: S310
         assert resp.read() == b"ok\n"
 

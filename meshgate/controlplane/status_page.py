@@ -172,7 +172,7 @@ class StatusPage:
         self._previous = (now, totals)
         async with self._session.get(f"{admin}/clusters", params={"format": "json"}) as resp:
             clusters = (await resp.json(content_type=None)).get("cluster_statuses", [])
-        self.envoy_view = {c["name"]: [_host(h) for h in c.get("host_statuses", [])] for c in clusters}
+        self.envoy_view = {c["name"]: [endpoint_health(h) for h in c.get("host_statuses", [])] for c in clusters}
 
     # -- HTTP ------------------------------------------------------------------------------------
     async def page(self, _: web.Request) -> web.Response:
@@ -220,7 +220,8 @@ class StatusPage:
             await self._session.close()
 
 
-def _host(h: dict[str, Any]) -> dict[str, Any]:
+def endpoint_health(h: dict[str, Any]) -> dict[str, Any]:
+    """One host of Envoy's admin `/clusters` JSON: its address, whether Envoy routes to it, why not."""
     sa = h.get("address", {}).get("socket_address", {})
     health = h.get("health_status", {})
     failed = sorted(k for k, v in health.items() if k.startswith("failed_") and v is True)
