@@ -11,6 +11,11 @@ Like AWS SigV4 and RFC 9421 (HTTP Message Signatures), the list of signed header
 signed, so a header can't be dropped from the signature without it failing; unlike them there is
 no URL re-encoding: the path and query are signed exactly as sent, which is simpler for clients
 and leaves nothing to canonicalize differently.
+
+A policy with `scheme: RFC9421` is verified by meshgate.edge.rfc9421 instead; both schemes end
+the same way (`Verifier._replay`): the nonce is new, in this companion's memory, or, with
+`nonceStore: Redis`, in Redis, which the server (meshgate.edge.server) asks after the signature
+and the clock have passed (a `NonceClaim` in the verdict).
 """
 
 from __future__ import annotations
