@@ -64,7 +64,10 @@ def route_doc(rng: random.Random, ns: str, name: str) -> str:
             f"{{path: {{type: {rng.choice(['Exact', 'PathPrefix'])}, value: /p{rng.randrange(8 if rng.random() < 0.1 else 1000)}}}}}"
             for _ in range(rng.choice([1, 1, 2])))
         backend = rng.choice(["b0", "b1", "b2", "b9"])  # b9: not found
-        rules.append(f"    - matches: [{matches}]\n"
+        # Sometimes a CORS filter: the listener's filter chain then depends on this route.
+        cors = ("      filters: [{type: CORS, cors: {allowOrigins: ['https://app.example']}}]\n"
+                if rng.random() < 0.1 else "")
+        rules.append(f"    - matches: [{matches}]\n{cors}"
                      f"      backendRefs: [{{group: meshgate.io, kind: Backend, name: {backend}}}]\n")
     # Older routes win conflicts: some carry a creationTimestamp (as from Kubernetes).
     created = f", creationTimestamp: '2026-01-0{rng.randrange(1, 9)}T00:00:00Z'" if rng.random() < 0.3 else ""
