@@ -331,10 +331,10 @@ async def run_local(opts: RunOptions) -> int:
         status.extra["envoy"] = lambda: {"pid": envoy.pid, "restarts": envoy.restarts, "admin": envoy.admin_url,
                                          "log": str(envoy.log_path), "access_log": access_log}
         # /readyz: each Backend's healthy endpoints as this Envoy sees them (not gating).
-        upstreams = status.dependencies["upstreams"] = UpstreamHealth(lambda: envoy.admin_url if envoy.pid else None,
-                                                                      interval=dependencies.interval)
-        upstreams.task = asyncio.create_task(upstreams.run(), name="upstream health")
-        stack.callback(upstreams.task.cancel)
+        health = status.dependencies["upstreams"] = UpstreamHealth(lambda: envoy.admin_url if envoy.pid else None,
+                                                                   interval=dependencies.interval)
+        health.task = asyncio.create_task(health.run(), name="upstream health")
+        stack.callback(health.task.cancel)
         status.extra["status_url"] = f"http://{opts.status_host}:{status_port}"
         metrics = {"control_plane": f"http://{opts.status_host}:{status_port}/metrics"}
         if opts.stats_port is not None:

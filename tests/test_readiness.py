@@ -117,7 +117,7 @@ async def test_readyz_detail_follows_config_envoys_and_dependencies(plane) -> No
 def _translation(jwks_uris=(), global_limit=False):  # noqa: ANN001, ANN202 - duck-typed IR
     from types import SimpleNamespace as NS
 
-    routes = [NS(security=NS(jwt=NS(providers=[NS(jwks_uri=u)])), shaping=None) for u in jwks_uris]
+    routes = [NS(security=NS(jwt=NS(providers=[NS(jwks_uri=u)]), signature=None), shaping=None) for u in jwks_uris]
     return NS(ir=NS(listeners=[NS(virtual_hosts=[NS(routes=routes)])]))
 
 
