@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -243,3 +244,34 @@ def write_tls_files(directory: Path, hostnames: list[str]) -> Path:
     ca_file = directory / "ca.pem"
     ca.cert_pem.write_to_path(str(ca_file))
     return ca_file
+
+
+class RequestLoop:
+    """GET `path` one request after another from a thread, for a `with` block; each result is
+    (start time, status or error name, upstream that answered)."""
+
+    def __init__(self, port: int, path: str = "/") -> None:
+        self.port, self.path = port, path
+        self.results: list[tuple[float, int | str, str | None]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                r = request(self.port, self.path, timeout=5)
+                self.results.append((started, r.status, r.upstream))
+            except OSError as exc:
+                self.results.append((started, type(exc).__name__, None))
+
+    def __enter__(self) -> RequestLoop:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def since(self, t: float) -> list[tuple[float, int | str, str | None]]:
+        return [r for r in self.results if r[0] >= t]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from fake_consul import FakeConsul
-from harness import Meshgate, free_port, request, wait_until
+from harness import Meshgate, RequestLoop, free_port, request, wait_until
 
 from meshgate.devtools.upstreams import EchoServer
 
@@ -57,36 +57,6 @@ class Agent:
         self.call(self.consul.stop())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(timeout=10)
-
-
-class RequestLoop:
-    """Requests one after another from a thread; each (start time, status or error, upstream)."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.results: list[tuple[float, int | str, str | None]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            started = time.monotonic()
-            try:
-                r = request(self.port, "/web/x", timeout=5)
-                self.results.append((started, r.status, r.upstream))
-            except OSError as exc:
-                self.results.append((started, type(exc).__name__, None))
-
-    def __enter__(self) -> RequestLoop:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def since(self, t: float) -> list[tuple[float, int | str, str | None]]:
-        return [r for r in self.results if r[0] >= t]
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +146,7 @@ def test_traffic_follows_consul(env) -> None:
     assert backend_condition(mg)["status"] == "True"
     before = translations(mg)
 
-    with RequestLoop(http) as loop:
+    with RequestLoop(http, "/web/x") as loop:
         # Deregister web-0: traffic only to web-1, no failed request once Envoy has the update.
         version = mg.status()["config_version"]
         agent.do(agent.consul.deregister, "web-0")
@@ -200,7 +170,7 @@ def test_traffic_follows_consul(env) -> None:
     assert translations(mg) == before, "Consul changes went out as EDS alone"
 
     # Consul goes away: the last endpoints keep serving, and the Backend says they are stale.
-    with RequestLoop(http) as loop:
+    with RequestLoop(http, "/web/x") as loop:
         agent.call(agent.consul.stop())
         wait_until(lambda: backend_condition(mg)["status"] == "False", timeout=10, what="the Backend to go stale")
         condition = backend_condition(mg)
