@@ -6,6 +6,7 @@ reach Envoy without a translation, and an API server restart is recovered from."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -86,7 +87,7 @@ def served_by(port: int, path: str, n: int = 12) -> Counter:
 def env(tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("kube")
     cluster = Cluster()
-    http, xds, status = free_port(), free_port(), free_port()
+    http = free_port()
     kube = cluster.kube
     cluster.do(kube.create, {"apiVersion": GW, "kind": "GatewayClass", "metadata": {"name": "meshgate"},
                              "spec": {"controllerName": "meshgate.io/gateway-controller"}})
@@ -96,11 +97,19 @@ def env(tmp_path_factory: pytest.TempPathFactory):
                              "spec": {"selector": {"app": "app"}, "ports": [{"name": "http", "port": 80, "targetPort": "web"}]}})
     cluster.do(kube.create, pod_slice("app-0", 0, cluster))
     cluster.do(kube.create, http_route("/app"))
-    (work / "kubeconfig").write_text(kube.kubeconfig())
+    with xds_on(cluster, work, ["--gateway-address", "127.0.0.1"]) as status_url:
+        yield {"cluster": cluster, "kube": kube, "http": http, "status": status_url, "stderr": work / "xds.stderr"}
+
+
+@contextlib.contextmanager
+def xds_on(cluster: Cluster, work, args: list[str] = ()):  # noqa: ANN001, ANN201
+    """`meshgate xds --kubernetes` on the fake API server and a real Envoy of its group, until
+    the block ends (then both stopped by PID, and the cluster closed); yields the status URL."""
+    xds, status = free_port(), free_port()
+    (work / "kubeconfig").write_text(cluster.kube.kubeconfig())
     stderr = (work / "xds.stderr").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "meshgate", "xds", "--kubernetes", "--kubeconfig", str(work / "kubeconfig"),
-                             "--xds-address", f"127.0.0.1:{xds}", "--status-address", f"127.0.0.1:{status}",
-                             "--gateway-address", "127.0.0.1"],
+                             "--xds-address", f"127.0.0.1:{xds}", "--status-address", f"127.0.0.1:{status}", *args],
                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=stderr,
                             env={k: v for k, v in os.environ.items() if k != "KUBECONFIG"})
     envoy = None
@@ -109,7 +118,7 @@ def env(tmp_path_factory: pytest.TempPathFactory):
         wait_until(lambda: http_status(f"{status_url}/healthz") == 200, timeout=30, what="meshgate xds --kubernetes to start")
         envoy = _start_envoy(work, xds)
         wait_until(lambda: http_status(f"{status_url}/readyz") == 200, timeout=30, what="Envoy to ACK")
-        yield {"cluster": cluster, "kube": kube, "http": http, "status": status_url, "stderr": work / "xds.stderr"}
+        yield status_url
     finally:
         if envoy is not None:
             os.killpg(envoy.pid, signal.SIGTERM)

@@ -12,10 +12,9 @@ from __future__ import annotations
 import time
 
 import pytest
-from test_e2e_kubernetes import GW, SLICE, Cluster, translations
-from test_e2e_xds import _start_envoy, http_status
+from test_e2e_kubernetes import GW, SLICE, Cluster, translations, xds_on
 
-from harness import ROOT, RequestLoop, free_port, request, wait_until
+from harness import RequestLoop, free_port, request, wait_until
 from meshgate.devtools.upstreams import EchoServer
 
 pytestmark = pytest.mark.timeout(180)
@@ -33,18 +32,13 @@ def pod_slice(cluster: Cluster, pod: int, *, terminating: bool = False) -> dict:
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory):
-    import os
-    import signal
-    import subprocess
-    import sys
-
     work = tmp_path_factory.mktemp("kube-scale")
     cluster = Cluster()
     more = [EchoServer(f"pod-{i}") for i in range(len(cluster.pods), PODS)]
     for pod in more:
         cluster.call(pod.start())
     cluster.pods += more
-    http, xds, status = free_port(), free_port(), free_port()
+    http = free_port()
     kube = cluster.kube
     cluster.do(kube.create, {"apiVersion": GW, "kind": "GatewayClass", "metadata": {"name": "meshgate"},
                              "spec": {"controllerName": "meshgate.io/gateway-controller"}})
@@ -57,29 +51,8 @@ def env(tmp_path_factory: pytest.TempPathFactory):
     cluster.do(kube.create, {"apiVersion": GW, "kind": "HTTPRoute", "metadata": {"name": "scale"},
                              "spec": {"parentRefs": [{"name": "edge"}],
                                       "rules": [{"backendRefs": [{"name": "scale", "port": 80}]}]}})
-    (work / "kubeconfig").write_text(kube.kubeconfig())
-    proc = subprocess.Popen([sys.executable, "-m", "meshgate", "xds", "--kubernetes", "--kubeconfig", str(work / "kubeconfig"),
-                             "--xds-address", f"127.0.0.1:{xds}", "--status-address", f"127.0.0.1:{status}"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=(work / "xds.stderr").open("wb"),
-                            env={k: v for k, v in os.environ.items() if k != "KUBECONFIG"})
-    envoy = None
-    try:
-        status_url = f"http://127.0.0.1:{status}"
-        wait_until(lambda: http_status(f"{status_url}/healthz") == 200, timeout=30, what="meshgate xds --kubernetes")
-        envoy = _start_envoy(work, xds)
-        wait_until(lambda: http_status(f"{status_url}/readyz") == 200, timeout=30, what="Envoy to ACK")
+    with xds_on(cluster, work) as status_url:
         yield {"cluster": cluster, "kube": kube, "http": http, "status": status_url}
-    finally:
-        if envoy is not None:
-            os.killpg(envoy.pid, signal.SIGTERM)
-            envoy.wait(timeout=10)
-        proc.send_signal(signal.SIGTERM)
-        try:
-            assert proc.wait(timeout=15) == 0, (work / "xds.stderr").read_text()[-3000:]
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            cluster.close()
 
 
 def serving(loop: RequestLoop, since: float) -> set:
