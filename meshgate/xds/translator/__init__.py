@@ -96,6 +96,8 @@ class TranslateMemo:
     # settings and filter-relevant routes are unchanged keeps its message, so the snapshot keeps
     # its serialized form and version (and nothing scans every route's filters again).
     listeners: dict[str, tuple[tuple, listener_pb2.Listener]] = field(default_factory=dict)
+    # id(IR virtual host) -> (it, its serialized `RouteConfiguration.virtual_hosts` record).
+    vhosts: dict[int, tuple[ir.VirtualHost, bytes]] = field(default_factory=dict)
 
 
 def _has_filter_settings(route: ir.Route) -> bool:
@@ -143,6 +145,9 @@ def translate(model: ir.IR, options: TranslateOptions = TranslateOptions(), memo
         if len(memo.routes) > count + count // 2 + 16:
             alive = {id(r) for l in model.listeners for v in l.virtual_hosts for r in v.routes}
             memo.routes = {k: v for k, v in memo.routes.items() if k in alive}
+        present = {id(v) for l in model.listeners for v in l.virtual_hosts}
+        if len(memo.vhosts) > len(present):
+            memo.vhosts = {k: v for k, v in memo.vhosts.items() if k in present}
         if len(memo.listeners) > len(model.listeners):
             names = {l.name for l in model.listeners}
             memo.listeners = {k: v for k, v in memo.listeners.items() if k in names}
@@ -345,6 +350,12 @@ def translate_route_config(listener: ir.Listener, memo: TranslateMemo | None = N
     # this is a few ms instead of translating and copying every route message again.
     data = [config.SerializeToString(deterministic=True)]
     for vhost in listener.virtual_hosts:
+        # A virtual host the Gateway API translator kept (no route of its hostname changed) is
+        # assembled once: an edit costs the virtual hosts it touches.
+        known = memo.vhosts.get(id(vhost)) if memo is not None else None
+        if known is not None and known[0] is vhost:
+            data.append(known[1])
+            continue
         # The name roots the virtual host's statistics: no dots (see translator/stats.py).
         parts = [rc.VirtualHost(name=stats.virtual_host_name(vhost.name), domains=vhost.domains).SerializeToString(deterministic=True)]
         for route in vhost.routes:
@@ -355,6 +366,8 @@ def translate_route_config(listener: ir.Listener, memo: TranslateMemo | None = N
                     memo.routes[id(route)] = cached
             parts.append(cached[1])
         data.append(_field(_CONFIG_VIRTUAL_HOSTS, b"".join(parts)))
+        if memo is not None:
+            memo.vhosts[id(vhost)] = (vhost, data[-1])
     return route_pb2.RouteConfiguration.FromString(b"".join(data))
 
 
