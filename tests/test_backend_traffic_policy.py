@@ -130,6 +130,18 @@ BAD = [
      "compression (a list, one item per algorithm)"),
     ("rate-limit-zero", policy("  rateLimit:\n    local:\n      rules:\n        - limit: {requests: 0, unit: Second}\n"),
      "9: spec.rateLimit.local.rules[0].limit.requests: input should be greater than or equal to 1"),
+    # adaptiveConcurrency: tests/golden/translate/adaptive-concurrency.*, tests/test_e2e_adaptive_concurrency.py
+    ("adaptive-both-rtt", policy("  adaptiveConcurrency: {minRTTCalcParams: {interval: 30s, fixedValue: 10ms}}\n"),
+     "6: spec.adaptiveConcurrency.minRTTCalcParams: set interval (measure the ideal latency) or fixedValue (give "
+     "it), not both"),
+    ("adaptive-zero-update", policy("  adaptiveConcurrency: {concurrencyLimitParams: {concurrencyUpdateInterval: 0s}}\n"),
+     "6: spec.adaptiveConcurrency.concurrencyLimitParams.concurrencyUpdateInterval: the interval must be more than 0"),
+    ("adaptive-status", policy("  adaptiveConcurrency: {concurrencyLimitExceededStatus: 418}\n"),
+     "6: spec.adaptiveConcurrency.concurrencyLimitExceededStatus: 418 is not a status Envoy can send here; one of "
+     "400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414, 415, 416, 417, 421, 422, 423, 424, "
+     "426, 428, 429, 431, 500, 501, 502, 503, 504, 505, 506, 507, 508, 510, 511"),
+    ("adaptive-unknown", policy("  adaptiveConcurrency: {minRttCalcParams: {interval: 30s}}\n"),
+     "6: spec.adaptiveConcurrency.minRttCalcParams: unknown field; did you mean minRTTCalcParams?"),
     # faultInjection: tests/golden/translate/fault-injection.*, tests/test_e2e_shaping.py
     ("fault-empty", policy("  faultInjection: {}\n"), "6: spec.faultInjection: fault injection needs a delay, an abort or both"),
     ("fault-two-statuses", policy("  faultInjection: {abort: {httpStatus: 503, grpcStatus: 14}}\n"),

@@ -16,6 +16,7 @@ from pydantic import Field, field_validator, model_validator
 
 from meshgate.api.models import Duration, HeaderName, Model, Resource, duration_seconds
 from meshgate.api.backend_traffic_shaping import (
+    AdaptiveConcurrency,
     Compression,
     FaultInjection,
     RateLimitSpec,
@@ -398,6 +399,12 @@ class BackendTrafficPolicySpec(Model):
     cache: Cache | None = Field(
         None, description="meshgate extension. Serve cacheable responses from Envoy's in-memory cache (Envoy's "
         "`cache` filter, marked work-in-progress by Envoy), by their Cache-Control, Expires and Vary.")
+
+    adaptive_concurrency: AdaptiveConcurrency | None = Field(
+        None, description="meshgate extension. Limit the requests in flight to the backend to what it answers at "
+        "its ideal latency, learned from the latencies Envoy sees (Envoy's `adaptive_concurrency` filter, gradient "
+        "controller): requests over the limit get 503 at once instead of queueing. One limit per backend (per "
+        "set of weighted backends) and listener.")
 
     response_override: list[ResponseOverride] | None = Field(
         None, max_length=16, description="Custom error pages: responses whose status matches get this body, content "

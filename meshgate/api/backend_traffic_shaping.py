@@ -380,3 +380,73 @@ class ResponseOverride(Model):
         if isinstance(data, dict) and "redirect" in data:
             raise ValueError("responseOverride field 'redirect' (from Envoy Gateway) is not supported by meshgate yet")
         return data
+
+
+# -- adaptiveConcurrency (meshgate extension) -------------------------------------------------
+# Envoy's `adaptive_concurrency` filter (gradient controller), with the field names of Envoy's
+# proto in camelCase, as proposed for Envoy Gateway (envoyproxy/gateway#8272, not merged).
+
+
+class ConcurrencyLimitParams(Model):
+    max_concurrency_limit: int | None = Field(None, ge=1, le=_U32, description="The limit never grows above this. "
+                                              "Default 1000.")
+    concurrency_update_interval: Duration | None = Field(
+        None, description="How often the limit is recalculated from the latencies sampled since the last time. "
+        "Default 100ms.")
+
+    @field_validator("concurrency_update_interval")
+    @classmethod
+    def _positive(cls, value: str | None) -> str | None:
+        if value is not None and duration_seconds(value) <= 0:
+            raise ValueError("the interval must be more than 0")
+        return value
+
+
+class MinRttCalcParams(Model):
+    interval: Duration | None = Field(
+        None, description="How often the ideal latency (minRTT) is measured again, by letting only minConcurrency "
+        "requests through until requestCount have completed. Default 30s. Either this or fixedValue.")
+    fixed_value: Duration | None = Field(
+        None, description="The backend's ideal latency, when it is known: no measurement windows (and none of their "
+        "503s). Either this or interval.")
+    request_count: int | None = Field(None, ge=1, le=_U32, description="Requests sampled per minRTT measurement. "
+                                      "Default 50.")
+    jitter: float | None = Field(None, ge=0, le=100, description="Random delay added to each interval, in percent "
+                                 "of it, so that Envoys don't measure at the same time. Default 15.")
+    min_concurrency: int | None = Field(None, ge=1, le=_U32, description="The limit during a minRTT measurement "
+                                        "(and its lowest value). Default 3.")
+    buffer: float | None = Field(None, ge=0, le=100, description="Latency above minRTT still counted as ideal, in "
+                                 "percent of it. Default 25.")
+
+    @model_validator(mode="after")
+    def _one(self) -> MinRttCalcParams:
+        if self.interval is not None and self.fixed_value is not None:
+            raise ValueError("set interval (measure the ideal latency) or fixedValue (give it), not both")
+        for name in ("interval", "fixed_value"):
+            value = getattr(self, name)
+            if value is not None and duration_seconds(value) <= 0:
+                raise ValueError(f"{name} must be more than 0")
+        return self
+
+
+class AdaptiveConcurrency(Model):
+    sample_aggregate_percentile: float | None = Field(
+        None, ge=0, le=100, description="The latency percentile compared with the ideal latency (minRTT). Default 50.")
+    concurrency_limit_params: ConcurrencyLimitParams | None = None
+    min_rtt_calc_params: MinRttCalcParams | None = Field(None, alias="minRTTCalcParams")
+    concurrency_limit_exceeded_status: int | None = Field(
+        None, ge=400, le=599, description="The status of a request refused over the limit. Default 503.")
+
+    @field_validator("concurrency_limit_exceeded_status")
+    @classmethod
+    def _known_status(cls, value: int | None) -> int | None:
+        # Envoy takes only the statuses its HttpStatus enum names (and refuses the config otherwise).
+        if value is not None and value not in _ENVOY_ERROR_STATUSES:
+            raise ValueError(f"{value} is not a status Envoy can send here; one of "
+                             f"{', '.join(map(str, _ENVOY_ERROR_STATUSES))}")
+        return value
+
+
+_ENVOY_ERROR_STATUSES = (400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414, 415, 416,
+                         417, 421, 422, 423, 424, 426, 428, 429, 431, 500, 501, 502, 503, 504, 505, 506, 507,
+                         508, 510, 511)

@@ -24,11 +24,27 @@ def route_shaping(spec: Mapping[str, Any]) -> ir.Shaping | None:
     overrides = tuple(_override(o) for o in spec.get("response_override", ()))
     bandwidth = _bandwidth(spec["bandwidth_limit"]) if "bandwidth_limit" in spec else None
     cache = _cache(spec["cache"]) if "cache" in spec else None
+    adaptive = _adaptive(spec["adaptive_concurrency"]) if "adaptive_concurrency" in spec else None
     if (local is None and global_ is None and not compression and fault is None and not overrides
-            and bandwidth is None and cache is None):
+            and bandwidth is None and cache is None and adaptive is None):
         return None
     return ir.Shaping(local_rate_limit=local, global_rate_limit=global_, compression=compression, fault=fault, response_overrides=overrides,
-                      bandwidth=bandwidth, cache=cache)
+                      bandwidth=bandwidth, cache=cache, adaptive_concurrency=adaptive)
+
+
+def _adaptive(a: Mapping[str, Any]) -> ir.AdaptiveConcurrency:
+    limits, rtt = a.get("concurrency_limit_params") or {}, a.get("min_rtt_calc_params") or {}
+
+    def seconds(d: Mapping[str, Any], key: str) -> float | None:
+        return duration_seconds(d[key]) if d.get(key) is not None else None
+
+    return ir.AdaptiveConcurrency(
+        percentile=a.get("sample_aggregate_percentile"), max_limit=limits.get("max_concurrency_limit"),
+        update_interval_s=seconds(limits, "concurrency_update_interval"),
+        min_rtt_interval_s=seconds(rtt, "interval"), min_rtt_fixed_s=seconds(rtt, "fixed_value"),
+        request_count=rtt.get("request_count"), jitter_percent=rtt.get("jitter"),
+        min_concurrency=rtt.get("min_concurrency"), buffer_percent=rtt.get("buffer"),
+        exceeded_status=a.get("concurrency_limit_exceeded_status"))
 
 
 def _bandwidth(b: Mapping[str, Any]) -> ir.BandwidthLimit:

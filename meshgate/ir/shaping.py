@@ -92,6 +92,23 @@ class Cache:
 
 
 @dataclass(slots=True, unsafe_hash=True)
+class AdaptiveConcurrency:
+    """A concurrency limit the proxy adapts to the backend's latency (gradient controller); None
+    fields: the proxy's defaults."""
+
+    percentile: float | None = None  # sampled latency percentile compared with the ideal one
+    max_limit: int | None = None
+    update_interval_s: float | None = None
+    min_rtt_interval_s: float | None = None  # how often the ideal latency is measured again
+    min_rtt_fixed_s: float | None = None  # or the ideal latency itself
+    request_count: int | None = None
+    jitter_percent: float | None = None
+    min_concurrency: int | None = None
+    buffer_percent: float | None = None
+    exceeded_status: int | None = None
+
+
+@dataclass(slots=True, unsafe_hash=True)
 class Shaping:
     """How a route's traffic is shaped (BackendTrafficPolicy, resolved); None fields: not shaped."""
 
@@ -102,3 +119,4 @@ class Shaping:
     response_overrides: tuple[ResponseOverride, ...] = ()  # the first that matches applies
     bandwidth: BandwidthLimit | None = None
     cache: Cache | None = None
+    adaptive_concurrency: AdaptiveConcurrency | None = None

@@ -26,6 +26,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from meshgate.xds.translator.filters import (
+    adaptive_concurrency,
     api_key_auth,
     bandwidth_limit,
     basic_auth,
@@ -67,7 +68,8 @@ HTTP_FILTERS: tuple[ModuleType, ...] = (
     grpc_web,  # after CORS: a browser's preflight is answered before gRPC-Web sees it
     grpc_json_transcoder,
     fault,  # stands in for the backend: after auth, limits and the gRPC transcoders
-    cache,  # last before the router, as Envoy recommends: a hit skips only the router
+    cache,  # late, as Envoy recommends: a hit skips only what comes after it
+    adaptive_concurrency,  # right before the router: it measures and limits only what reaches the backend
     router,
 )
 
